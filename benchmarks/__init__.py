@@ -1,0 +1,1 @@
+"""Benchmarks: suite runner and speed measurements; they write into `results/`."""

@@ -1,0 +1,5 @@
+"""`python -m pretext` is `cebench`."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""`cebench`: one console command whose subcommands live in their own modules (also runnable with `python -m`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from . import __version__
+
+# name -> (module with main(argv, prog), one-line help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-demo-data": ("pretext.data.demo", "generate the built-in VOC-format demo dataset"),
+    "pretrain": ("pretext.pretrain", "train a pretext method (context encoder, inpainting) from a preset or YAML"),
+    "inpaint": ("pretext.inpaint", "fill holes in your images with a trained model; PNGs and a comparison grid"),
+    "eval-inpainting": ("pretext.eval_inpainting", "mean L1 / L2 / PSNR on the hole (Table 1 of the paper)"),
+}
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO logs on rank 0, warnings elsewhere."""
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser listing the subcommands."""
+    lines = "\n".join(f"  {name:<18}{text}" for name, (_, text) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="cebench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Context Encoders feature-learning benchmark suite.",
+        epilog=f"commands:\n{lines}\n\n`cebench COMMAND --help` shows a command's options.")
+    parser.add_argument("--version", action="version", version=f"cebench {__version__}")
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the subcommand's own `main`."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.main(args.args, prog=f"cebench {args.command}") or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,386 @@
+"""Typed pretraining configuration: dataclass sections, YAML presets, `key=value` overrides, strict validation."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key and the problem."""
+
+
+def _opt(default: Any, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
+         doc: str = "") -> Any:
+    meta = {"choices": choices, "min": min, "max": max, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    """Unlabelled images and their augmentation."""
+
+    root: str | None = _opt(None, doc="image folder, ImageFolder tree, VOC root or list file; null = built-in demo data")
+    source: str = _opt("auto", choices=("auto", "folder", "imagefolder", "voc", "list"))
+    split: str = _opt("trainval", doc="VOC split list (ImageSets/Main/<split>.txt)")
+    load_size: int = _opt(72, min=8, doc="shorter side after resizing")
+    fine_size: int = _opt(64, min=8, doc="random square crop")
+    flip: bool = _opt(True)
+    on_bad_image: str = _opt("error", choices=("error", "skip"))
+    workers: int = _opt(2, min=0)
+    mean: list[float] | None = _opt(None, doc="RGB fill mean in [0,1]; null = estimated from the data")
+    mean_images: int = _opt(256, min=1, doc="images used to estimate the dataset mean")
+    max_image_pixels: int = _opt(89_478_485, min=1, doc="refuse larger images (decompression bombs)")
+    demo_dir: str | None = _opt(None, doc="where the demo data lives; null = ~/.cache/cebench/demo")
+    demo_images: int = _opt(3000, min=8)
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and decoder architecture."""
+
+    arch: str = _opt("alexnet_small", choices=("alexnet", "alexnet_small", "dcgan"))
+    widths: list[int] | None = _opt(None, min=1, doc="encoder widths; null = the architecture's default")
+    layout: str = _opt("caffe", choices=("caffe", "torchvision"))
+    lrn: bool = _opt(False)
+    groups: bool = _opt(False)
+    output: str = _opt("full", choices=("full", "center"), doc="predict the whole image or the central quarter")
+    decoder_widths: list[int] = _opt([128, 64, 64, 32], min=1, doc="channels of the first four up-convolutions")
+    decoder_norm: str = _opt("none", choices=("none", "batch"))
+    dropout: float = _opt(0.5, min=0.0, max=0.99)
+    bottleneck: int = _opt(4000, min=1, doc="DCGAN bottleneck units")
+    disc_widths: list[int] = _opt([64, 128, 256, 512], min=1)
+
+
+@dataclass
+class MaskConfig:
+    """Hole shapes (see pretext.masks)."""
+
+    kind: str = _opt("region", choices=("central", "block", "region"))
+    overlap: int = _opt(4, min=0, doc="width of the known ring predicted with extra loss weight")
+    overlap_weight: float = _opt(10.0, min=0.0)
+    max_coverage: float = _opt(0.25, min=0.0, max=1.0)
+    min_coverage: float = _opt(0.05, min=0.0, max=1.0)
+    max_blocks: int = _opt(6, min=1)
+    region_bank: str | None = _opt(None, doc="VOC root or PNG folder of segmentation masks; null = procedural blobs")
+    deform: float = _opt(0.15, min=0.0)
+
+
+@dataclass
+class LossConfig:
+    """Reconstruction and adversarial loss."""
+
+    reconstruction: str = _opt("l2", choices=("l2", "l1"))
+    adversarial_weight: float = _opt(0.0, min=0.0, max=1.0, doc="joint loss (1-w)*rec + w*adv; paper: 0.001")
+
+
+@dataclass
+class OptimConfig:
+    """Adam settings."""
+
+    lr: float = _opt(1e-3, min=0.0)
+    lr_disc: float | None = _opt(None, doc="discriminator lr; null = lr / 10 as in the original code")
+    beta1: float = _opt(0.5, min=0.0, max=1.0)
+    beta2: float = _opt(0.999, min=0.0, max=1.0)
+    weight_decay: float = _opt(0.0, min=0.0)
+    grad_clip: float = _opt(0.0, min=0.0, doc="max gradient norm; 0 = off")
+
+
+@dataclass
+class TrainConfig:
+    """Loop, devices, precision and outputs."""
+
+    max_steps: int = _opt(1000, min=0)
+    batch_size: int = _opt(64, min=1, doc="per process")
+    seed: int = _opt(0, min=0)
+    device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
+    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16"))
+    channels_last: bool = _opt(False)
+    compile: bool = _opt(False)
+    deterministic: bool = _opt(False, doc="torch.use_deterministic_algorithms")
+    ckpt_every: int = _opt(500, min=1)
+    log_every: int = _opt(10, min=1)
+    sample_every: int = _opt(500, min=1)
+    keep_checkpoints: int = _opt(0, min=0, doc="step-numbered checkpoints kept besides checkpoint.pt")
+    resume: bool = _opt(False)
+    ddp_timeout_s: int = _opt(600, min=1)
+    progress: bool = _opt(True)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `cebench pretrain` needs."""
+
+    method: str = _opt("context_encoder", choices=("context_encoder",))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON safe)."""
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of the whole config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "PretrainConfig":
+        """Build and validate from a nested dict; unknown keys are errors."""
+        cfg = _build(cls, d, where)
+        validate(cfg)
+        return cfg
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(PretrainConfig) if dataclasses.is_dataclass(_hint(PretrainConfig, f.name))}
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        if key not in fields:
+            raise _unknown(str(key), list(fields), where)
+        hint = _hint(cls, key)
+        path = f"{where}.{key}" if where != "config" else key
+        kwargs[key] = _build(hint, value, path) if dataclasses.is_dataclass(hint) else _coerce(value, hint, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against a type hint, converting int->float and tuple->list only."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float:
+        return _to_float(value, key)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _to_float(value: Any, key: str) -> float:
+    # YAML 1.1 reads `1e-3` (no dot) as a string, so numeric strings are accepted here.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def _check_field(obj: Any, f: dataclasses.Field, where: str) -> None:
+    value, meta = getattr(obj, f.name), f.metadata
+    key = f"{where}.{f.name}"
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if meta.get("min") is not None and v < meta["min"]:
+                raise ConfigError(f"{key}: {v!r} is below the minimum {meta['min']}")
+            if meta.get("max") is not None and v > meta["max"]:
+                raise ConfigError(f"{key}: {v!r} is above the maximum {meta['max']}")
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Per-field ranges and choices, then the rules that tie fields together."""
+    for name in _sections():
+        section = getattr(cfg, name)
+        for f in dataclasses.fields(section):
+            _check_field(section, f, name)
+    for f in dataclasses.fields(cfg):
+        if not dataclasses.is_dataclass(_hint(PretrainConfig, f.name)):
+            _check_field(cfg, f, "config")
+    _validate_cross(cfg)
+
+
+def _validate_cross(cfg: PretrainConfig) -> None:
+    d, m, k = cfg.data, cfg.model, cfg.mask
+    if d.load_size < d.fine_size:
+        raise ConfigError(f"data.load_size ({d.load_size}) must be >= data.fine_size ({d.fine_size})")
+    if k.min_coverage > k.max_coverage:
+        raise ConfigError(f"mask.min_coverage ({k.min_coverage}) must be <= mask.max_coverage ({k.max_coverage})")
+    if d.mean is not None and (len(d.mean) != 3 or not all(0 <= v <= 1 for v in d.mean)):
+        raise ConfigError(f"data.mean must be 3 values in [0, 1], got {d.mean}")
+    if m.output == "center" and k.kind != "central":
+        raise ConfigError("model.output=center predicts only the central quarter: it needs mask.kind=central")
+    if m.arch == "dcgan" and (d.fine_size < 32 or d.fine_size & (d.fine_size - 1)):
+        raise ConfigError(f"model.arch=dcgan needs data.fine_size a power of two >= 32, got {d.fine_size}")
+    if m.arch == "alexnet_small" and d.fine_size % 32:
+        raise ConfigError(f"model.arch=alexnet_small needs data.fine_size a multiple of 32, got {d.fine_size}")
+    if m.arch == "alexnet" and d.fine_size < 195:
+        raise ConfigError(f"model.arch=alexnet needs data.fine_size >= 195 (227 in the paper), got {d.fine_size}")
+    if m.widths is not None and m.arch != "dcgan" and len(m.widths) != 5:
+        raise ConfigError(f"model.widths must list 5 conv widths for {m.arch}, got {m.widths}")
+    if len(m.decoder_widths) != 4:
+        raise ConfigError(f"model.decoder_widths must list 4 widths, got {m.decoder_widths}")
+    if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
+        raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+PRESET_DIR = "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped in the package."""
+    files = resources.files("pretext").joinpath(PRESET_DIR).iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
+
+
+def _read_yaml(path: Path | Any, where: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
+    """Nested dict of a preset name or YAML file, following `base:` (a preset or file it extends)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        raw, where = _read_yaml(path, str(path)), str(path)
+    elif name_or_path in preset_names():
+        res = resources.files("pretext").joinpath(PRESET_DIR, f"{name_or_path}.yaml")
+        raw, where = _read_yaml(res, f"preset {name_or_path}"), f"preset {name_or_path}"
+    else:
+        raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a .yaml file")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base = str(base)
+    if Path(base).suffix in (".yaml", ".yml") and not Path(base).is_absolute() and path.suffix in (".yaml", ".yml"):
+        base = str(path.parent / base)  # relative to the file that names it
+    if base in _seen or base == name_or_path:
+        raise ConfigError(f"{where}: circular base {base!r}")
+    return deep_merge(load_raw(base, _seen + (name_or_path,)), raw)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`, recursively for mappings."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_key(key: str) -> tuple[str, ...]:
+    """'train.max_steps' or an unambiguous leaf name like 'max_steps' -> path tuple."""
+    sections = _sections()
+    top = [f.name for f in dataclasses.fields(PretrainConfig) if f.name not in sections]
+    parts = tuple(key.split("."))
+    if len(parts) == 2 and parts[0] in sections:
+        leaves = [f.name for f in dataclasses.fields(_hint(PretrainConfig, parts[0]))]
+        if parts[1] not in leaves:
+            raise _unknown(parts[1], leaves, parts[0])
+        return parts
+    if len(parts) == 1 and parts[0] in top:
+        return parts
+    if len(parts) == 1:
+        owners = [s for s in sections if parts[0] in {f.name for f in dataclasses.fields(_hint(PretrainConfig, s))}]
+        if len(owners) == 1:
+            return owners[0], parts[0]
+        if len(owners) > 1:
+            raise ConfigError(f"override {key!r} is ambiguous; write one of {', '.join(o + '.' + key for o in owners)}")
+    every = top + [f"{s}.{f.name}" for s in sections for f in dataclasses.fields(_hint(PretrainConfig, s))]
+    raise _unknown(key, every, "override")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `key=value` strings (values parsed as YAML scalars/lists) to a nested dict."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from exc
+        path = _resolve_key(key.strip())
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> PretrainConfig:
+    """Preset or YAML file + overrides -> validated config."""
+    raw = apply_overrides(load_raw(name_or_path), list(overrides or []))
+    return PretrainConfig.from_dict(raw)
+
+
+def describe() -> str:
+    """Every key with its default and documentation, for `--help-config`."""
+    lines = []
+    for f in dataclasses.fields(PretrainConfig):
+        hint = _hint(PretrainConfig, f.name)
+        if not dataclasses.is_dataclass(hint):
+            lines.append(f"{f.name} = {f.default!r}  {_doc(f)}")
+            continue
+        for g in dataclasses.fields(hint):
+            default = g.default if g.default is not dataclasses.MISSING else g.default_factory()
+            lines.append(f"{f.name}.{g.name} = {default!r}  {_doc(g)}")
+    return "\n".join(lines)
+
+
+def _doc(f: dataclasses.Field) -> str:
+    bits = []
+    if f.metadata.get("choices"):
+        bits.append("one of " + "|".join(map(str, f.metadata["choices"])))
+    if f.metadata.get("doc"):
+        bits.append(f.metadata["doc"])
+    return ("# " + "; ".join(bits)) if bits else ""

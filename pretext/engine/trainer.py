@@ -1,0 +1,320 @@
+"""The one training loop every pretext method (and later transfer task) runs through.
+
+Devices, AMP, DDP, atomic checkpoints with exact resume, metrics CSV + TensorBoard, progress bar,
+sample grids and encoder export. All randomness of step s derives from (seed, s, rank), so a run
+resumed from a checkpoint repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..config import PretrainConfig
+from ..data.dataset import UnlabelledImages, build_loader, estimate_mean
+from ..data.sources import list_images
+from ..export import export_encoder
+from ..methods import PretextMethod, StepContext, get_method
+from ..models import timm_name
+from ..models.alexnet import AlexNetEncoder
+from .checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, load_checkpoint, prune_step_checkpoints, save_checkpoint
+from .distributed import DistEnv, all_reduce_mean, barrier, init_distributed, no_sync, shutdown, wrap_ddp
+from .logger import RunLogger
+from .provenance import device_description, git_commit, versions
+
+log = logging.getLogger("cebench")
+RESUME_MUST_MATCH = ("method", "model", "mask", "loss")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the run stops and the last checkpoint stays as it was."""
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished run."""
+
+    run_dir: Path
+    step: int
+    images_seen: int
+    wall_seconds: float
+    skipped_images: int
+    last_metrics: dict[str, float]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of everything random in one step of one rank."""
+    return (seed * 1_000_003 + step) * 4099 + rank
+
+
+def default_demo_dir() -> Path:
+    """Where the built-in demo data is generated: $CEBENCH_CACHE/demo or ~/.cache/cebench/demo."""
+    return Path(os.environ.get("CEBENCH_CACHE", Path.home() / ".cache" / "cebench")) / "demo"
+
+
+def resolve_data(cfg: PretrainConfig, env: DistEnv) -> tuple[Path, str, str]:
+    """(root, source, split); generates the demo data (rank 0) when no root is configured."""
+    if cfg.data.root is not None:
+        return Path(cfg.data.root).expanduser(), cfg.data.source, cfg.data.split
+    from ..data.demo import ensure_demo_data
+
+    root = Path(cfg.data.demo_dir).expanduser() if cfg.data.demo_dir else default_demo_dir()
+    if env.is_main:
+        ensure_demo_data(root, num_images=cfg.data.demo_images, seed=0)
+    barrier(env)
+    return root, "voc", cfg.data.split
+
+
+class Trainer:
+    """Runs `cfg.method` on `cfg.data` into `run_dir`."""
+
+    def __init__(self, cfg: PretrainConfig, run_dir: str | Path, env: DistEnv) -> None:
+        self.cfg, self.env, self.run_dir = cfg, env, Path(run_dir)
+        t = cfg.train
+        if t.precision == "fp16" and env.device.type != "cuda":
+            raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.step, self.images_seen, self.prior_seconds = 0, 0, 0.0
+        self.skipped: set[str] = set()
+        self.state = self._resume_state()
+        self.dataset = self._build_dataset()
+        self.fill_mean = self._fill_mean()
+        self.method = self._build_method()
+        self.optimizers = self.method.build_optimizers()
+        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        if self.state is not None:
+            self._load_state(self.state)
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _resume_state(self) -> dict | None:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            if self.cfg.train.resume and self.env.is_main:
+                log.info("resume=true but %s does not exist: starting from scratch", path)
+            return None
+        if not self.cfg.train.resume:
+            raise CheckpointError(f"{path} already exists; pass resume=true to continue it, or choose another --out")
+        state = load_checkpoint(path)
+        old = state["config"]
+        changed = [k for k in RESUME_MUST_MATCH if old.get(k) != self.cfg.to_dict()[k]]
+        if changed:
+            raise CheckpointError(f"{path} was trained with different {', '.join(changed)} settings; cannot resume")
+        return state
+
+    def _build_dataset(self) -> UnlabelledImages:
+        root, source, split = resolve_data(self.cfg, self.env)
+        d = self.cfg.data
+        paths = list_images(root, source, split)
+        if self.env.is_main:
+            log.info("data: %d images from %s", len(paths), root)
+        return UnlabelledImages(paths, d.load_size, d.fine_size, d.flip, d.on_bad_image, d.max_image_pixels)
+
+    def _fill_mean(self) -> list[float]:
+        if self.state is not None:
+            return list(self.state["fill_mean"])
+        if self.cfg.data.mean is not None:
+            return list(self.cfg.data.mean)
+        return estimate_mean(self.dataset, self.cfg.data.mean_images)
+
+    def _build_method(self) -> PretextMethod:
+        torch.manual_seed(self.cfg.train.seed)  # identical initial weights for a given seed (and on every rank)
+        method = get_method(self.cfg.method)(self.cfg, self.fill_mean).to(self.env.device)
+        if self.cfg.train.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        self.raw_networks = dict(method.networks())
+        for name, net in self.raw_networks.items():
+            wrapped = wrap_ddp(net, self.env)
+            setattr(method, name, torch.compile(wrapped) if self.cfg.train.compile else wrapped)
+        return method
+
+    def _load_state(self, state: dict) -> None:
+        for name, net in self.raw_networks.items():
+            net.load_state_dict(state["networks"][name])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("rng") is not None:
+            torch.set_rng_state(state["rng"])
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        self.prior_seconds = float(state["train_seconds"])
+        self.skipped = set(state.get("skipped", []))
+        if self.env.is_main:
+            log.info("resumed %s at step %d", self.run_dir / CHECKPOINT, self.step)
+
+    # --- one step -----------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16/fp16 autocast on the run's device, or nothing in fp32."""
+        p = self.cfg.train.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
+        """Backward, optional clipping and the optimiser step; a non-finite loss stops the run."""
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(f"{name} loss became {loss.item()} at step {self.step + 1}")
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.cfg.optim.grad_clip > 0:
+            if self.scaler:
+                self.scaler.unscale_(opt)
+            params = [p for g in opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        if self.scaler:
+            self.scaler.step(opt)
+        else:
+            opt.step()
+
+    def _images(self, batch: dict) -> torch.Tensor:
+        x = batch["images"].to(self.env.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def _context(self) -> StepContext:
+        seed = step_seed(self.cfg.train.seed, self.step, self.env.rank)
+        torch.manual_seed(seed + 1)  # dropout and any other global-RNG draw of this step
+        gen = torch.Generator().manual_seed(seed)
+        return StepContext(self.step, gen, self.env.device, self.autocast, self.optimize, no_sync)
+
+    # --- outputs ------------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.prior_seconds + (time.perf_counter() - self.t_start)
+
+    def save(self) -> None:
+        """Atomic checkpoint (rank 0), plus a step-numbered copy pruned to `keep_checkpoints`."""
+        if not self.env.is_main:
+            return
+        state = {
+            "step": self.step, "images_seen": self.images_seen, "train_seconds": self._elapsed(),
+            "networks": {n: net.state_dict() for n, net in self.raw_networks.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "fill_mean": self.fill_mean,
+            "skipped": sorted(self.skipped), "method": self.cfg.method,
+        }
+        save_checkpoint(state, self.run_dir / CHECKPOINT)
+        if self.cfg.train.keep_checkpoints > 0:
+            save_checkpoint(state, self.run_dir / f"checkpoint_step{self.step}.pt")
+            prune_step_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+
+    def save_samples(self, images: torch.Tensor) -> None:
+        """PNG grid: masked input / prediction / ground truth (every rank runs it: DDP forwards are collective)."""
+        from torchvision.utils import save_image
+
+        n = min(8, images.shape[0])
+        grid = self.method.sample_grid(images[:n], torch.Generator().manual_seed(self.cfg.train.seed))
+        if grid is not None and self.env.is_main:
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            save_image(grid, self.run_dir / "samples" / f"step{self.step:07d}.png", nrow=n)
+
+    def finish(self, metrics: dict[str, float]) -> TrainResult:
+        """Export the encoder and the pretraining-time record."""
+        result = TrainResult(self.run_dir, self.step, self.images_seen, self._elapsed(), len(self.skipped), metrics)
+        if not self.env.is_main:
+            return result
+        enc, arch, spec = self.method.encoder_export()
+        record = {"wall_seconds": round(result.wall_seconds, 3), "steps": self.step, "images_seen": self.images_seen,
+                  "device": device_description(self.env.device), "world_size": self.env.world_size}
+        meta = {"method": self.cfg.method, "pretrain": record, "config_hash": self.cfg.hash(),
+                "fill_mean": self.fill_mean, "git_commit": git_commit(), "versions": versions()}
+        if isinstance(enc, AlexNetEncoder):
+            meta["timm_model"] = timm_name(enc.spec)
+        export_encoder(enc, arch, spec, self.run_dir, meta)
+        atomic_write_text(self.run_dir / "pretrain_time.json", json.dumps(record, indent=2) + "\n")
+        return result
+
+    # --- the loop -----------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train until `train.max_steps`, checkpointing and logging along the way."""
+        t, env = self.cfg.train, self.env
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        logger = RunLogger(self.run_dir, env.is_main, self.step)
+        self.method.train()
+        loader = build_loader(self.dataset, t.batch_size, t.seed, self.cfg.data.workers, env.rank, env.world_size,
+                              start_step=self.step, pin_memory=env.device.type == "cuda")
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (env.is_main and t.progress), dynamic_ncols=True,
+                   desc=self.cfg.method)
+        self.t_start = time.perf_counter()
+        last = {"time": self.t_start, "images": self.images_seen}
+        metrics: dict[str, float] = {}
+        try:
+            for batch in loader if self.step < t.max_steps else ():
+                metrics = self._train_step(batch, logger, bar, last) or metrics
+                if self.step >= t.max_steps:
+                    break
+            if self.step % t.ckpt_every or self.step == 0:  # not already saved at this step
+                self.save()
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; stopping. {self._last_good()}") from exc
+        finally:
+            bar.close()
+            logger.close()
+        return self.finish(metrics)
+
+    def _train_step(self, batch: dict, logger: RunLogger, bar: tqdm, last: dict) -> dict[str, float] | None:
+        t = self.cfg.train
+        self._note_skipped(batch["skipped"])
+        images = self._images(batch)
+        values = self.method.training_step(images, self._context())
+        if self.scaler is not None:
+            self.scaler.update()
+        self.step += 1
+        self.images_seen += images.shape[0] * self.env.world_size
+        bar.update(1)
+        out = None
+        if self.step % t.log_every == 0 or self.step == t.max_steps:
+            out = self._log(values, logger, bar, last)
+        if self.step % t.sample_every == 0 or self.step == t.max_steps:
+            self.save_samples(images)
+        if self.step % t.ckpt_every == 0:
+            self.save()
+        return out
+
+    def _log(self, values: dict[str, torch.Tensor], logger: RunLogger, bar: tqdm, last: dict) -> dict[str, float]:
+        now = time.perf_counter()
+        metrics = all_reduce_mean({k: float(v) for k, v in values.items()}, self.env)
+        metrics["images_per_s"] = (self.images_seen - last["images"]) / max(now - last["time"], 1e-9)
+        metrics["epoch"] = self.images_seen / len(self.dataset)
+        metrics["lr"] = self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"]
+        metrics["skipped_images"] = len(self.skipped)
+        last.update(time=now, images=self.images_seen)
+        logger.log(self.step, metrics)
+        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{metrics['images_per_s']:.0f}")
+        if bar.disable and self.env.is_main:
+            log.info("step %d/%d loss %.5f (%.1f img/s)", self.step, self.cfg.train.max_steps,
+                     metrics.get("loss", float("nan")), metrics["images_per_s"])
+        return metrics
+
+    def _note_skipped(self, paths: list[str]) -> None:
+        new = set(paths) - self.skipped
+        if new and self.env.is_main:
+            log.warning("skipped %d unreadable image(s) so far; newest: %s", len(self.skipped) + len(new), sorted(new)[0])
+        self.skipped |= new
+
+    def _last_good(self) -> str:
+        path = self.run_dir / CHECKPOINT
+        if path.exists():
+            return f"The last good checkpoint {path} (step {load_checkpoint(path)['step']}) is intact."
+        return "No checkpoint had been written yet."
+
+
+def train(cfg: PretrainConfig, run_dir: str | Path) -> TrainResult:
+    """Set up the process group (under torchrun), train, tear down."""
+    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
+    try:
+        return Trainer(cfg, run_dir, env).fit()
+    finally:
+        shutdown(env)
+

@@ -1,0 +1,120 @@
+"""`cebench inpaint --checkpoint RUN --images DIR --mask central --out DIR`: fill holes in a user's images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .config import PretrainConfig
+from .data.dataset import UnlabelledImages
+from .data.sources import list_images
+from .engine.checkpoint import CHECKPOINT, load_checkpoint
+from .engine.distributed import select_device
+from .masks import MASK_KINDS, MaskGenerator, build_mask_generator
+from .methods import get_method
+from .methods.context_encoder import ContextEncoderMethod
+
+log = logging.getLogger("cebench")
+
+
+def load_inpainter(path: str | Path, device: torch.device) -> ContextEncoderMethod:
+    """A trained inpainting method (eval mode) from a run directory or a checkpoint file."""
+    path = Path(path)
+    state = load_checkpoint(path / CHECKPOINT if path.is_dir() else path)
+    cfg = PretrainConfig.from_dict(state["config"], where=str(path))
+    method = get_method(cfg.method)(cfg, list(state["fill_mean"]))
+    if not hasattr(method, "inpaint"):
+        raise ValueError(f"{path}: method {cfg.method!r} does not inpaint")
+    for name, net in method.networks().items():
+        net.load_state_dict(state["networks"][name])
+    return method.to(device).eval()
+
+
+def eval_mask_generator(method: ContextEncoderMethod, kind: str) -> MaskGenerator:
+    """The run's mask settings with the requested kind (central, block or region)."""
+    k = method.cfg.mask
+    if method.center and kind != "central":
+        raise ValueError(f"this model predicts only the central quarter (model.output=center); --mask {kind} needs a "
+                         "full-output model")
+    return build_mask_generator(kind, overlap=k.overlap, max_coverage=k.max_coverage, min_coverage=k.min_coverage,
+                                max_blocks=k.max_blocks, region_bank=k.region_bank, deform=k.deform, seed=method.cfg.train.seed)
+
+
+def eval_dataset(method: ContextEncoderMethod, images: str | Path, split: str, on_bad_image: str = "error",
+                 max_images: int | None = None) -> UnlabelledImages:
+    """Images preprocessed as in training, but with a deterministic centre crop and no flip."""
+    d = method.cfg.data
+    paths = list_images(images, "auto", split)[:max_images]
+    return UnlabelledImages(paths, d.load_size, d.fine_size, flip=False, on_bad_image=on_bad_image,
+                            max_pixels=d.max_image_pixels)
+
+
+def batches(dataset: UnlabelledImages, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices, uint8 images) in dataset order."""
+    for start in range(0, len(dataset), batch_size):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        yield idx, torch.stack([dataset[i][0] for i in idx])
+
+
+def fill_batch(method: ContextEncoderMethod, masks: MaskGenerator, images_u8: torch.Tensor, seed: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, hole, model composite, mean-fill composite), images in [0, 1] on `device`."""
+    x = images_u8.to(device).float().div(127.5).sub(1)
+    b, _, h, w = x.shape
+    hole = masks(b, h, w, torch.Generator().manual_seed(seed), device)
+    filled = method.inpaint(x, hole)
+    mean_fill = torch.where(hole, method.fill.to(x.dtype).expand_as(x), x)
+    to01 = lambda t: t.add(1).div(2).clamp(0, 1)  # noqa: E731
+    return to01(x), hole, to01(filled), to01(mean_fill)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the inpaint command."""
+    p = argparse.ArgumentParser(prog=prog, description="Fill holes in images with a trained context encoder.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="run directory or checkpoint.pt")
+    p.add_argument("--images", required=True, type=Path, help="image folder, VOC root or list file")
+    p.add_argument("--split", default="test", help="VOC split list when --images is a VOC root")
+    p.add_argument("--mask", default="central", choices=MASK_KINDS)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Write <stem>_masked.png and <stem>_filled.png per image, and grid.png (masked / filled / original)."""
+    from torchvision.utils import save_image
+
+    from .cli import setup_logging
+
+    setup_logging()
+    args = build_parser(prog).parse_args(argv)
+    device = select_device(args.device)
+    method = load_inpainter(args.checkpoint, device)
+    masks = eval_mask_generator(method, args.mask)
+    dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images)
+    args.out.mkdir(parents=True, exist_ok=True)
+    grid_rows: list[torch.Tensor] = []
+    for n, (idx, images) in enumerate(batches(dataset, args.batch_size)):
+        x, hole, filled, _ = fill_batch(method, masks, images, args.seed + n, device)
+        masked = torch.where(hole, torch.ones_like(x), x)
+        for j, i in enumerate(idx):
+            stem = dataset.paths[i].stem
+            save_image(masked[j], args.out / f"{stem}_masked.png")
+            save_image(filled[j], args.out / f"{stem}_filled.png")
+        if n == 0:
+            k = min(8, len(idx))
+            grid_rows = [masked[:k], filled[:k], x[:k]]
+    save_image(torch.cat(grid_rows).cpu(), args.out / "grid.png", nrow=grid_rows[0].shape[0])
+    log.info("inpainted %d images into %s (grid: %s)", len(dataset), args.out, args.out / "grid.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

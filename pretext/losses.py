@@ -1,0 +1,52 @@
+"""Inpainting losses: masked reconstruction with the overlap ring, and the adversarial terms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def region_weights(hole: torch.Tensor, region: torch.Tensor, overlap_weight: float = 10.0) -> torch.Tensor:
+    """Loss weight per pixel: 1 in the hole, `overlap_weight` on the known ring (region minus hole), 0 elsewhere.
+
+    hole, region: bool (B, 1, H, W), region = the predicted area (the hole dilated by the overlap).
+    """
+    if hole.shape != region.shape:
+        raise ValueError(f"hole {tuple(hole.shape)} and region {tuple(region.shape)} differ in shape")
+    ring = region & ~hole
+    return hole.float() + overlap_weight * ring.float()
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+    """Weighted mean error over the predicted region: sum(w * err) / (C * #pixels with w > 0).
+
+    pred, target: (B, C, H, W); weights: (B, 1, H, W). Normalising by the region size keeps the loss
+    scale independent of the hole size, as the original code's MSE over the predicted patch does.
+    """
+    if pred.shape != target.shape or weights.shape[0] != pred.shape[0] or weights.shape[-2:] != pred.shape[-2:]:
+        raise ValueError(f"shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, weights {tuple(weights.shape)}")
+    if kind not in ("l2", "l1"):
+        raise ValueError(f"reconstruction loss must be l2 or l1, got {kind!r}")
+    diff = (pred.float() - target.float())
+    err = diff.square() if kind == "l2" else diff.abs()
+    count = (weights > 0).sum() * pred.shape[1]
+    return (err * weights).sum() / count.clamp_min(1)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy: real -> 1, fake -> 0 (mean of both halves)."""
+    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float32))
+    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32))
+    return 0.5 * (real + fake)
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: fake -> 1."""
+    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits, dtype=torch.float32))
+
+
+def joint_loss(rec: torch.Tensor, adv: torch.Tensor | None, adversarial_weight: float) -> torch.Tensor:
+    """(1 - w) * rec + w * adv, the paper's 0.999 / 0.001 split for w = 0.001; rec alone when w = 0."""
+    if adversarial_weight == 0 or adv is None:
+        return rec
+    return (1.0 - adversarial_weight) * rec + adversarial_weight * adv

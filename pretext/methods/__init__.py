@@ -1,0 +1,20 @@
+"""Pretext methods, one file each, selected by name (`method=...`)."""
+
+from __future__ import annotations
+
+from .base import PretextMethod, StepContext
+from .context_encoder import ContextEncoderMethod
+
+METHODS: dict[str, type[PretextMethod]] = {
+    ContextEncoderMethod.name: ContextEncoderMethod,
+}
+
+
+def get_method(name: str) -> type[PretextMethod]:
+    """The method class registered under `name`."""
+    if name not in METHODS:
+        raise ValueError(f"unknown pretext method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "PretextMethod", "StepContext", "get_method"]

@@ -1,0 +1,57 @@
+"""The contract between a pretext method and the shared trainer."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import PretrainConfig
+
+
+@dataclass
+class StepContext:
+    """What the trainer hands a method for one step."""
+
+    step: int
+    generator: torch.Generator  # CPU generator seeded from (seed, step, rank): masks and other sampling
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    optimize: Callable[[str, torch.Tensor], None]  # backward + clip + step of the named optimiser
+    no_sync: Callable[[nn.Module], contextlib.AbstractContextManager]
+
+
+class PretextMethod(nn.Module, abc.ABC):
+    """A pretext task in one file: config in, losses out. Networks named in `networks()` get DDP-wrapped."""
+
+    name: str = ""
+
+    def __init__(self, cfg: PretrainConfig, fill_mean: list[float]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # Images are normalised to [-1, 1]; the fill value is the dataset mean in that space.
+        self.register_buffer("fill", torch.tensor(fill_mean, dtype=torch.float32).view(1, 3, 1, 1) * 2 - 1)
+
+    @abc.abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """Trained networks by attribute name."""
+
+    @abc.abstractmethod
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers by name (the names `ctx.optimize` is called with)."""
+
+    @abc.abstractmethod
+    def training_step(self, images: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """One optimisation step on normalised images (B, 3, H, W); returns scalar metrics."""
+
+    @abc.abstractmethod
+    def encoder_export(self) -> tuple[nn.Module, str, dict]:
+        """(encoder module, architecture name, architecture spec) for the exported encoder."""
+
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """Rows of images in [0, 1] for the progress PNG, or None."""
+        return None

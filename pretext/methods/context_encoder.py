@@ -1,0 +1,149 @@
+"""Context encoder (Pathak et al. 2016): fill a hole with the dataset mean, predict it, masked L2 (+ adversarial)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import PretrainConfig
+from ..engine.distributed import unwrap
+from ..losses import discriminator_loss, generator_adversarial_loss, joint_loss, reconstruction_loss, region_weights
+from ..masks import build_mask_generator, prediction_region
+from ..models import alexnet_spec
+from ..models.alexnet import AlexNetEncoder
+from ..models.context_encoder import ContextEncoderNet
+from ..models.dcgan import DCGAN_WIDTHS, DCGANDiscriminator, DCGANGenerator
+from .base import PretextMethod, StepContext
+
+
+def build_generator(cfg: PretrainConfig) -> nn.Module:
+    """AlexNet context encoder ('alexnet', 'alexnet_small') or the DCGAN inpainting generator ('dcgan')."""
+    m, size = cfg.model, cfg.data.fine_size
+    out = size if m.output == "full" else size // 2
+    if m.arch == "dcgan":
+        widths = m.widths or _dcgan_widths(size)
+        return DCGANGenerator(size, widths, m.bottleneck, m.output)
+    encoder = AlexNetEncoder(alexnet_spec(m.arch, m.widths, size, m.layout, m.lrn, m.groups))
+    c, n, _ = encoder.feature_shapes()["pool5"]
+    return ContextEncoderNet(encoder, c, n, out, m.decoder_widths, m.dropout, m.decoder_norm)
+
+
+def _dcgan_widths(size: int) -> list[int]:
+    # The paper's 64-64-128-256-512 for 128 px; drop leading layers for smaller inputs.
+    n_down = (size // 4).bit_length() - 1
+    return list(DCGAN_WIDTHS[len(DCGAN_WIDTHS) - n_down :]) if n_down <= 5 else [64] * (n_down - 5) + list(DCGAN_WIDTHS)
+
+
+class ContextEncoderMethod(PretextMethod):
+    """Masked-region reconstruction with an optional discriminator on the predicted content only."""
+
+    name = "context_encoder"
+
+    def __init__(self, cfg: PretrainConfig, fill_mean: list[float]) -> None:
+        super().__init__(cfg, fill_mean)
+        k = cfg.mask
+        self.generator = build_generator(cfg)
+        self.masks = build_mask_generator(k.kind, overlap=k.overlap, max_coverage=k.max_coverage,
+                                          min_coverage=k.min_coverage, max_blocks=k.max_blocks,
+                                          region_bank=k.region_bank, deform=k.deform, seed=cfg.train.seed)
+        self.center = cfg.model.output == "center"
+        size = cfg.data.fine_size
+        self.discriminator = None
+        if cfg.loss.adversarial_weight > 0:
+            self.discriminator = DCGANDiscriminator(size // 2 if self.center else size, cfg.model.disc_widths)
+
+    def networks(self) -> dict[str, nn.Module]:
+        nets = {"generator": self.generator}
+        if self.discriminator is not None:
+            nets["discriminator"] = self.discriminator
+        return nets
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        o = self.cfg.optim
+        opts = {"generator": _adam(self.generator, o.lr, o)}
+        if self.discriminator is not None:
+            opts["discriminator"] = _adam(self.discriminator, o.lr_disc if o.lr_disc is not None else o.lr / 10, o)
+        return opts
+
+    def corrupt(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input with the hole filled by the mean, hole mask, predicted-region mask)."""
+        b, _, h, w = images.shape
+        hole = self.masks(b, h, w, generator, images.device)
+        region = prediction_region(hole, self.cfg.mask.overlap)
+        return torch.where(hole, self.fill.to(images.dtype), images), hole, region
+
+    def _crop(self, t: torch.Tensor) -> torch.Tensor:
+        # The centre-output generator predicts exactly the central quarter.
+        h, w = t.shape[-2:]
+        return t[..., h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] if self.center else t
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Generator output (central quarter or full image)."""
+        return self.generator(x)
+
+    def paste(self, images: torch.Tensor, pred: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """Known pixels from `images`, hole pixels from the prediction."""
+        canvas = images.clone()
+        if self.center:
+            self._crop(canvas).copy_(pred.to(canvas.dtype))
+        else:
+            canvas = pred.to(canvas.dtype)
+        return torch.where(hole, canvas, images)
+
+    @torch.no_grad()
+    def inpaint(self, images: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """Fill `hole` (bool (B,1,H,W)) of normalised images; returns normalised composites."""
+        x = torch.where(hole, self.fill.to(images.dtype), images)
+        return self.paste(images, self.predict(x).float(), hole)
+
+    def _disc_view(self, t: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        # The discriminator sees only predicted (or real) content, never the context: `t` is in prediction
+        # coordinates (the centre crop, or the full image whose region is shown on a blank canvas).
+        return t if self.center else t * region.to(t.dtype)
+
+    def training_step(self, images: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        x, hole, region = self.corrupt(images, ctx.generator)
+        weights = self._crop(region_weights(hole, region, self.cfg.mask.overlap_weight))
+        target = self._crop(images)
+        with ctx.autocast():
+            pred = self.generator(x)
+        rec = reconstruction_loss(pred, target, weights, self.cfg.loss.reconstruction)
+        if self.discriminator is None:
+            ctx.optimize("generator", rec)
+            return {"loss": rec.detach(), "rec": rec.detach()}
+        d_loss = self._discriminator_step(target, pred, region, ctx)
+        with ctx.autocast(), ctx.no_sync(self.discriminator):
+            adv = generator_adversarial_loss(self.discriminator(self._disc_view(pred, region)))
+        loss = joint_loss(rec, adv, self.cfg.loss.adversarial_weight)
+        ctx.optimize("generator", loss)
+        return {"loss": loss.detach(), "rec": rec.detach(), "adv": adv.detach(), "disc": d_loss.detach()}
+
+    def _discriminator_step(self, target: torch.Tensor, pred: torch.Tensor, region: torch.Tensor,
+                            ctx: StepContext) -> torch.Tensor:
+        with ctx.autocast():
+            real = self.discriminator(self._disc_view(target, region))
+            fake = self.discriminator(self._disc_view(pred.detach(), region))
+        d_loss = discriminator_loss(real, fake)
+        ctx.optimize("discriminator", d_loss)
+        return d_loss
+
+    def encoder_export(self) -> tuple[nn.Module, str, dict]:
+        enc = unwrap(self.generator).encoder
+        if isinstance(enc, AlexNetEncoder):
+            return enc, "alexnet", enc.spec.to_dict()
+        return enc, "dcgan", {"input_size": enc.input_size, "widths": [m.out_channels for m in enc.features
+                                                                        if isinstance(m, nn.Conv2d)],
+                              "bottleneck": enc.out_channels}
+
+    @torch.no_grad()
+    def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        was_training = self.generator.training
+        self.generator.eval()
+        x, hole, _ = self.corrupt(images, generator)
+        filled = self.inpaint(images, hole)
+        self.generator.train(was_training)
+        return torch.cat([x, filled, images]).float().add(1).div(2).clamp(0, 1)
+
+
+def _adam(module: nn.Module, lr: float, o) -> torch.optim.Adam:
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)

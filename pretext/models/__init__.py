@@ -1,0 +1,40 @@
+"""Networks of the suite and builders from config or exported metadata."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .alexnet import PAPER_WIDTHS, AlexNetEncoder, AlexNetSpec
+from .dcgan import DCGAN_WIDTHS, DCGANEncoder
+
+ENCODER_ARCHS = ("alexnet", "dcgan")
+
+
+def alexnet_spec(arch: str, widths: list[int] | None, input_size: int, layout: str = "caffe", lrn: bool = False,
+                 groups: bool = False) -> AlexNetSpec:
+    """Spec of the paper ('alexnet') or small-image ('alexnet_small') AlexNet for an input size."""
+    return AlexNetSpec(widths=tuple(widths or PAPER_WIDTHS), input_size=input_size, small=arch == "alexnet_small",
+                       layout=layout, lrn=lrn, groups=groups)
+
+
+def build_encoder(arch: str, spec: dict) -> nn.Module:
+    """Encoder from exported metadata: arch 'alexnet' (AlexNetSpec dict) or 'dcgan' (DCGANEncoder kwargs)."""
+    if arch == "alexnet":
+        return AlexNetEncoder(AlexNetSpec.from_dict(spec))
+    if arch == "dcgan":
+        unknown = set(spec) - {"input_size", "widths", "bottleneck"}
+        if unknown:
+            raise ValueError(f"unknown DCGAN encoder spec keys {sorted(unknown)}")
+        kwargs = {**spec, "widths": tuple(spec.get("widths", DCGAN_WIDTHS))}
+        return DCGANEncoder(**kwargs)
+    raise ValueError(f"unknown encoder architecture {arch!r}; known: {', '.join(ENCODER_ARCHS)}")
+
+
+def timm_name(spec: AlexNetSpec) -> str:
+    """The timm model name that builds this spec (with the spec's fields as keyword arguments)."""
+    if spec.small:
+        return "cebench_alexnet_small"
+    return "cebench_alexnet_tv" if spec.layout == "torchvision" else "cebench_alexnet"
+
+
+from . import timm_models  # noqa: E402,F401  (registers the timm entries)

@@ -1,0 +1,207 @@
+"""Tests for the procedurally drawn VOC-layout demo dataset (pretext.data.demo)."""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pretext.data.demo import DEMO_CLASSES, MARKER_NAME, ensure_demo_data, main, make_demo_data
+
+SPLITS = ("train", "val", "trainval", "test")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root, num_images=60, seed=5, workers=2)
+    return root
+
+
+def read_ids(path: Path) -> list[str]:
+    return path.read_text().split()
+
+
+def all_ids(root: Path) -> list[str]:
+    return read_ids(root / "ImageSets/Main/trainval.txt") + read_ids(root / "ImageSets/Main/test.txt")
+
+
+def read_objects(root: Path, image_id: str) -> tuple[tuple[int, int], list[dict]]:
+    """(width, height) and the objects of one annotation, boxes as ints."""
+    tree = ET.parse(root / "Annotations" / f"{image_id}.xml").getroot()
+    size = (int(tree.findtext("size/width")), int(tree.findtext("size/height")))
+    objects = [
+        {
+            "name": obj.findtext("name"),
+            "difficult": int(obj.findtext("difficult")),
+            "truncated": int(obj.findtext("truncated")),
+            "box": [int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")],
+        }
+        for obj in tree.findall("object")
+    ]
+    return size, objects
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_layout_is_complete_and_splits_partition_the_ids(demo: Path) -> None:
+    lists = {s: read_ids(demo / "ImageSets/Main" / f"{s}.txt") for s in SPLITS}
+    train, val, test = set(lists["train"]), set(lists["val"]), set(lists["test"])
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == {f"{i:06d}" for i in range(1, 61)}
+    assert sorted(lists["trainval"]) == sorted(train | val)
+    assert (len(train), len(val), len(test)) == (30, 15, 15)
+    for split in SPLITS:
+        assert read_ids(demo / "ImageSets/Segmentation" / f"{split}.txt") == lists[split]
+    for image_id in all_ids(demo):
+        for sub, ext in (("JPEGImages", "jpg"), ("Annotations", "xml"),
+                         ("SegmentationClass", "png"), ("SegmentationObject", "png")):
+            assert (demo / sub / f"{image_id}.{ext}").is_file(), (sub, image_id)
+    assert (demo / "classes.txt").read_text().splitlines() == ["background", *DEMO_CLASSES]
+    assert (demo / MARKER_NAME).is_file()
+
+
+def test_same_seed_is_byte_identical_for_any_worker_count_and_other_seeds_differ(tmp_path: Path) -> None:
+    make_demo_data(tmp_path / "a", num_images=24, seed=3, workers=1)
+    make_demo_data(tmp_path / "b", num_images=24, seed=3, workers=2)
+    make_demo_data(tmp_path / "c", num_images=24, seed=4, workers=2)
+    a, b, c = (tree_hashes(tmp_path / n) for n in "abc")
+    assert a == b
+    assert len(a) == 4 * 24 + 4 * 2 + 4 * len(DEMO_CLASSES) + 2  # images, split lists, class lists, classes, marker
+    assert sum(a[k] != c.get(k) for k in a if k.startswith("JPEGImages")) == 24
+
+
+def test_annotations_are_valid_voc(demo: Path) -> None:
+    for image_id in all_ids(demo):
+        (width, height), objects = read_objects(demo, image_id)
+        assert Image.open(demo / "JPEGImages" / f"{image_id}.jpg").size == (width, height)
+        assert 112 <= width <= 176 and 112 <= height <= 176
+        assert 1 <= len(objects) <= 5
+        for obj in objects:
+            xmin, ymin, xmax, ymax = obj["box"]
+            assert obj["name"] in DEMO_CLASSES
+            assert 1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height
+            assert obj["difficult"] in (0, 1) and obj["truncated"] in (0, 1)
+
+
+def test_segmentation_masks_agree_with_annotations(demo: Path) -> None:
+    for image_id in all_ids(demo):
+        (width, height), objects = read_objects(demo, image_id)
+        cls_png = Image.open(demo / "SegmentationClass" / f"{image_id}.png")
+        obj_png = Image.open(demo / "SegmentationObject" / f"{image_id}.png")
+        assert cls_png.mode == obj_png.mode == "P"
+        assert cls_png.size == obj_png.size == (width, height)
+        assert cls_png.getpalette()[3 * 255:] == [224, 224, 192]
+        assert cls_png.getpalette()[3:6] == [128, 0, 0]
+        cls_map, obj_map = np.array(cls_png), np.array(obj_png)
+        assert set(np.unique(cls_map)) <= set(range(len(DEMO_CLASSES) + 1)) | {255}
+        assert set(np.unique(obj_map)) <= set(range(len(objects) + 1)) | {255}
+        assert np.array_equal(cls_map == 255, obj_map == 255) and (cls_map == 255).any()
+        for k, obj in enumerate(objects, start=1):
+            ys, xs = np.nonzero(obj_map == k)
+            xmin, ymin, xmax, ymax = obj["box"]
+            assert len(xs) == 0 or (xmin <= xs.min() + 1 and xs.max() + 1 <= xmax
+                                    and ymin <= ys.min() + 1 and ys.max() + 1 <= ymax)
+            assert np.all(cls_map[ys, xs] == DEMO_CLASSES.index(obj["name"]) + 1)
+
+
+def test_per_class_lists_follow_voc_labels(demo: Path) -> None:
+    objects = {i: read_objects(demo, i)[1] for i in all_ids(demo)}
+    for split in SPLITS:
+        ids = read_ids(demo / "ImageSets/Main" / f"{split}.txt")
+        for name in DEMO_CLASSES:
+            lines = (demo / "ImageSets/Main" / f"{name}_{split}.txt").read_text().splitlines()
+            assert [line.split()[0] for line in lines] == ids
+            for line in lines:
+                image_id, label = line[:6], line[6:]
+                assert len(label) == 3 and label[0] == " "
+                flags = [o["difficult"] for o in objects[image_id] if o["name"] == name]
+                expected = -1 if not flags else (0 if all(flags) else 1)
+                assert int(label) == expected, (name, split, image_id)
+
+
+def test_generator_makes_difficult_and_truncated_objects(demo: Path) -> None:
+    objects = [o for i in all_ids(demo) for o in read_objects(demo, i)[1]]
+    assert 0 < sum(o["difficult"] for o in objects) < len(objects) / 2
+    assert 0 < sum(o["truncated"] for o in objects) < len(objects)
+    assert len({o["name"] for o in objects}) == len(DEMO_CLASSES)
+
+
+def test_ensure_demo_data_reuses_a_complete_copy_and_regenerates_otherwise(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    assert ensure_demo_data(root, num_images=8, seed=1) == root
+    jpeg = root / "JPEGImages" / "000001.jpg"
+    stamp = jpeg.stat().st_mtime_ns
+    ensure_demo_data(root, num_images=8, seed=1)
+    assert jpeg.stat().st_mtime_ns == stamp
+    (root / MARKER_NAME).unlink()
+    ensure_demo_data(root, num_images=8, seed=1)
+    assert jpeg.stat().st_mtime_ns != stamp and (root / MARKER_NAME).is_file()
+    ensure_demo_data(root, num_images=10, seed=1)
+    assert len(read_ids(root / "ImageSets/Main/trainval.txt")) + len(read_ids(root / "ImageSets/Main/test.txt")) == 10
+
+
+def test_invalid_arguments_are_rejected(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(ValueError, match="file"):
+        make_demo_data(not_a_dir, num_images=8)
+    with pytest.raises(ValueError, match="num_images"):
+        make_demo_data(tmp_path / "d", num_images=3)
+
+
+def test_cli_writes_the_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "d"
+    assert main([str(root), "--num-images", "8", "--seed", "3", "--workers", "1"]) == 0
+    assert "8 images" in capsys.readouterr().out
+    assert len(list((root / "JPEGImages").glob("*.jpg"))) == 8
+    assert (root / MARKER_NAME).is_file()
+
+
+def colour_histogram(image: Image.Image) -> np.ndarray:
+    """Normalised 4x4x4-bin RGB histogram: blind to shape, sensitive to class-coloured objects."""
+    q = (np.asarray(image) // 64).reshape(-1, 3).astype(np.int64)
+    counts = np.bincount(q[:, 0] * 16 + q[:, 1] * 4 + q[:, 2], minlength=64)
+    return counts / counts.sum()
+
+
+def linear_probe_map(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Test mAP of per-class (one-vs-rest) logistic regressions on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    aps = []
+    for c in range(y_train.shape[1]):
+        model = LogisticRegression(C=0.1, solver="liblinear").fit((x_train - mean) / std, y_train[:, c])
+        aps.append(average_precision_score(y_test[:, c], model.decision_function((x_test - mean) / std)))
+    return float(np.mean(aps))
+
+
+def test_colour_and_raw_pixels_do_not_solve_the_classification_task(tmp_path: Path) -> None:
+    """Colour and texture carry no class: linear models on raw 24x24 pixels or colour histograms stay near chance."""
+    root = tmp_path / "d"
+    make_demo_data(root, num_images=400, seed=11, workers=2)
+
+    def load(split: str, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids = read_ids(root / "ImageSets/Main" / f"{split}.txt")[:limit]
+        images = [Image.open(root / "JPEGImages" / f"{i}.jpg") for i in ids]
+        pixels = np.stack([np.asarray(im.resize((24, 24)), np.float32).ravel() / 255.0 for im in images])
+        names = [{o["name"] for o in read_objects(root, i)[1]} for i in ids]
+        labels = np.array([[c in present for c in DEMO_CLASSES] for present in names])
+        return pixels, np.stack([colour_histogram(im) for im in images]), labels
+
+    (px_train, hist_train, y_train), (px_test, hist_test, y_test) = load("trainval", 300), load("test", 100)
+    pixel_map = linear_probe_map(px_train, y_train, px_test, y_test)
+    hist_map = linear_probe_map(hist_train, y_train, hist_test, y_test)
+    print(f"linear probe mAP: raw pixels {pixel_map:.3f}, colour histogram {hist_map:.3f}, chance {y_test.mean():.3f}")
+    assert pixel_map < 0.75, f"raw-pixel mAP {pixel_map:.3f}: the task is linearly solvable from pixels"
+    # A class-dependent object colour lifts this to ~0.5 (measured); shape-only data sits near chance (~0.33).
+    assert hist_map < 0.45, f"colour-histogram mAP {hist_map:.3f}: object colour leaks the class"

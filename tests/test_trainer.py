@@ -1,0 +1,172 @@
+"""The shared trainer: real optimisation, exact resume, NaN stop, bad images, the adversarial path."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretext.data.images import BadImageError
+from pretext.engine.checkpoint import CheckpointError, load_checkpoint
+from pretext.engine.distributed import DistEnv
+from pretext.engine.trainer import NonFiniteLossError, Trainer, train
+from pretext.export import load_encoder
+
+from .conftest import tiny_config
+
+CPU = DistEnv(0, 1, 0, torch.device("cpu"))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_loss_falls_on_real_images(image_folder: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(image_folder, "max_steps=40", "mask.kind=central", "optim.lr=0.002")
+    result = train(cfg, tmp_path / "run")
+    rec = [float(r["rec"]) for r in read_metrics(tmp_path / "run")]
+    assert len(rec) == 40 and result.step == 40 and result.images_seen == 40 * 8
+    assert sum(rec[-5:]) / 5 < 0.7 * sum(rec[:5]) / 5
+
+
+def test_loss_falls_on_demo_data_with_region_masks(demo_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(demo_root, "max_steps=30", "mask.kind=region", "optim.lr=0.002")
+    train(cfg, tmp_path / "run")
+    rec = [float(r["rec"]) for r in read_metrics(tmp_path / "run")]
+    assert sum(rec[-5:]) / 5 < sum(rec[:5]) / 5
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    return {f"{n}.{k}": v for n, sd in state["networks"].items() for k, v in sd.items()}
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("extra", [
+    ("mask.kind=region",),
+    ("mask.kind=block", "data.workers=2"),
+])
+def test_resume_after_crash_is_exact(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     extra: tuple[str, ...]) -> None:
+    common = ("max_steps=8", "ckpt_every=3", *extra)
+    train(tiny_config(demo_root, *common), tmp_path / "straight")
+
+    original = Trainer._train_step
+
+    def crashing(self, *args, **kwargs):
+        if self.step == 4:  # after the step-3 checkpoint, mid-way to the next one
+            raise Crash()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_step", crashing)
+    with pytest.raises(Crash):
+        train(tiny_config(demo_root, *common), tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 3
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    train(tiny_config(demo_root, *common, "resume=true"), tmp_path / "resumed")
+
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    rows = read_metrics(tmp_path / "resumed")
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))  # no duplicated rows after the crash
+    assert [r["rec"] for r in rows] == [r["rec"] for r in read_metrics(tmp_path / "straight")]
+
+
+def test_resume_of_adversarial_run_is_exact(demo_root: Path, tmp_path: Path) -> None:
+    adv = ("model.arch=dcgan", "model.widths=[8,16,16]", "model.bottleneck=32", "model.output=center",
+           "model.disc_widths=[8,16]", "mask.kind=central", "mask.overlap=2", "loss.adversarial_weight=0.001",
+           "ckpt_every=2")
+    train(tiny_config(demo_root, *adv, "max_steps=4"), tmp_path / "straight")
+    train(tiny_config(demo_root, *adv, "max_steps=2"), tmp_path / "resumed")
+    train(tiny_config(demo_root, *adv, "max_steps=4", "resume=true"), tmp_path / "resumed")
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert any(k.startswith("discriminator.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    row = read_metrics(tmp_path / "straight")[-1]
+    assert {"rec", "adv", "disc", "loss"} <= row.keys()
+
+
+def test_existing_run_is_not_overwritten_without_resume(image_folder: Path, tmp_path: Path) -> None:
+    train(tiny_config(image_folder, "max_steps=1"), tmp_path / "run")
+    with pytest.raises(CheckpointError, match="resume=true"):
+        train(tiny_config(image_folder, "max_steps=2"), tmp_path / "run")
+
+
+def test_resume_with_other_model_is_refused(image_folder: Path, tmp_path: Path) -> None:
+    train(tiny_config(image_folder, "max_steps=1"), tmp_path / "run")
+    with pytest.raises(CheckpointError, match="model"):
+        train(tiny_config(image_folder, "max_steps=2", "resume=true", "model.dropout=0.1"), tmp_path / "run")
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import pretext.methods.context_encoder as ce
+
+    real = ce.reconstruction_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(ce, "reconstruction_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"nan at step 5.*checkpoint.*step 4\) is intact"):
+        train(tiny_config(image_folder, "max_steps=10", "ckpt_every=2"), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+    assert not (tmp_path / "run" / "encoder.safetensors").exists()
+
+
+def _folder_with_corrupt_image(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in sorted(src.glob("*.png"))[:10]:
+        (dst / p.name).write_bytes(p.read_bytes())
+    (dst / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return dst / "broken.png"
+
+
+def test_corrupt_image_stops_with_its_name(image_folder: Path, tmp_path: Path) -> None:
+    bad = _folder_with_corrupt_image(image_folder, tmp_path / "imgs")
+    with pytest.raises(BadImageError, match="broken.png"):
+        train(tiny_config(tmp_path / "imgs", "max_steps=3", "data.mean=[0.5,0.5,0.5]"), tmp_path / "run")
+    assert bad.exists()
+
+
+def test_corrupt_image_is_skipped_and_counted(image_folder: Path, tmp_path: Path) -> None:
+    _folder_with_corrupt_image(image_folder, tmp_path / "imgs")
+    cfg = tiny_config(tmp_path / "imgs", "max_steps=4", "data.on_bad_image=skip", "data.mean=[0.5,0.5,0.5]")
+    result = train(cfg, tmp_path / "run")
+    assert result.skipped_images == 1
+    assert float(read_metrics(tmp_path / "run")[-1]["skipped_images"]) == 1
+
+
+def test_outputs_and_exported_encoder(demo_root: Path, tmp_path: Path) -> None:
+    import timm
+
+    run = tmp_path / "run"
+    train(tiny_config(demo_root, "max_steps=2", "sample_every=2", "channels_last=true"), run)
+    for name in ("checkpoint.pt", "config.json", "metrics.csv", "encoder.safetensors", "encoder.json",
+                 "pretrain_time.json", "samples/step0000002.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    record = json.loads((run / "pretrain_time.json").read_text())
+    assert record["images_seen"] == 16 and record["steps"] == 2 and record["wall_seconds"] > 0
+    encoder, meta = load_encoder(run)
+    assert meta["method"] == "context_encoder" and meta["input_size"] == 32
+    x = torch.randn(2, 3, 32, 32)
+    via_timm = timm.create_model(meta["timm_model"], checkpoint_path=str(run / "encoder.safetensors"),
+                                 **{k: v for k, v in meta["spec"].items()})
+    assert torch.equal(encoder.eval()(x), via_timm.eval()(x))
+
+
+def test_bf16_autocast_path_trains(image_folder: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(image_folder, "max_steps=3", "precision=bf16"), tmp_path / "run")
+    assert result.step == 3 and all(r["rec"] != "nan" for r in read_metrics(tmp_path / "run"))

@@ -1,0 +1,1 @@
+"""Transfer evaluations (classification, detection, segmentation, probes, retrieval) of encoders exported by `pretext`."""
