@@ -46,6 +46,7 @@ class DataConfig:
     max_image_pixels: int = _opt(89_478_485, min=1, doc="refuse larger images (decompression bombs)")
     demo_dir: str | None = _opt(None, doc="where the demo data lives; null = ~/.cache/cebench/demo")
     demo_images: int = _opt(3000, min=8)
+    holdout: int = _opt(0, min=0, doc="images held out of training for the method's validation metrics")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class ModelConfig:
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     bottleneck: int = _opt(4000, min=1, doc="DCGAN bottleneck units")
     disc_widths: list[int] = _opt([64, 128, 256, 512], min=1)
+    init: str = _opt("gaussian", choices=("gaussian", "data_dependent"), doc="method=random: Gaussian or Krahenbuhl et al.")
+    init_std: float = _opt(0.01, min=0.0, doc="method=random: std of the Gaussian weights")
 
 
 @dataclass
@@ -75,8 +78,20 @@ class MaskConfig:
     max_coverage: float = _opt(0.25, min=0.0, max=1.0)
     min_coverage: float = _opt(0.05, min=0.0, max=1.0)
     max_blocks: int = _opt(6, min=1)
-    region_bank: str | None = _opt(None, doc="VOC root or PNG folder of segmentation masks; null = procedural blobs")
+    region_bank: str | None = _opt(None, doc="VOC root or PNG folder of segmentation masks; 'data' = the training "
+                                               "data's SegmentationObject masks if it has them, else blobs; null = blobs")
     deform: float = _opt(0.15, min=0.0)
+
+
+@dataclass
+class PatchConfig:
+    """Context prediction (Doersch et al. 2015): a 3x3 grid of patches in each data.fine_size crop."""
+
+    gap_ratio: float = _opt(0.5, min=0.0, doc="gap between patches / patch size (paper: 48 / 96)")
+    jitter_ratio: float = _opt(0.073, min=0.0, doc="max jitter / patch size (paper: 7 / 96)")
+    input_size: int | None = _opt(None, min=8, doc="patches are resized to this encoder input; null = patch size")
+    color: str = _opt("drop", choices=("drop", "project", "none"), doc="guard against chromatic aberration")
+    fc_dim: int = _opt(4096, min=1, doc="width of fc6 and fc7")
 
 
 @dataclass
@@ -118,16 +133,19 @@ class TrainConfig:
     resume: bool = _opt(False)
     ddp_timeout_s: int = _opt(600, min=1)
     progress: bool = _opt(True)
+    eval_every: int = _opt(0, min=0, doc="validate on the held-out images every N steps (and at the end); 0 = end only")
+    eval_batches: int = _opt(4, min=1, doc="held-out batches per validation")
 
 
 @dataclass
 class PretrainConfig:
     """Everything `cebench pretrain` needs."""
 
-    method: str = _opt("context_encoder", choices=("context_encoder",))
+    method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "context_prediction", "random"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -258,6 +276,8 @@ def _validate_cross(cfg: PretrainConfig) -> None:
         raise ConfigError(f"model.widths must list 5 conv widths for {m.arch}, got {m.widths}")
     if len(m.decoder_widths) != 4:
         raise ConfigError(f"model.decoder_widths must list 4 widths, got {m.decoder_widths}")
+    if cfg.method == "random" and cfg.train.max_steps != 0:
+        raise ConfigError(f"method=random is not trained: train.max_steps must be 0, got {cfg.train.max_steps}")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
 

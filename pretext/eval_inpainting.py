@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .engine.checkpoint import atomic_write_text
+from .engine.checkpoint import CheckpointError
 from .engine.distributed import select_device
 from .inpaint import batches, eval_dataset, eval_mask_generator, fill_batch, load_inpainter
 from .masks import MASK_KINDS
@@ -38,12 +39,23 @@ def summarise(l1: torch.Tensor, l2: torch.Tensor) -> dict[str, float]:
             "psnr": round(psnr.mean().item(), 4)}
 
 
-def evaluate(checkpoint: Path, images: Path, mask: str = "central", split: str = "test", batch_size: int = 32,
+def default_images(method) -> Path:
+    """The demo data a run trained on (scored on its `test` split); other runs must name --images."""
+    from .engine.trainer import default_demo_dir
+
+    d = method.cfg.data
+    if d.root is not None:
+        raise ValueError(f"this run trained on {d.root}: pass --images with held-out images")
+    return Path(d.demo_dir).expanduser() if d.demo_dir else default_demo_dir()
+
+
+def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split: str = "test", batch_size: int = 32,
              max_images: int | None = None, seed: int = 0, device: str = "auto") -> dict:
     """Score a trained model and mean fill on the same holes."""
     dev = select_device(device)
     method = load_inpainter(checkpoint, dev)
     masks = eval_mask_generator(method, mask)
+    images = images if images is not None else default_images(method)
     dataset = eval_dataset(method, images, split, max_images=max_images)
     errs: dict[str, list[torch.Tensor]] = {"model_l1": [], "model_l2": [], "mean_l1": [], "mean_l2": []}
     for n, (_, batch) in enumerate(batches(dataset, batch_size)):
@@ -71,7 +83,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the eval-inpainting command."""
     p = argparse.ArgumentParser(prog=prog, description="Inpainting metrics on the hole region (Table 1).")
     p.add_argument("--checkpoint", required=True, type=Path, help="run directory or checkpoint.pt")
-    p.add_argument("--images", required=True, type=Path, help="held-out images: folder, VOC root or list file")
+    p.add_argument("--images", type=Path, default=None,
+                   help="held-out images: folder, VOC root or list file (default for demo-trained runs: the demo data)")
     p.add_argument("--split", default="test", help="VOC split list when --images is a VOC root")
     p.add_argument("--mask", default="central", choices=MASK_KINDS)
     p.add_argument("--out", type=Path, default=None, help="directory for metrics.json (default: CHECKPOINT/eval_<mask>)")
@@ -88,8 +101,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     setup_logging()
     args = build_parser(prog).parse_args(argv)
-    metrics = evaluate(args.checkpoint, args.images, args.mask, args.split, args.batch_size, args.max_images,
-                       args.seed, args.device)
+    try:
+        metrics = evaluate(args.checkpoint, args.images, args.mask, args.split, args.batch_size, args.max_images,
+                           args.seed, args.device)
+    except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable images or checkpoints, wrong mask for the model
+        log.error("%s", exc)
+        return 2
     out = args.out or (args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent) / f"eval_{args.mask}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

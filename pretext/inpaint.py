@@ -12,7 +12,7 @@ import torch
 from .config import PretrainConfig
 from .data.dataset import UnlabelledImages
 from .data.sources import list_images
-from .engine.checkpoint import CHECKPOINT, load_checkpoint
+from .engine.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .engine.distributed import select_device
 from .masks import MASK_KINDS, MaskGenerator, build_mask_generator
 from .methods import get_method
@@ -95,10 +95,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     setup_logging()
     args = build_parser(prog).parse_args(argv)
-    device = select_device(args.device)
-    method = load_inpainter(args.checkpoint, device)
-    masks = eval_mask_generator(method, args.mask)
-    dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images)
+    try:
+        method = load_inpainter(args.checkpoint, select_device(args.device))
+        masks = eval_mask_generator(method, args.mask)
+        dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images)
+    except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable checkpoints, wrong mask for the model
+        log.error("%s", exc)
+        return 2
+    device = method.fill.device
     args.out.mkdir(parents=True, exist_ok=True)
     grid_rows: list[torch.Tensor] = []
     for n, (idx, images) in enumerate(batches(dataset, args.batch_size)):

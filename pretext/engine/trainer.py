@@ -8,6 +8,7 @@ resumed from a checkpoint repeats exactly what the uninterrupted run would have 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..config import PretrainConfig
+from ..config import ConfigError, PretrainConfig
 from ..data.dataset import UnlabelledImages, build_loader, estimate_mean
 from ..data.sources import list_images
 from ..export import export_encoder
@@ -31,7 +32,7 @@ from .logger import RunLogger
 from .provenance import device_description, git_commit, versions
 
 log = logging.getLogger("cebench")
-RESUME_MUST_MATCH = ("method", "model", "mask", "loss")
+RESUME_MUST_MATCH = ("method", "model", "mask", "patches", "loss")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +54,17 @@ class TrainResult:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of everything random in one step of one rank."""
     return (seed * 1_000_003 + step) * 4099 + rank
+
+
+def split_holdout(paths: list[Path], n: int) -> tuple[list[Path], list[Path]]:
+    """(training paths, `n` held-out paths) by a fixed shuffle, independent of the run's seed."""
+    if n >= len(paths):
+        raise ConfigError(f"data.holdout={n} leaves no training images (the source has {len(paths)})")
+    if n == 0:
+        return paths, []
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
+    held = set(order[:n])
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
 
 
 def default_demo_dir() -> Path:
@@ -80,19 +92,21 @@ class Trainer:
         self.cfg, self.env, self.run_dir = cfg, env, Path(run_dir)
         t = cfg.train
         if t.precision == "fp16" and env.device.type != "cuda":
-            raise ValueError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         self.step, self.images_seen, self.prior_seconds = 0, 0, 0.0
         self.skipped: set[str] = set()
+        self.dataset = self._build_dataset()  # first: it may resolve mask.region_bank=data, which resume compares
         self.state = self._resume_state()
-        self.dataset = self._build_dataset()
         self.fill_mean = self._fill_mean()
         self.method = self._build_method()
         self.optimizers = self.method.build_optimizers()
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         if self.state is not None:
             self._load_state(self.state)
+        else:
+            self.method.initialize(self._init_images())
 
     # --- set-up -----------------------------------------------------------------------------
     def _resume_state(self) -> dict | None:
@@ -112,11 +126,25 @@ class Trainer:
 
     def _build_dataset(self) -> UnlabelledImages:
         root, source, split = resolve_data(self.cfg, self.env)
+        if self.cfg.mask.region_bank == "data":
+            self._resolve_data_bank(root)
         d = self.cfg.data
-        paths = list_images(root, source, split)
+        paths, held = split_holdout(list_images(root, source, split), d.holdout)
         if self.env.is_main:
-            log.info("data: %d images from %s", len(paths), root)
-        return UnlabelledImages(paths, d.load_size, d.fine_size, d.flip, d.on_bad_image, d.max_image_pixels)
+            log.info("data: %d images from %s (%d held out)", len(paths), root, len(held))
+        make = lambda p, flip: UnlabelledImages(p, d.load_size, d.fine_size, flip, d.on_bad_image,  # noqa: E731
+                                                d.max_image_pixels)
+        self.heldout = make(held, False) if held else None
+        return make(paths, d.flip)
+
+    def _resolve_data_bank(self, root: Path) -> None:
+        """mask.region_bank=data: the training data's SegmentationObject masks, or procedural blobs without them."""
+        has_masks = (root / "SegmentationObject").is_dir()
+        if self.env.is_main:
+            log.info("region masks: %s", f"shapes from {root / 'SegmentationObject'}" if has_masks
+                     else f"procedural blobs ({root} has no SegmentationObject/ folder)")
+        bank = str(root) if has_masks else None
+        self.cfg = dataclasses.replace(self.cfg, mask=dataclasses.replace(self.cfg.mask, region_bank=bank))
 
     def _fill_mean(self) -> list[float]:
         if self.state is not None:
@@ -135,6 +163,11 @@ class Trainer:
             wrapped = wrap_ddp(net, self.env)
             setattr(method, name, torch.compile(wrapped) if self.cfg.train.compile else wrapped)
         return method
+
+    def _init_images(self, n: int = 64) -> torch.Tensor:
+        """Centre crops of the first `n` images of a fixed shuffle, for data-dependent initialisation."""
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.cfg.train.seed))
+        return self._images({"images": torch.stack([self.dataset[int(i)][0] for i in order[:n]])})
 
     def _load_state(self, state: dict) -> None:
         for name, net in self.raw_networks.items():
@@ -256,6 +289,7 @@ class Trainer:
                     break
             if self.step % t.ckpt_every or self.step == 0:  # not already saved at this step
                 self.save()
+            metrics = {**metrics, **self.validate(logger)}
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(f"{exc}; stopping. {self._last_good()}") from exc
         finally:
@@ -278,6 +312,8 @@ class Trainer:
             out = self._log(values, logger, bar, last)
         if self.step % t.sample_every == 0 or self.step == t.max_steps:
             self.save_samples(images)
+        if t.eval_every and self.step % t.eval_every == 0 and self.step != t.max_steps:
+            out = {**(out or {}), **self.validate(logger)}
         if self.step % t.ckpt_every == 0:
             self.save()
         return out
@@ -295,6 +331,31 @@ class Trainer:
         if bar.disable and self.env.is_main:
             log.info("step %d/%d loss %.5f (%.1f img/s)", self.step, self.cfg.train.max_steps,
                      metrics.get("loss", float("nan")), metrics["images_per_s"])
+        return metrics
+
+    @torch.no_grad()
+    def validate(self, logger: RunLogger) -> dict[str, float]:
+        """The method's metrics on the held-out images (same batches every time), logged as val_*."""
+        if self.heldout is None:
+            return {}
+        t = self.cfg.train
+        self.method.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        for i in range(0, min(len(self.heldout), t.eval_batches * t.batch_size), t.batch_size):
+            idx = range(i, min(i + t.batch_size, len(self.heldout)))
+            images = self._images({"images": torch.stack([self.heldout[j][0] for j in idx])})
+            with self.autocast():
+                values = self.method.validate(images, torch.Generator().manual_seed(t.seed + i))
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            n += len(idx)
+        self.method.train()
+        metrics = all_reduce_mean({f"val_{k}": v / n for k, v in sums.items()}, self.env)
+        if metrics:
+            logger.log(self.step, metrics)
+            if self.env.is_main:
+                log.info("step %d held-out: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
     def _note_skipped(self, paths: list[str]) -> None:

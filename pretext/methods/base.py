@@ -52,6 +52,13 @@ class PretextMethod(nn.Module, abc.ABC):
     def encoder_export(self) -> tuple[nn.Module, str, dict]:
         """(encoder module, architecture name, architecture spec) for the exported encoder."""
 
+    def initialize(self, images: torch.Tensor) -> None:
+        """Called once on real training images before a fresh run starts (not on resume)."""
+
+    def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Metrics on held-out images (eval mode, no gradients); none by default."""
+        return {}
+
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """Rows of images in [0, 1] for the progress PNG, or None."""
         return None

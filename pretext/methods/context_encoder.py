@@ -118,6 +118,13 @@ class ContextEncoderMethod(PretextMethod):
         ctx.optimize("generator", loss)
         return {"loss": loss.detach(), "rec": rec.detach(), "adv": adv.detach(), "disc": d_loss.detach()}
 
+    @torch.no_grad()
+    def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Held-out reconstruction loss with this run's masks."""
+        x, hole, region = self.corrupt(images, generator)
+        weights = self._crop(region_weights(hole, region, self.cfg.mask.overlap_weight))
+        return {"rec": reconstruction_loss(self.generator(x), self._crop(images), weights, self.cfg.loss.reconstruction)}
+
     def _discriminator_step(self, target: torch.Tensor, pred: torch.Tensor, region: torch.Tensor,
                             ctx: StepContext) -> torch.Tensor:
         with ctx.autocast():
