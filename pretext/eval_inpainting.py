@@ -18,8 +18,8 @@ import torch
 from .engine.checkpoint import atomic_write_text
 from .engine.checkpoint import CheckpointError
 from .engine.distributed import select_device
-from .inpaint import batches, eval_dataset, eval_mask_generator, fill_batch, load_inpainter
-from .masks import MASK_KINDS
+from .inpaint import (add_model_and_image_arguments, batches, eval_dataset, eval_mask_generator, fill_batch,
+                      load_inpainter)
 
 log = logging.getLogger("cebench")
 
@@ -82,16 +82,10 @@ def format_table(metrics: dict) -> str:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the eval-inpainting command."""
     p = argparse.ArgumentParser(prog=prog, description="Inpainting metrics on the hole region (Table 1).")
-    p.add_argument("--checkpoint", required=True, type=Path, help="run directory or checkpoint.pt")
+    add_model_and_image_arguments(p)
     p.add_argument("--images", type=Path, default=None,
                    help="held-out images: folder, VOC root or list file (default for demo-trained runs: the demo data)")
-    p.add_argument("--split", default="test", help="VOC split list when --images is a VOC root")
-    p.add_argument("--mask", default="central", choices=MASK_KINDS)
     p.add_argument("--out", type=Path, default=None, help="directory for metrics.json (default: CHECKPOINT/eval_<mask>)")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
-    p.add_argument("--device", default="auto")
     return p
 
 

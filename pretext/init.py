@@ -35,7 +35,7 @@ def within_layer_init(model: nn.Module, forward: Callable[[torch.Tensor], torch.
     """Per output channel: pre-activations on `images` get mean 0 and std 1 (one layer at a time)."""
     for layer in layers if layers is not None else affine_layers(model):
         captured: list[torch.Tensor] = []
-        handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().float()))
+        handle = layer.register_forward_hook(lambda _m, _i, out, buf=captured: buf.append(out.detach().float()))
         try:
             forward(images)
         finally:

@@ -72,18 +72,23 @@ def fill_batch(method: ContextEncoderMethod, masks: MaskGenerator, images_u8: to
     return to01(x), hole, to01(filled), to01(mean_fill)
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Arguments of the inpaint command."""
-    p = argparse.ArgumentParser(prog=prog, description="Fill holes in images with a trained context encoder.")
+def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by `inpaint` and `eval-inpainting`."""
     p.add_argument("--checkpoint", required=True, type=Path, help="run directory or checkpoint.pt")
-    p.add_argument("--images", required=True, type=Path, help="image folder, VOC root or list file")
     p.add_argument("--split", default="test", help="VOC split list when --images is a VOC root")
     p.add_argument("--mask", default="central", choices=MASK_KINDS)
-    p.add_argument("--out", required=True, type=Path)
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     p.add_argument("--device", default="auto")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the inpaint command."""
+    p = argparse.ArgumentParser(prog=prog, description="Fill holes in images with a trained context encoder.")
+    add_model_and_image_arguments(p)
+    p.add_argument("--images", required=True, type=Path, help="image folder, VOC root or list file")
+    p.add_argument("--out", required=True, type=Path)
     return p
 
 

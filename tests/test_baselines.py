@@ -86,7 +86,7 @@ def _toy(scales: list[float]) -> nn.Sequential:
 def test_within_layer_init_gives_unit_preactivations() -> None:
     model, x = _toy([5.0, 0.01, 30.0]), torch.randn(512, 16) * 3 + 1
     within_layer_init(model, model, x)
-    for i, layer in enumerate(affine_layers(model)):
+    for i in range(len(affine_layers(model))):
         z = model[: 2 * i + 1](x).detach()
         assert torch.allclose(z.mean(0), torch.zeros(16), atol=1e-4)
         assert torch.allclose(z.std(0), torch.ones(16), atol=1e-3)
