@@ -1,0 +1,101 @@
+"""Where unlabelled images come from: a folder tree, an ImageFolder, a PASCAL VOC root or a list file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+SOURCES = ("auto", "folder", "imagefolder", "voc", "list")
+
+
+class DataSourceError(ValueError):
+    """A data source is missing, empty or malformed; the message names the file."""
+
+
+def detect_source(root: Path) -> str:
+    """'list' for a text file, 'voc' for a root with ImageSets/ and JPEGImages/, else 'folder'."""
+    if root.is_file():
+        return "list"
+    if (root / "ImageSets").is_dir() and (root / "JPEGImages").is_dir():
+        return "voc"
+    return "folder"
+
+
+def list_images(root: str | Path, source: str = "auto", split: str = "trainval") -> list[Path]:
+    """Sorted image paths of a source; an ImageFolder tree is read as a folder (labels are not used here)."""
+    root = Path(root)
+    if source not in SOURCES:
+        raise DataSourceError(f"unknown data source {source!r}; choose from {', '.join(SOURCES)}")
+    if not root.exists():
+        raise DataSourceError(f"data root not found: {root}")
+    kind = detect_source(root) if source == "auto" else source
+    if kind == "voc":
+        paths = voc_images(root, split)
+    elif kind == "list":
+        paths = list_file_images(root)
+    else:
+        paths = folder_images(root)
+    if not paths:
+        raise DataSourceError(f"no images found in {root} (source {kind}; extensions {', '.join(sorted(IMAGE_EXTS))})")
+    return paths
+
+
+def folder_images(root: Path) -> list[Path]:
+    """Every image file under `root`, recursively; symlinked directories are not followed (no loops)."""
+    if not root.is_dir():
+        raise DataSourceError(f"not a directory: {root}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTS and not f.startswith(".")]
+    return sorted(found)
+
+
+def check_id(image_id: str, where: str) -> str:
+    """Refuse ids that would escape the dataset root (`../`, absolute paths, separators)."""
+    if not image_id or "/" in image_id or "\\" in image_id or image_id in (".", "..") or "\x00" in image_id:
+        raise DataSourceError(f"{where}: invalid image id {image_id!r} (ids are file stems without path separators)")
+    return image_id
+
+
+def read_id_list(list_file: Path) -> list[str]:
+    """Ids of a VOC ImageSets list (first column); missing file, bad or duplicate ids are errors."""
+    if not list_file.is_file():
+        raise DataSourceError(f"split list not found: {list_file}")
+    ids, seen = [], set()
+    for n, line in enumerate(list_file.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+        if not line.strip():
+            continue
+        image_id = check_id(line.split()[0], f"{list_file}:{n}")
+        if image_id in seen:
+            raise DataSourceError(f"{list_file}:{n}: duplicate image id {image_id!r}")
+        seen.add(image_id)
+        ids.append(image_id)
+    return ids
+
+
+def voc_images(root: Path, split: str) -> list[Path]:
+    """JPEGImages/<id>.jpg for every id of ImageSets/Main/<split>.txt."""
+    list_file = root / "ImageSets" / "Main" / f"{check_id(split, str(root))}.txt"
+    paths = []
+    for image_id in read_id_list(list_file):
+        path = root / "JPEGImages" / f"{image_id}.jpg"
+        if not path.is_file():
+            raise DataSourceError(f"{list_file}: image {image_id!r} listed but {path} does not exist")
+        paths.append(path)
+    return paths
+
+
+def list_file_images(list_file: Path) -> list[Path]:
+    """One path per line, relative to the list file's folder unless absolute; '#' starts a comment."""
+    paths = []
+    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        path = Path(text) if Path(text).is_absolute() else list_file.parent / text
+        if not path.is_file():
+            raise DataSourceError(f"{list_file}:{n}: image not found: {path}")
+        paths.append(path)
+    return paths
