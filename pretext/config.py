@@ -84,17 +84,6 @@ class MaskConfig:
 
 
 @dataclass
-class PatchConfig:
-    """Context prediction (Doersch et al. 2015): a 3x3 grid of patches in each data.fine_size crop."""
-
-    gap_ratio: float = _opt(0.5, min=0.0, doc="gap between patches / patch size (paper: 48 / 96)")
-    jitter_ratio: float = _opt(0.073, min=0.0, doc="max jitter / patch size (paper: 7 / 96)")
-    input_size: int | None = _opt(None, min=8, doc="patches are resized to this encoder input; null = patch size")
-    color: str = _opt("drop", choices=("drop", "project", "none"), doc="guard against chromatic aberration")
-    fc_dim: int = _opt(4096, min=1, doc="width of fc6 and fc7")
-
-
-@dataclass
 class LossConfig:
     """Reconstruction and adversarial loss."""
 
@@ -141,11 +130,10 @@ class TrainConfig:
 class PretrainConfig:
     """Everything `cebench pretrain` needs."""
 
-    method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "context_prediction", "random"))
+    method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "random"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    patches: PatchConfig = field(default_factory=PatchConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

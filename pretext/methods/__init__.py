@@ -5,12 +5,10 @@ from __future__ import annotations
 from .base import PretextMethod, StepContext
 from .autoencoder import AutoencoderMethod
 from .context_encoder import ContextEncoderMethod
-from .context_prediction import ContextPredictionMethod
 from .random_init import RandomInitMethod
 
 METHODS: dict[str, type[PretextMethod]] = {
     ContextEncoderMethod.name: ContextEncoderMethod,
-    ContextPredictionMethod.name: ContextPredictionMethod,
     AutoencoderMethod.name: AutoencoderMethod,
     RandomInitMethod.name: RandomInitMethod,
 }
