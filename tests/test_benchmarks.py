@@ -1,0 +1,30 @@
+"""The small benchmark commands run and report what they measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.init_rates import main as init_rates_main
+from benchmarks.step_time import main as step_time_main
+from benchmarks.step_time import time_steps
+from pretext.engine.trainer import train
+
+from .conftest import TINY, tiny_config
+
+
+def test_step_time_measures_each_step(image_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    times = time_steps(tiny_config(image_folder), steps=3, warmup=1)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    assert step_time_main(["demo", *TINY, "--steps", "2"]) == 0
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_init_rates_reports_each_run(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train(tiny_config(image_folder, "method=random", "max_steps=0"), tmp_path / "g")
+    train(tiny_config(image_folder, "method=random", "max_steps=0", "model.init=data_dependent"), tmp_path / "d")
+    assert init_rates_main([str(tmp_path / "g"), str(tmp_path / "d"), "--images", str(image_folder), "--n", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    spreads = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert len(lines) == 2 and spreads[1] < spreads[0]
