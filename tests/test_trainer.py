@@ -170,3 +170,11 @@ def test_outputs_and_exported_encoder(demo_root: Path, tmp_path: Path) -> None:
 def test_bf16_autocast_path_trains(image_folder: Path, tmp_path: Path) -> None:
     result = train(tiny_config(image_folder, "max_steps=3", "precision=bf16"), tmp_path / "run")
     assert result.step == 3 and all(r["rec"] != "nan" for r in read_metrics(tmp_path / "run"))
+
+
+def test_step_checkpoints_are_kept_and_pruned(image_folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(image_folder, "max_steps=4", "ckpt_every=1", "keep_checkpoints=2"), run)
+    assert sorted(p.name for p in run.glob("checkpoint_step*.pt")) == ["checkpoint_step3.pt", "checkpoint_step4.pt"]
+    assert (run / "checkpoint_step4.pt").read_bytes() == (run / "checkpoint.pt").read_bytes()
+    assert load_checkpoint(run / "checkpoint_step3.pt")["step"] == 3

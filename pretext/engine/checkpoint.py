@@ -55,11 +55,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Serialise `state` (tensors, numbers, strings, containers only) atomically to `path`."""
+def save_checkpoint(state: dict[str, Any], *paths: str | Path) -> None:
+    """Serialise `state` (tensors, numbers, strings, containers only) once and write it atomically to each path."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    for path in paths:
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -235,10 +235,11 @@ class Trainer:
             "rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "fill_mean": self.fill_mean,
             "skipped": sorted(self.skipped), "method": self.cfg.method,
         }
-        save_checkpoint(state, self.run_dir / CHECKPOINT)
-        if self.cfg.train.keep_checkpoints > 0:
-            save_checkpoint(state, self.run_dir / f"checkpoint_step{self.step}.pt")
-            prune_step_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        keep = self.cfg.train.keep_checkpoints
+        numbered = [self.run_dir / f"checkpoint_step{self.step}.pt"] if keep > 0 else []
+        save_checkpoint(state, self.run_dir / CHECKPOINT, *numbered)
+        if keep > 0:
+            prune_step_checkpoints(self.run_dir, keep)
 
     def save_samples(self, images: torch.Tensor) -> None:
         """PNG grid: masked input / prediction / ground truth (every rank runs it: DDP forwards are collective)."""
