@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -203,3 +204,79 @@ def test_colour_and_raw_pixels_do_not_solve_the_classification_task(tmp_path: Pa
     assert pixel_map < 0.75, f"raw-pixel mAP {pixel_map:.3f}: the task is linearly solvable from pixels"
     # Measured: a class-dependent object colour lifts this to ~0.5; shape-only data gives 0.34-0.38 (chance ~0.32).
     assert hist_map < 0.45, f"colour-histogram mAP {hist_map:.3f}: object colour leaks the class"
+
+
+def block_gray(path: Path, block: int = 4) -> np.ndarray:
+    """Grayscale image averaged over `block` x `block` cells: pixel noise averages out, texture does not."""
+    gray = np.asarray(Image.open(path).convert("L"), np.float32)
+    h, w = gray.shape[0] // block * block, gray.shape[1] // block * block
+    return gray[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+
+
+def test_sky_is_smoother_than_the_ground(demo: Path) -> None:
+    """The top fifth of every image is sky and the bottom fifth ground: texture energy must differ (old scenes: ~1)."""
+    top, bottom = [], []
+    for image_id in all_ids(demo):
+        energy = np.abs(np.diff(block_gray(demo / "JPEGImages" / f"{image_id}.jpg"), axis=1)).mean(axis=1)
+        fifth = len(energy) // 5
+        top.append(energy[:fifth].mean())
+        bottom.append(energy[-fifth:].mean())
+    ratio = np.mean(top) / np.mean(bottom)
+    assert ratio < 0.5, f"sky / ground texture energy {ratio:.2f}: the sky is as busy as the ground"  # measured ~0.2
+
+
+def row_spread(gray: np.ndarray, owner: np.ndarray, rows: range) -> list[float]:
+    """Standard deviation along each of `rows` of the pixels no object owns (rows with too few of them skipped)."""
+    return [float(gray[r][owner[r] == 0].std()) for r in rows if np.count_nonzero(owner[r] == 0) > 8]
+
+
+def test_ground_texture_fades_towards_the_horizon() -> None:
+    """Perspective: the ground just below the horizon is far away, its texture finer than a pixel and blurred out."""
+    from pretext.data.demo import _render_scene
+
+    by_horizon, at_bottom = [], []
+    for index in range(1, 61):
+        scene = _render_scene(5, index)
+        gray = scene.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        height, width = gray.shape
+        top = math.ceil(max(scene.horizon.row_at(0.0), scene.horizon.row_at(float(width)))) + 2
+        ground = height - top
+        by_horizon += row_spread(gray, scene.owner, range(top, top + ground // 6))
+        at_bottom += row_spread(gray, scene.owner, range(height - ground // 3, height))
+    ratio = np.mean(by_horizon) / np.mean(at_bottom)
+    assert ratio < 0.6, f"ground texture spread by the horizon / at the bottom {ratio:.2f}: no perspective"  # measured ~0.4, flat ~1.0
+
+
+def test_objects_stand_on_the_ground_in_perspective(demo: Path) -> None:
+    """Box bottoms lie below the horizon (>= 25% of the height), and objects lower in the image are bigger."""
+    heights, bottoms = [], []
+    for image_id in all_ids(demo):
+        (_, height), objects = read_objects(demo, image_id)
+        for obj in objects:
+            _, ymin, _, ymax = obj["box"]
+            heights.append((ymax - ymin + 1) / height)
+            bottoms.append(ymax / height)
+    # A tilted horizon or a nearer object hiding a base may rarely lift a box bottom into the top quarter.
+    assert np.mean(np.array(bottoms) < 0.25) < 0.03  # scenes without layout: ~0.1
+    correlation = np.corrcoef(heights, bottoms)[0, 1]
+    assert correlation > 0.45, f"box height vs bottom correlation {correlation:.2f}"  # measured ~0.6, flat ~0.2
+
+
+def test_objects_rest_on_their_base_and_are_drawn_far_to_near() -> None:
+    """Each object's lowest solid row is its base row (or the image bottom), below the horizon; nearer ones last."""
+    from pretext.data.demo import _render_scene
+
+    checked = 0
+    for index in range(1, 41):
+        scene = _render_scene(2, index)
+        height, width = scene.owner.shape
+        bases = [layer.placement.base for layer in scene.layers]
+        assert bases == sorted(bases)
+        for layer in scene.layers:
+            assert layer.placement.base > scene.horizon.row_at(layer.placement.x)
+            rows, cols = layer.window
+            if cols.start > 0 and cols.stop < width:  # a side border may cut off the lowest point
+                lowest = rows.start + int(np.flatnonzero(layer.solid.any(axis=1))[-1])
+                assert lowest == min(math.floor(layer.placement.base), height - 1)
+                checked += 1
+    assert checked > 40
