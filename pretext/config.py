@@ -92,6 +92,34 @@ class LossConfig:
 
 
 @dataclass
+class ContextConfig:
+    """Context prediction (Doersch et al. 2015): the 3x3 patch grid and the relative-position classifier."""
+
+    gap_ratio: float = _opt(0.5, min=0.0, max=2.0, doc="gap between patches / patch side (paper: 48/96)")
+    jitter_ratio: float = _opt(7 / 96, min=0.0, max=0.5, doc="max jitter per axis / patch side (paper: 7/96)")
+    chroma: str = _opt("drop", choices=("drop", "project", "none"),
+                       doc="chromatic-aberration guard: keep one channel + noise, or project out green-magenta")
+    drop_noise: float = _opt(0.01, min=0.0, doc="std of the noise in dropped channels / std of the kept channel")
+    normalize: bool = _opt(True, doc="subtract each patch's channel means and divide by its std")
+    patch_input: int | None = _opt(None, min=8, doc="side each patch is resized to for the encoder; null = patch side")
+    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 (per patch) and fc7 (on the pair) widths")
+    head_norm: str = _opt("batch", choices=("none", "batch"), doc="batch norm without scale/shift after fc6, fc7")
+
+    def geometry(self, grid_size: int) -> tuple[int, int, int]:
+        """(patch side, gap, max jitter) in pixels for a `grid_size` crop: the jittered 3x3 grid fits inside."""
+        patch = int(grid_size / (3 + 2 * self.gap_ratio + 2 * self.jitter_ratio)) + 1
+        while True:  # rounding the gap and jitter may overflow the crop by a pixel: shrink the patch
+            gap, jitter = round(self.gap_ratio * patch), round(self.jitter_ratio * patch)
+            if 3 * patch + 2 * gap + 2 * jitter <= grid_size or patch <= 1:
+                return patch, gap, jitter
+            patch -= 1
+
+    def input_size(self, grid_size: int) -> int:
+        """Encoder input side: `patch_input`, or the patch side itself."""
+        return self.patch_input if self.patch_input is not None else self.geometry(grid_size)[0]
+
+
+@dataclass
 class OptimConfig:
     """Adam settings."""
 
@@ -130,17 +158,24 @@ class TrainConfig:
 class PretrainConfig:
     """Everything `cebench pretrain` needs."""
 
-    method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "random"))
+    method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "context_prediction", "random"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
         """Plain nested dict (YAML/JSON safe)."""
         return dataclasses.asdict(self)
+
+    def encoder_input_size(self) -> int:
+        """Side of the encoder's input: the crop, or for context prediction the (resized) patch."""
+        if self.method == "context_prediction":
+            return self.context.input_size(self.data.fine_size)
+        return self.data.fine_size
 
     def hash(self) -> str:
         """Short stable hash of the whole config."""
@@ -256,10 +291,7 @@ def _validate_cross(cfg: PretrainConfig) -> None:
         raise ConfigError("model.output=center predicts only the central quarter: it needs mask.kind=central")
     if m.arch == "dcgan" and (d.fine_size < 32 or d.fine_size & (d.fine_size - 1)):
         raise ConfigError(f"model.arch=dcgan needs data.fine_size a power of two >= 32, got {d.fine_size}")
-    if m.arch == "alexnet_small" and d.fine_size % 32:
-        raise ConfigError(f"model.arch=alexnet_small needs data.fine_size a multiple of 32, got {d.fine_size}")
-    if m.arch == "alexnet" and d.fine_size < 195:
-        raise ConfigError(f"model.arch=alexnet needs data.fine_size >= 195 (227 in the paper), got {d.fine_size}")
+    _validate_encoder_input(cfg)
     if m.widths is not None and m.arch != "dcgan" and len(m.widths) != 5:
         raise ConfigError(f"model.widths must list 5 conv widths for {m.arch}, got {m.widths}")
     if len(m.decoder_widths) != 4:
@@ -268,6 +300,30 @@ def _validate_cross(cfg: PretrainConfig) -> None:
         raise ConfigError(f"method=random is not trained: train.max_steps must be 0, got {cfg.train.max_steps}")
     if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
         raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
+
+
+def _validate_encoder_input(cfg: PretrainConfig) -> None:
+    m, size = cfg.model, cfg.encoder_input_size()
+    key = "data.fine_size"
+    if cfg.method == "context_prediction":
+        key = "context.patch_input (or the patch side it defaults to)"
+        _validate_context(cfg)
+    if m.arch == "alexnet_small" and size % 32:
+        raise ConfigError(f"model.arch=alexnet_small needs {key} a multiple of 32, got {size}")
+    if m.arch == "alexnet" and size < 195:
+        raise ConfigError(f"model.arch=alexnet needs {key} >= 195 (227 in the paper), got {size}")
+
+
+def _validate_context(cfg: PretrainConfig) -> None:
+    c = cfg.context
+    if cfg.model.arch == "dcgan":
+        raise ConfigError("method=context_prediction runs an AlexNet tower per patch: use model.arch=alexnet or alexnet_small")
+    if len(c.fc_widths) != 2:
+        raise ConfigError(f"context.fc_widths must list 2 widths (fc6, fc7), got {c.fc_widths}")
+    patch = c.geometry(cfg.data.fine_size)[0]
+    if patch < 4:
+        raise ConfigError(f"data.fine_size={cfg.data.fine_size} leaves {patch} px patches for the 3x3 grid "
+                          f"(gap_ratio {c.gap_ratio}, jitter_ratio {c.jitter_ratio}); use a larger crop")
 
 
 PRESET_DIR = "presets"

@@ -43,3 +43,21 @@ def test_two_process_gloo_ddp_trains_and_resumes(demo_root: Path, tmp_path: Path
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(1, 7))
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+
+
+@pytest.mark.slow
+def test_context_prediction_under_ddp(demo_root: Path, tmp_path: Path) -> None:
+    from pretext.export import load_encoder
+
+    from .test_context_prediction import TINY_CP
+
+    run = tmp_path / "cp"
+    done = torchrun(2, ["demo", "--out", str(run), f"data.root={demo_root}", *TINY_CP, "max_steps=4",
+                        "data.holdout=8"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "pretrain_time.json").read_text())["world_size"] == 2
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 0 <= float(rows[-1]["val_acc"]) <= 1 and len([r for r in rows if r.get("acc")]) == 4
+    encoder, meta = load_encoder(run)
+    assert meta["method"] == "context_prediction" and meta["pretrain"]["images_seen"] == 4 * 8 * 2

@@ -32,7 +32,7 @@ from .logger import RunLogger
 from .provenance import device_description, git_commit, versions
 
 log = logging.getLogger("cebench")
-RESUME_MUST_MATCH = ("method", "model", "mask", "loss")
+RESUME_MUST_MATCH = ("method", "model", "mask", "loss", "context")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from .base import PretextMethod, StepContext
 from .autoencoder import AutoencoderMethod
 from .context_encoder import ContextEncoderMethod
+from .context_prediction import ContextPredictionMethod
 from .random_init import RandomInitMethod
 
 METHODS: dict[str, type[PretextMethod]] = {
     ContextEncoderMethod.name: ContextEncoderMethod,
     AutoencoderMethod.name: AutoencoderMethod,
+    ContextPredictionMethod.name: ContextPredictionMethod,
     RandomInitMethod.name: RandomInitMethod,
 }
 
