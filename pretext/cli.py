@@ -13,9 +13,11 @@ from . import __version__
 # name -> (module with main(argv, prog), one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("pretext.data.demo", "generate the built-in VOC-format demo dataset"),
-    "pretrain": ("pretext.pretrain", "train a pretext method (context encoder, inpainting) from a preset or YAML"),
+    "pretrain": ("pretext.pretrain", "train a pretext method (context encoder, baselines, inpainting) from a preset or YAML"),
     "inpaint": ("pretext.inpaint", "fill holes in your images with a trained model; PNGs and a comparison grid"),
     "eval-inpainting": ("pretext.eval_inpainting", "mean L1 / L2 / PSNR on the hole (Table 1 of the paper)"),
+    "evaluate": ("transfer.evaluate",
+                 "score results files: VOC classification mAP (VOC07 11-point, area, non-interpolated)"),
 }
 
 
