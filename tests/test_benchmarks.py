@@ -28,3 +28,23 @@ def test_init_rates_reports_each_run(image_folder: Path, tmp_path: Path, capsys:
     lines = capsys.readouterr().out.strip().splitlines()
     spreads = [float(line.rsplit(" ", 1)[1]) for line in lines]
     assert len(lines) == 2 and spreads[1] < spreads[0]
+
+
+def test_pretrain_summary_tables_runs_of_different_methods(image_folder: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from benchmarks.pretrain_summary import main as summary_main
+
+    train(tiny_config(image_folder, "max_steps=12", "data.holdout=4"), tmp_path / "ce")
+    train(tiny_config(image_folder, "method=random", "max_steps=0"), tmp_path / "rnd")
+    out = tmp_path / "results" / "summary"
+    assert summary_main([str(tmp_path / "ce"), str(tmp_path / "rnd"), "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [r["method"] for r in rows] == ["context_encoder", "random"]
+    assert rows[0]["steps"] == 12 and rows[0]["loss_first"] > 0 and "val_rec" in rows[0]
+    assert rows[0]["encoder"] == rows[1]["encoder"] == "alexnet 32px pool5 16x4x4"
+    assert "loss_first" not in rows[1] and rows[1]["steps"] == 0
+    assert out.with_suffix(".md").read_text() == capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        summary_main([str(tmp_path / "missing")])
