@@ -28,6 +28,11 @@ def _curve_ends(rows: list[dict], key: str) -> tuple[float | None, float | None]
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
+def _is_validation(row: dict) -> bool:
+    # The trainer logs held-out metrics as rows of their own, holding only val_* values.
+    return any(k.startswith("val_") and v for k, v in row.items())
+
+
 def summarise(run: Path) -> dict:
     """One row: method, data, steps, time, first/last training loss (and accuracy), last held-out metrics."""
     with open(run / "metrics.csv", newline="") as f:
@@ -41,11 +46,11 @@ def summarise(run: Path) -> dict:
            "steps": meta["pretrain"]["steps"], "images_seen": meta["pretrain"]["images_seen"],
            "wall_s": meta["pretrain"]["wall_seconds"], "device": meta["pretrain"]["device"],
            "encoder": f"{meta['arch']} {size}px pool5 {'x'.join(map(str, pool5))}"}
+    held = [r for r in rows if _is_validation(r)]
     for key in ("loss", "acc"):
-        first, last = _curve_ends([r for r in rows if not any(k.startswith("val_") and r[k] for k in r)], key)
+        first, last = _curve_ends([r for r in rows if not _is_validation(r)], key)
         if first is not None:
             row[f"{key}_first"], row[f"{key}_last"] = round(first, 4), round(last, 4)
-    held = [r for r in rows if any(k.startswith("val_") and r[k] for k in r)]
     if held:
         row.update({k: round(float(v), 4) for k, v in held[-1].items() if k.startswith("val_") and v})
     return row

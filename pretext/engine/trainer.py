@@ -119,7 +119,9 @@ class Trainer:
             raise CheckpointError(f"{path} already exists; pass resume=true to continue it, or choose another --out")
         state = load_checkpoint(path)
         old = state["config"]
-        changed = [k for k in RESUME_MUST_MATCH if old.get(k) != self.cfg.to_dict()[k]]
+        # A section missing from an older checkpoint's config had its default values then.
+        defaults, new = PretrainConfig().to_dict(), self.cfg.to_dict()
+        changed = [k for k in RESUME_MUST_MATCH if old.get(k, defaults[k]) != new[k]]
         if changed:
             raise CheckpointError(f"{path} was trained with different {', '.join(changed)} settings; cannot resume")
         return state
