@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-inpainting": ("pretext.eval_inpainting", "mean L1 / L2 / PSNR on the hole (Table 1 of the paper)"),
     "evaluate": ("transfer.evaluate",
                  "score results files: VOC classification mAP (VOC07 11-point, area, non-interpolated)"),
+    "probe": ("transfer.probe", "linear probe or weighted kNN on frozen encoder features"),
 }
 
 

@@ -1,0 +1,204 @@
+"""kNN and linear probes on features with known structure, FAISS vs brute force, the feature cache, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pretext.engine.trainer import train
+from pretext.export import load_encoder
+from transfer.features import (Features, LabelledImages, ProbeError, cached_features, check_train_test,
+                               open_labelled, pooled_grid)
+from transfer.knn import knn_probe, nearest, weighted_votes
+from transfer.probe import logistic_probe, main, svm_probe
+
+from .conftest import tiny_config
+
+
+def clusters(n: int, classes: int, dim: int, seed: int, spread: float = 0.3, random_labels: bool = False) -> Features:
+    """L2-normalised points around one random centre per class; labels shuffled when `random_labels`."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(size=(classes, dim))  # shared by train and test
+    labels = np.arange(n) % classes
+    x = centres[labels] + spread * rng.normal(size=(n, dim)) * np.linalg.norm(centres, axis=1).mean() / math.sqrt(dim)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    if random_labels:
+        labels = rng.permutation(labels)
+    names = tuple(f"c{i}" for i in range(classes))
+    source = LabelledImages("imagefolder", Path(f"/synthetic/{seed}"), None, (), labels, names)
+    return Features(x.astype(np.float32), labels, names, source)
+
+
+def multilabel(single: Features) -> Features:
+    """VOC-style labels from single-label clusters: the own class present, others absent, a few difficult."""
+    labels = np.where(np.eye(len(single.classes), dtype=bool)[single.labels], 1, -1).astype(np.int8)
+    labels[::7, 0] = np.where(labels[::7, 0] == 1, 0, labels[::7, 0])  # some difficult-only positives
+    return Features(single.x, labels, single.classes, single.source)
+
+
+def test_knn_finds_clusters_and_random_labels_stay_near_chance() -> None:
+    result = knn_probe(clusters(300, 5, 32, seed=0), clusters(200, 5, 32, seed=1), ks=(20, 200))
+    assert all(r["top1"] > 95 for r in result["results"].values())
+    noise = knn_probe(clusters(300, 5, 32, seed=0, random_labels=True), clusters(200, 5, 32, seed=1), ks=(20,))
+    assert 5 < noise["results"]["k20"]["top1"] < 40  # chance: 20 %
+
+
+def test_knn_multilabel_gives_high_map() -> None:
+    result = knn_probe(multilabel(clusters(300, 4, 16, 0)), multilabel(clusters(100, 4, 16, 1)), ks=(20,))
+    assert result["results"]["k20"]["map_area"] > 95
+
+
+def test_knn_clamps_k_to_the_training_set_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    result = knn_probe(clusters(30, 3, 8, 0), clusters(30, 3, 8, 1), ks=(200,))
+    assert result["results"]["k200"]["k_used"] == 30 and "only 30 training images" in caplog.text
+
+
+def test_faiss_neighbours_equal_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    train_x, test_x = rng.normal(size=(500, 24)).astype(np.float32), rng.normal(size=(40, 24)).astype(np.float32)
+    sims, idx = nearest(train_x, test_x, 10)
+    brute = test_x.astype(np.float64) @ train_x.T.astype(np.float64)  # (40, 500)
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(sims, np.take_along_axis(brute, expected, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_votes_match_hand_computation() -> None:
+    sims, idx = np.array([[0.9, 0.5, 0.4]]), np.array([[0, 1, 2]])
+    targets = np.eye(2)[[1, 0, 0]]  # neighbour 0 votes class 1, the others class 0
+    w = np.exp(np.array([0.9, 0.5, 0.4]) / 0.07)
+    np.testing.assert_allclose(weighted_votes(sims, idx, targets), [[(w[1] + w[2]) / w.sum(), w[0] / w.sum()]])
+
+
+def test_logistic_probe_on_clusters_and_on_random_labels() -> None:
+    good = logistic_probe(clusters(300, 5, 32, 0), clusters(200, 5, 32, 1), (0.01, 0.1, 1.0), seed=0, n_jobs=1)
+    assert good["top1"] > 95 and good["C"] in (0.01, 0.1, 1.0) and set(good["cv_top1"]) == {"0.01", "0.1", "1.0"}
+    noise = logistic_probe(clusters(300, 5, 32, 0, random_labels=True), clusters(200, 5, 32, 1), (0.1,), 0, 1)
+    assert 5 < noise["top1"] < 40
+
+
+def test_svm_probe_gives_high_map_and_picks_costs_per_class() -> None:
+    result = svm_probe(multilabel(clusters(240, 4, 16, 0)), multilabel(clusters(100, 4, 16, 1)),
+                       (0.1, 1.0), seed=0, n_jobs=1, difficult="exclude")
+    assert result["map_area"] > 95 and result["map_voc07_11pt"] > 95
+    assert all(fit["cost"] in (0.1, 1.0) and fit["cv_ap"] > 90 for fit in result["svm"].values())
+
+
+def test_probe_refuses_to_test_on_its_training_split(tmp_path: Path) -> None:
+    data = clusters(10, 2, 4, 0).source
+    with pytest.raises(ProbeError, match="test set is the training set"):
+        check_train_test(data, data)
+    other = LabelledImages("imagefolder", Path("/synthetic/other"), None, (), data.labels, ("x", "y"))
+    with pytest.raises(ProbeError, match="do not match"):
+        check_train_test(data, other)
+
+
+def test_pooled_grid_keeps_the_dimension_modest() -> None:
+    assert pooled_grid(256, 13) == 6 and pooled_grid(96, 55) == 9 and pooled_grid(16, 4) == 4
+
+
+def stripes(root: Path, n: int, seed: int) -> Path:
+    """An ImageFolder of `n` horizontal and `n` vertical stripe images with random colours and periods."""
+    rng = np.random.default_rng(seed)
+    for name, axis in (("horizontal", 0), ("vertical", 1)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            period, phase = int(rng.integers(6, 12)), int(rng.integers(0, 12))
+            band = ((np.arange(40) + phase) // (period // 2)) % 2  # (40,)
+            mask = band[:, None, None] if axis == 0 else band[None, :, None]
+            dark, light = rng.integers(0, 60), rng.integers(190, 256)
+            img = np.where(np.broadcast_to(mask, (40, 40, 3)) == 1, light, dark).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny encoder (32 px input)."""
+    images = stripes(tmp_path_factory.mktemp("unlabelled"), 4, seed=9)
+    run = tmp_path_factory.mktemp("enc") / "random"
+    train(tiny_config(images, "method=random", "max_steps=0"), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def stripe_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """train/ and test/ ImageFolders of 16 + 16 stripe images each."""
+    root = tmp_path_factory.mktemp("stripes")
+    return stripes(root / "train", 16, seed=0), stripes(root / "test", 16, seed=1)
+
+
+def test_feature_cache_hit_skips_the_encoder_and_key_follows_the_layer(encoder_dir: Path, stripe_data, tmp_path: Path) -> None:
+    encoder, meta = load_encoder(encoder_dir)
+    calls = []
+    encoder.register_forward_hook(lambda *_: calls.append(1))
+    data = open_labelled(stripe_data[0], "unused")
+    first = cached_features(encoder, meta, data, "pool5", tmp_path, batch_size=8)
+    n_first = len(calls)
+    again = cached_features(encoder, meta, data, "pool5", tmp_path, batch_size=8)
+    assert n_first == 4 and len(calls) == n_first and np.array_equal(first.x, again.x)
+    assert first.x.shape[0] == 32 and np.allclose(np.linalg.norm(first.x, axis=1), 1, atol=1e-5)
+    conv3 = cached_features(encoder, meta, data, "conv3", tmp_path, batch_size=8)
+    assert len(calls) > n_first and conv3.x.shape != first.x.shape and len(list(tmp_path.glob("*.npz"))) == 2
+    sub = cached_features(encoder, meta, data, "pool5", tmp_path, max_images=10, seed=3)
+    assert sub.x.shape[0] == 10 and len(list(tmp_path.glob("*.npz"))) == 3
+
+
+def test_bad_image_error_names_the_file(encoder_dir: Path, stripe_data, tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40)).save(root / name / "ok.png")
+    (root / "b" / "broken.png").write_bytes(b"not a png")
+    code = main(["knn", "--encoder", str(encoder_dir), "--train", str(root), "--test", str(stripe_data[1]),
+                 "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")], prog="cebench probe")
+    assert code == 2
+
+
+def probe_cli(probe: str, encoder: Path, train_dir: Path, test_dir: Path, out: Path, *extra: str) -> dict:
+    code = main([probe, "--encoder", str(encoder), "--train", str(train_dir), "--test", str(test_dir),
+                 "--out", str(out), "--cache", str(out.parent / "cache"), "--device", "cpu", *extra],
+                prog="cebench probe")
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_cli_on_stripes_imagefolder(encoder_dir: Path, stripe_data, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    knn = probe_cli("knn", encoder_dir, *stripe_data, tmp_path / "knn", "--layer", "conv3", "--k", "5,200")
+    assert knn["results"]["k5"]["top1"] >= 75 and knn["results"]["k200"]["k_used"] == 32
+    assert knn["encoder_sha256"] == load_encoder(encoder_dir)[1]["sha256"] and knn["layer"] == "conv3"
+    assert knn["train"]["n_images"] == 32 and knn["classes"] == ["horizontal", "vertical"] and knn["git_commit"]
+    lin = probe_cli("linear", encoder_dir, *stripe_data, tmp_path / "lin", "--layer", "conv3", "--costs", "0.1,1")
+    assert lin["top1"] >= 75 and lin["C"] in (0.1, 1.0) and lin["feature_dim"] > 0
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_cli_refuses_train_split_and_bad_input(encoder_dir: Path, stripe_data, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    args = ["knn", "--encoder", str(encoder_dir), "--train", str(stripe_data[0]), "--out", str(tmp_path / "o"),
+            "--cache", str(tmp_path / "c")]
+    assert main([*args, "--test", str(stripe_data[0])]) == 2
+    assert "test set is the training set" in caplog.text
+    assert main([*args, "--test", str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_cli_on_demo_voc_data(encoder_dir: Path, tmp_path: Path) -> None:
+    from pretext.data.demo import make_demo_data
+
+    root = tmp_path / "demo"
+    make_demo_data(root, num_images=60, seed=0, workers=1)
+    for probe in ("knn", "linear"):
+        m = probe_cli(probe, encoder_dir, root, root, tmp_path / probe, "--k", "10", "--costs", "0.1,1",
+                      "--n-jobs", "2")
+        result = m["results"]["k10"] if probe == "knn" else m
+        assert all(math.isfinite(result[k]) for k in ("map_voc07_11pt", "map_area", "map_sklearn"))
+        assert m["train"]["split"] == "trainval" and m["test"]["split"] == "test"
+    assert main(["knn", "--encoder", str(encoder_dir), "--train", str(root), "--test", str(root), "--test-split",
+                 "trainval", "--out", str(tmp_path / "x"), "--cache", str(tmp_path / "cache")]) == 2

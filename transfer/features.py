@@ -1,0 +1,230 @@
+"""Labelled image sets for probes, and frozen-encoder features extracted once and cached on disk.
+
+Two kinds of labelled data:
+- an ImageFolder (`DIR/<class>/<image>`, single-label; the directory itself is the split, e.g.
+  `cifar10/train`), labels are (N,) class indices;
+- a PASCAL VOC-format root (recognised by `ImageSets/Main`) and a split, multi-label from `transfer.voc`,
+  labels are (N, C) in {1, 0 = difficult only, -1}.
+
+Features: each image's shorter side is resized to the encoder's input size, the centre square is cut, then
+the chosen stage runs in eval mode without gradients. pool5 is kept as it is and flattened; an earlier stage
+is average-pooled (as Goyal et al. 2019 do for the VOC07 SVM) to the largest square grid that keeps the
+dimension at most `MAX_DIMS` (~9k, their size), so every layer gives a vector of comparable, modest size.
+Each vector is L2-normalised.
+
+Cache: one `.npz` (no pickle) per (encoder sha256, layer, pooling, data root, split, subset, sizes) under
+`~/.cache/cebench/features` by default, written atomically; the key is stored inside and checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretext.data.dataset import crop_flip, resize_shorter, to_uint8_tensor
+from pretext.data.images import load_rgb
+from pretext.data.sources import folder_images, voc_images
+from pretext.engine.checkpoint import atomic_write_bytes
+
+from .voc import read_class_list, read_classification_labels
+
+log = logging.getLogger("cebench")
+
+MAX_DIMS = 9216  # Goyal et al. 2019 pool every AlexNet layer to about 9k dimensions
+CACHE_FORMAT = "cebench-features/1"
+DEFAULT_CACHE = Path("~/.cache/cebench/features")
+
+
+class ProbeError(ValueError):
+    """Probe input that cannot be used: a bad data root, mismatched classes, testing on the training split."""
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Image paths with labels: (N,) class indices (ImageFolder) or (N, C) VOC labels in {1, 0, -1}."""
+
+    kind: str  # "imagefolder" or "voc"
+    root: Path
+    split: str | None  # None for an ImageFolder: the directory is the split
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    @property
+    def multilabel(self) -> bool:
+        """VOC-style (N, C) labels."""
+        return self.labels.ndim == 2
+
+    @property
+    def name(self) -> str:
+        """Root and split, as messages and metrics.json show them."""
+        return str(self.root) if self.split is None else f"{self.root} (split {self.split})"
+
+
+@dataclass(frozen=True)
+class Features:
+    """L2-normalised (N, D) float32 features of a labelled set, with its labels."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    source: LabelledImages
+
+
+def is_voc_root(root: Path) -> bool:
+    """A VOC-format root has ImageSets/Main."""
+    return (root / "ImageSets" / "Main").is_dir()
+
+
+def open_labelled(root: str | Path, split: str) -> LabelledImages:
+    """A VOC root (with `split`) or an ImageFolder directory (`split` unused)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise ProbeError(f"data directory not found: {root}")
+    return open_voc(root, split) if is_voc_root(root) else open_image_folder(root)
+
+
+def open_image_folder(root: Path) -> LabelledImages:
+    """Single-label images `root/<class>/...`; classes are the sorted sub-directory names."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise ProbeError(f"{root}: an ImageFolder needs at least 2 class sub-directories, found {classes}")
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        found = folder_images(root / name)
+        if not found:
+            raise ProbeError(f"{root / name}: class {name!r} has no images")
+        paths += found
+        labels += [index] * len(found)
+    return LabelledImages("imagefolder", root, None, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
+
+
+def open_voc(root: Path, split: str) -> LabelledImages:
+    """Multi-label VOC-format split: JPEGImages/<id>.jpg and labels from the class lists or annotations."""
+    classes = read_class_list(root)
+    _, labels = read_classification_labels(root, split, classes)
+    paths = voc_images(root, split)  # the same list file as ids, in the same order
+    return LabelledImages("voc", root, split, tuple(paths), labels, tuple(classes))
+
+
+def subset(data: LabelledImages, max_images: int | None, seed: int) -> LabelledImages:
+    """The first `max_images` of a fixed shuffle by `seed` (in file order); all images when None or enough."""
+    if max_images is None or max_images >= len(data.paths):
+        return data
+    if max_images < 1:
+        raise ProbeError(f"--max-images must be >= 1, got {max_images}")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(data.paths))[:max_images])
+    return LabelledImages(data.kind, data.root, data.split, tuple(data.paths[i] for i in keep),
+                          data.labels[keep], data.classes)
+
+
+def check_train_test(train: LabelledImages, test: LabelledImages) -> None:
+    """Refuse to test on the training split, and train / test sets of different kinds or classes."""
+    if (train.root, train.split) == (test.root, test.split):
+        raise ProbeError(f"the test set is the training set ({test.name}): a probe must be tested on "
+                         f"features of another split")
+    if train.kind != test.kind or train.classes != test.classes:
+        raise ProbeError(f"training set {train.name} ({train.kind}, classes {list(train.classes)}) and test set "
+                         f"{test.name} ({test.kind}, classes {list(test.classes)}) do not match")
+
+
+def pooled_grid(channels: int, height: int, max_dims: int = MAX_DIMS) -> int:
+    """Side of the square grid a (channels, height, height) map is average-pooled to: C * g^2 <= max_dims."""
+    return max(1, min(height, math.isqrt(max_dims // channels)))
+
+
+def load_batch(paths: Sequence[Path], size: int) -> torch.Tensor:
+    """(B, 3, size, size) uint8: shorter side resized to `size`, centre crop; a bad file raises BadImageError."""
+    return torch.stack([to_uint8_tensor(crop_flip(resize_shorter(load_rgb(p, min_side=size), size), size, None,
+                                                  False)) for p in paths])
+
+
+def _normalise_input(batch: torch.Tensor, meta: dict, device: torch.device) -> torch.Tensor:
+    norm = meta["normalization"]
+    mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1)
+    return (batch.to(device).float() / 255 - mean) / std
+
+
+def pool_features(feats: torch.Tensor, layer: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, D) L2-normalised; pool5 flattened as is, other layers average-pooled to a grid."""
+    if layer != "pool5":
+        feats = F.adaptive_avg_pool2d(feats, pooled_grid(feats.shape[1], feats.shape[2]))
+    return F.normalize(feats.flatten(1).float(), dim=1)
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, meta: dict, images: Sequence[Path], layer: str, batch_size: int,
+                     device: torch.device) -> np.ndarray:
+    """(N, D) float32 L2-normalised features of `layer` for the image files, encoder in eval mode."""
+    encoder.eval().to(device)
+    size, chunks = int(meta["input_size"]), []
+    for start in range(0, len(images), batch_size):
+        x = _normalise_input(load_batch(images[start:start + batch_size], size), meta, device)
+        chunks.append(pool_features(encoder(x, out=layer), layer).cpu().numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def cache_key(meta: dict, data: LabelledImages, layer: str, max_images: int | None, seed: int) -> dict:
+    """Everything the cached features depend on."""
+    return {"format": CACHE_FORMAT, "encoder_sha256": meta["sha256"], "layer": layer, "max_dims": MAX_DIMS,
+            "pool": "avg", "root": str(data.root), "split": data.split,
+            "images_sha256": hashlib.sha256("\n".join(p.relative_to(data.root).as_posix() for p in data.paths)
+                                            .encode()).hexdigest(),
+            "max_images": max_images, "seed": seed, "input_size": int(meta["input_size"]),
+            "normalization": meta["normalization"]}
+
+
+def cache_path(cache_dir: Path, key: dict) -> Path:
+    """File of one key: the sha256 of its canonical JSON."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(cache_dir).expanduser() / f"{digest}.npz"
+
+
+def _read_cache(path: Path, key: dict, n: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stored, x = json.loads(str(f["key"])), f["x"]
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("feature cache %s unreadable (%s): extracting again", path, exc)
+        return None
+    if stored != key or x.shape[0] != n:
+        log.warning("feature cache %s holds other features: extracting again", path)
+        return None
+    return x
+
+
+def _write_cache(path: Path, key: dict, x: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, x=x, key=np.array(json.dumps(key, sort_keys=True)))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer: str, cache_dir: Path,
+                    max_images: int | None = None, seed: int = 0, batch_size: int = 64,
+                    device: torch.device = torch.device("cpu")) -> Features:
+    """Features of (a subset of) a labelled set, from the cache when there, else extracted and cached."""
+    data = subset(data, max_images, seed)
+    key = cache_key(meta, data, layer, max_images, seed)
+    path = cache_path(cache_dir, key)
+    x = _read_cache(path, key, len(data.paths))
+    if x is None:
+        log.info("extracting %s features of %d images of %s", layer, len(data.paths), data.name)
+        x = extract_features(encoder, meta, data.paths, layer, batch_size, device)
+        _write_cache(path, key, x)
+    else:
+        log.info("%s features of %s from cache %s", layer, data.name, path)
+    return Features(x, data.labels, data.classes, data)
