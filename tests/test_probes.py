@@ -15,7 +15,7 @@ from pretext.export import load_encoder
 from transfer.features import (Features, LabelledImages, ProbeError, cached_features, check_train_test,
                                open_labelled, pooled_grid)
 from transfer.knn import knn_probe, nearest, weighted_votes
-from transfer.probe import logistic_probe, main, svm_probe
+from transfer.probe import logistic_probe, low_shot_labels, low_shot_probe, main, svm_probe
 
 from .conftest import tiny_config
 
@@ -87,6 +87,30 @@ def test_svm_probe_gives_high_map_and_picks_costs_per_class() -> None:
                        (0.1, 1.0), seed=0, n_jobs=1, difficult="exclude")
     assert result["map_area"] > 95 and result["map_voc07_11pt"] > 95
     assert all(fit["cost"] in (0.1, 1.0) and fit["cv_ap"] > 90 for fit in result["svm"].values())
+
+
+def test_svm_probe_on_single_label_data_is_one_vs_rest_with_top1() -> None:
+    result = svm_probe(clusters(240, 4, 16, 0), clusters(100, 4, 16, 1), (0.1, 1.0), seed=0, n_jobs=1,
+                       difficult="exclude")
+    assert result["top1"] > 95 and result["map_area"] > 95 and set(result["svm"]) == {"c0", "c1", "c2", "c3"}
+
+
+def test_low_shot_labels_keep_k_positives_per_class_and_every_negative() -> None:
+    labels = multilabel(clusters(120, 4, 8, 0)).labels
+    drawn = low_shot_labels(labels, 3, np.random.default_rng(0))
+    assert ((drawn == 1).sum(axis=0) == 3).all()
+    assert ((drawn == -1) == (labels == -1)).all()  # negatives untouched
+    assert ((drawn == 1) <= (labels == 1)).all()  # kept positives are real positives
+    other = low_shot_labels(labels, 3, np.random.default_rng(1))
+    assert not ((other == 1) == (drawn == 1)).all()  # another draw, other positives
+
+
+def test_low_shot_probe_improves_with_more_positives_and_reports_spread() -> None:
+    train, test = multilabel(clusters(400, 4, 64, 0, spread=1.2)), multilabel(clusters(200, 4, 64, 1, spread=1.2))
+    result = low_shot_probe(train, test, (1, 32), samples=3, costs=(0.1, 1.0), seed=0, n_jobs=1)["low_shot"]
+    one, many = result["k1"], result["k32"]
+    assert len(one["draws"]) == 3 and one["map_area_std"] >= 0
+    assert many["map_area_mean"] > one["map_area_mean"]
 
 
 def test_probe_refuses_to_test_on_its_training_split(tmp_path: Path) -> None:
@@ -200,5 +224,8 @@ def test_cli_on_demo_voc_data(encoder_dir: Path, tmp_path: Path) -> None:
         result = m["results"]["k10"] if probe == "knn" else m
         assert all(math.isfinite(result[k]) for k in ("map_voc07_11pt", "map_area", "map_sklearn"))
         assert m["train"]["split"] == "trainval" and m["test"]["split"] == "test"
+    low = probe_cli("svm", encoder_dir, root, root, tmp_path / "low", "--costs", "0.1,1", "--low-shot", "1,2",
+                    "--low-shot-samples", "2")["low_shot"]
+    assert set(low) == {"k1", "k2"} and all(len(r["draws"]) == 2 for r in low.values())
     assert main(["knn", "--encoder", str(encoder_dir), "--train", str(root), "--test", str(root), "--test-split",
                  "trainval", "--out", str(tmp_path / "x"), "--cache", str(tmp_path / "cache")]) == 2

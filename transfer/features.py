@@ -1,10 +1,12 @@
 """Labelled image sets for probes, and frozen-encoder features extracted once and cached on disk.
 
-Two kinds of labelled data:
+Three kinds of labelled data:
 - an ImageFolder (`DIR/<class>/<image>`, single-label; the directory itself is the split, e.g.
   `cifar10/train`), labels are (N,) class indices;
 - a PASCAL VOC-format root (recognised by `ImageSets/Main`) and a split, multi-label from `transfer.voc`,
-  labels are (N, C) in {1, 0 = difficult only, -1}.
+  labels are (N, C) in {1, 0 = difficult only, -1};
+- a COCO root (recognised by `annotations/instances_*.json`) and a split, multi-label from `transfer.coco`
+  (0 = crowd regions only).
 
 Features: each image's shorter side is resized to the encoder's input size, the centre square is cut, then
 the chosen stage runs in eval mode without gradients. pool5 is kept as it is and flattened; an earlier stage
@@ -37,6 +39,7 @@ from pretext.data.images import load_rgb
 from pretext.data.sources import folder_images, voc_images
 from pretext.engine.checkpoint import atomic_write_bytes
 
+from .coco import annotation_path, is_coco_root, read_coco_classification
 from .voc import read_class_list, read_classification_labels
 
 log = logging.getLogger("cebench")
@@ -54,7 +57,7 @@ class ProbeError(ValueError):
 class LabelledImages:
     """Image paths with labels: (N,) class indices (ImageFolder) or (N, C) VOC labels in {1, 0, -1}."""
 
-    kind: str  # "imagefolder" or "voc"
+    kind: str  # "imagefolder", "voc" or "coco"
     root: Path
     split: str | None  # None for an ImageFolder: the directory is the split
     paths: tuple[Path, ...]
@@ -88,11 +91,21 @@ def is_voc_root(root: Path) -> bool:
 
 
 def open_labelled(root: str | Path, split: str) -> LabelledImages:
-    """A VOC root (with `split`) or an ImageFolder directory (`split` unused)."""
+    """A VOC root or a COCO root (with `split`), or an ImageFolder directory (`split` unused)."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ProbeError(f"data directory not found: {root}")
-    return open_voc(root, split) if is_voc_root(root) else open_image_folder(root)
+    if is_voc_root(root):
+        return open_voc(root, split)
+    return open_coco(root, split) if is_coco_root(root) else open_image_folder(root)
+
+
+def open_coco(root: Path, split: str) -> LabelledImages:
+    """Multi-label COCO split: ROOT/annotations/instances_<split>.json, images in ROOT/<split>/."""
+    paths, labels, classes = read_coco_classification(root, split)
+    if not paths:
+        raise ProbeError(f"{annotation_path(root, split)}: no images")
+    return LabelledImages("coco", root, split, tuple(paths), labels, tuple(classes))
 
 
 def open_image_folder(root: Path) -> LabelledImages:
@@ -164,15 +177,30 @@ def pool_features(feats: torch.Tensor, layer: str) -> torch.Tensor:
     return F.normalize(feats.flatten(1).float(), dim=1)
 
 
+def fill_value(meta: dict) -> list[float]:
+    """RGB in [0, 1] a hole is filled with before encoding: the encoder's training fill mean, else 0.5 grey."""
+    return [float(v) for v in meta.get("fill_mean") or (0.5, 0.5, 0.5)]
+
+
 @torch.no_grad()
+def encode_batch(encoder: nn.Module, meta: dict, batch: torch.Tensor, layer: str, device: torch.device,
+                 hole: torch.Tensor | None = None) -> np.ndarray:
+    """(B, D) L2-normalised features of uint8 images; `hole` (1, 1, S, S) pixels are set to `fill_value` first."""
+    x = _normalise_input(batch, meta, device)
+    if hole is not None:  # filled after normalisation, as the context encoder fills its input in training
+        fill = _normalise_input(torch.tensor(fill_value(meta)).view(1, 3, 1, 1) * 255, meta, device)
+        x = torch.where(hole.to(device), fill, x)
+    return pool_features(encoder(x, out=layer), layer).cpu().numpy()
+
+
 def extract_features(encoder: nn.Module, meta: dict, images: Sequence[Path], layer: str, batch_size: int,
-                     device: torch.device) -> np.ndarray:
+                     device: torch.device, hole: torch.Tensor | None = None) -> np.ndarray:
     """(N, D) float32 L2-normalised features of `layer` for the image files, encoder in eval mode."""
     encoder.eval().to(device)
     size, chunks = int(meta["input_size"]), []
     for start in range(0, len(images), batch_size):
-        x = _normalise_input(load_batch(images[start:start + batch_size], size), meta, device)
-        chunks.append(pool_features(encoder(x, out=layer), layer).cpu().numpy())
+        chunks.append(encode_batch(encoder, meta, load_batch(images[start:start + batch_size], size), layer, device,
+                                   hole))
     return np.concatenate(chunks).astype(np.float32)
 
 
@@ -215,15 +243,17 @@ def _write_cache(path: Path, key: dict, x: np.ndarray) -> None:
 
 def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer: str, cache_dir: Path,
                     max_images: int | None = None, seed: int = 0, batch_size: int = 64,
-                    device: torch.device = torch.device("cpu")) -> Features:
+                    device: torch.device = torch.device("cpu"), hole: torch.Tensor | None = None) -> Features:
     """Features of (a subset of) a labelled set, from the cache when there, else extracted and cached."""
     data = subset(data, max_images, seed)
     key = cache_key(meta, data, layer, max_images, seed)
+    if hole is not None:  # only then, so the keys of unmasked features stay as they were
+        key["hole"] = {"sha256": hashlib.sha256(hole.cpu().numpy().tobytes()).hexdigest(), "fill": fill_value(meta)}
     path = cache_path(cache_dir, key)
     x = _read_cache(path, key, len(data.paths))
     if x is None:
         log.info("extracting %s features of %d images of %s", layer, len(data.paths), data.name)
-        x = extract_features(encoder, meta, data.paths, layer, batch_size, device)
+        x = extract_features(encoder, meta, data.paths, layer, batch_size, device, hole)
         _write_cache(path, key, x)
     else:
         log.info("%s features of %s from cache %s", layer, data.name, path)

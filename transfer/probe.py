@@ -1,12 +1,15 @@
-"""`cebench probe knn|linear`: judge a frozen encoder by a classifier trained on its features.
+"""`cebench probe knn|linear|svm`: judge a frozen encoder by a classifier trained on its features.
 
 - `knn`: weighted kNN (`transfer.knn`), k = 20 and 200 by default.
-- `linear`, single-label data (ImageFolder): multinomial logistic regression on standardised features, C
-  chosen by 3-fold cross-validated accuracy on the training split -> top-1 accuracy.
-- `linear`, multi-label data (VOC): the VOC07 SVM protocol (Goyal et al. 2019): one LinearSVC per class on
-  the L2-normalised features, squared hinge, class_weight {1: 2, -1: 1}, cost chosen per class by 3-fold
-  cross-validated AP on the training split, refit on all of it -> the three VOC mAPs. Difficult-only
-  training images are left out (`--difficult exclude`, default) or used as negatives (`negative`).
+- `svm`: the VOC07 SVM protocol (Goyal et al. 2019): one LinearSVC per class on the L2-normalised features,
+  squared hinge, class_weight {1: 2, -1: 1}, cost chosen per class by 3-fold cross-validated AP on the
+  training split, refit on all of it -> the three VOC mAPs (single-label data: one-vs-rest, plus top-1 from
+  the largest decision value). Difficult-only training images are left out (`--difficult exclude`, default)
+  or used as negatives (`negative`). `--low-shot 1,2,4,...`: the low-shot variant, k positives per class
+  drawn at random (`--low-shot-samples` independent draws), the class's other positives left out of its
+  training set, all negatives kept; mean and std of the mAPs over the draws.
+- `linear`: single-label data: multinomial logistic regression on standardised features, C chosen by 3-fold
+  cross-validated accuracy on the training split -> top-1 accuracy; multi-label data: the SVM protocol.
 
 Costs are never chosen on the test split, and the test split must differ from the training split.
 Writes OUT_DIR/metrics.json; bad input is one error line and exit code 2.
@@ -86,18 +89,64 @@ def fit_class_svm(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray, costs: 
     return {"cost": cost, "cv_ap": cv_ap, "scores": scores, "note": note}
 
 
+def one_vs_rest(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, C) labels in {1, -1} from (N,) class indices; (N, C) labels pass through."""
+    if labels.ndim == 2:
+        return labels
+    return np.where(np.eye(n_classes, dtype=bool)[labels], 1, -1).astype(np.int8)
+
+
+def svm_scores(x: np.ndarray, labels: np.ndarray, test_x: np.ndarray, costs: tuple[float, ...], seed: int,
+               n_jobs: int, difficult: str) -> tuple[np.ndarray, list[dict]]:
+    """(M, C) test decision values of per-class LinearSVCs fitted in parallel, and each class's fit record."""
+    fits = Parallel(n_jobs=n_jobs)(delayed(fit_class_svm)(x, labels[:, c], test_x, costs, seed, difficult)
+                                   for c in range(labels.shape[1]))
+    return np.stack([f["scores"] for f in fits], axis=1), fits
+
+
 def svm_probe(train: Features, test: Features, costs: tuple[float, ...], seed: int, n_jobs: int,
               difficult: str) -> dict:
-    """The three VOC mAPs of per-class LinearSVCs, classes fitted in parallel."""
-    fits = Parallel(n_jobs=n_jobs)(delayed(fit_class_svm)(train.x, train.labels[:, c], test.x, costs, seed, difficult)
-                                   for c in range(len(train.classes)))
-    scores = np.stack([f["scores"] for f in fits], axis=1)  # (M, C)
+    """The three VOC mAPs (and top-1 for single-label data) of per-class LinearSVCs."""
+    n = len(train.classes)
+    scores, fits = svm_scores(train.x, one_vs_rest(train.labels, n), test.x, costs, seed, n_jobs, difficult)
     for name, fit in zip(train.classes, fits):
         if fit["note"]:
             log.warning("class %r: %s", name, fit["note"])
     per_class = {n: {k: f[k] for k in ("cost", "cv_ap", "note")} for n, f in zip(train.classes, fits)}
-    return {**classification_metrics(scores, test.labels, list(test.classes)), "svm": per_class,
-            "difficult_in_training": difficult}
+    result = {**classification_metrics(scores, one_vs_rest(test.labels, n), list(test.classes)), "svm": per_class,
+              "difficult_in_training": difficult}
+    if test.labels.ndim == 1:
+        result["top1"] = top1_accuracy(scores, test.labels)
+    return result
+
+
+def low_shot_labels(labels: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:
+    """Per class, `shots` random positives kept; the other positives become 0 (left out); negatives kept."""
+    out = labels.copy()
+    for c in range(labels.shape[1]):
+        positives = np.flatnonzero(labels[:, c] == 1)
+        if len(positives) > shots:
+            out[rng.choice(positives, len(positives) - shots, replace=False), c] = 0
+    return out
+
+
+def low_shot_probe(train: Features, test: Features, shots: tuple[int, ...], samples: int, costs: tuple[float, ...],
+                   seed: int, n_jobs: int) -> dict:
+    """Low-shot SVM: for each k, the mAPs of `samples` independent draws of k positives per class, mean and std."""
+    n = len(train.classes)
+    labels, test_labels = one_vs_rest(train.labels, n), one_vs_rest(test.labels, n)
+    results = {}
+    for k in shots:
+        runs = []
+        for draw in range(samples):
+            drawn = low_shot_labels(labels, k, np.random.default_rng([seed, k, draw]))
+            scores, _ = svm_scores(train.x, drawn, test.x, costs, seed, n_jobs, "exclude")
+            m = classification_metrics(scores, test_labels, list(test.classes))
+            runs.append({key: m[key] for key in ("map_voc07_11pt", "map_area", "map_sklearn")})
+        summary = {f"{key}_{stat}": float(fn([r[key] for r in runs]))
+                   for key in runs[0] for stat, fn in (("mean", np.mean), ("std", np.std))}
+        results[f"k{k}"] = {"shots": k, "samples": samples, **summary, "draws": runs}
+    return {"low_shot": results}
 
 
 def build_record(args: argparse.Namespace, meta: dict, train: Features, test: Features) -> dict:
@@ -128,7 +177,10 @@ def run_probe(args: argparse.Namespace) -> dict:
     meta, train, test = load_features(args)
     if args.probe == "knn":
         result = knn_probe(train, test, args.k, args.temperature)
-    elif train.labels.ndim == 2:
+    elif args.low_shot:
+        result = low_shot_probe(train, test, args.low_shot, args.low_shot_samples, args.costs or SVM_COSTS,
+                                args.seed, args.n_jobs)
+    elif args.probe == "svm" or train.labels.ndim == 2:
         result = svm_probe(train, test, args.costs or SVM_COSTS, args.seed, args.n_jobs, args.difficult)
     else:
         result = logistic_probe(train, test, args.costs or LOGISTIC_COSTS, args.seed, args.n_jobs)
@@ -149,6 +201,10 @@ def summary(record: dict) -> str:
             f"{record['train']['n_images']} train / {record['test']['n_images']} test images")
     if record["probe"] == "knn":
         return "\n".join([head] + [f"  k={r['k_used']}: {numbers(r)}" for r in record["results"].values()])
+    if "low_shot" in record:
+        return "\n".join([head] + [f"  {r['shots']} positives/class ({r['samples']} draws): mAP VOC07 11-pt "
+                                    f"{r['map_voc07_11pt_mean']:.2f} +- {r['map_voc07_11pt_std']:.2f}"
+                                    for r in record["low_shot"].values()])
     chosen = f"C={record['C']}" if "C" in record else "SVM cost per class by 3-fold CV"
     return f"{head}\n  {chosen}: {numbers(record)}"
 
@@ -173,7 +229,7 @@ def _max_images(text: str) -> tuple[int | None, int | None]:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the probe command."""
     p = argparse.ArgumentParser(prog=prog, description="Linear probe or weighted kNN on frozen encoder features.")
-    p.add_argument("probe", choices=("knn", "linear"))
+    p.add_argument("probe", choices=("knn", "linear", "svm"))
     p.add_argument("--encoder", type=Path, required=True, metavar="RUN_DIR", help="run directory or encoder.json")
     p.add_argument("--layer", default="pool5", choices=STAGES)
     p.add_argument("--train", type=Path, required=True, metavar="ROOT_OR_DIR",
@@ -188,6 +244,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="kNN vote temperature (default: 0.07)")
     p.add_argument("--costs", type=lambda t: _number_list(t, float), default=None, metavar="C1,C2",
                    help=f"cost grid (default: logistic {LOGISTIC_COSTS}, SVM {SVM_COSTS})")
+    p.add_argument("--low-shot", type=lambda t: _number_list(t, int), default=None, metavar="K1,K2",
+                   help="svm only: low-shot variant with K positives per class (e.g. 1,2,4,8,16)")
+    p.add_argument("--low-shot-samples", type=int, default=5, help="independent draws per K (default: 5)")
     p.add_argument("--difficult", choices=("exclude", "negative"), default="exclude",
                    help="VOC difficult-only training images: left out or negatives (default: exclude)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR", help=f"feature cache ({DEFAULT_CACHE})")
@@ -203,7 +262,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pretext.cli import setup_logging
 
     setup_logging()
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.low_shot and args.probe != "svm":
+        parser.error("--low-shot applies to the svm probe only")
     try:
         record = run_probe(args)
     except (ValueError, OSError, RuntimeError) as exc:  # bad data roots, images, encoders, devices
