@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-inpainting": ("pretext.eval_inpainting", "mean L1 / L2 / PSNR on the hole (Table 1 of the paper)"),
     "evaluate": ("transfer.evaluate",
                  "score results files: VOC classification mAP (VOC07 11-point, area, non-interpolated)"),
-    "probe": ("transfer.probe", "linear probe or weighted kNN on frozen encoder features"),
+    "probe": ("transfer.probe", "linear / SVM probe or weighted kNN on frozen encoder features"),
+    "retrieve": ("transfer.retrieve", "FAISS nearest-neighbour retrieval of encoder features; PNG grid, precision@k"),
+    "nn-inpaint": ("transfer.nn_inpaint", "nearest-neighbour inpainting (HOG or encoder features), Table 1 rows"),
+    "import-alexnet": ("pretext.import_alexnet", "a torchvision AlexNet state dict from disk as an encoder"),
 }
 
 

@@ -31,6 +31,13 @@ def test_help_and_version(capsys: pytest.CaptureFixture) -> None:
     assert capsys.readouterr().out.startswith("cebench ")
 
 
+def test_every_command_has_a_main() -> None:
+    import importlib
+
+    for module, _ in COMMANDS.values():
+        assert callable(importlib.import_module(module).main), module
+
+
 def test_bad_config_key_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert main(["pretrain", "demo", "--out", str(tmp_path / "r"), "max_step=3"]) == 2
     assert "unknown key 'max_step'; did you mean train.max_steps" in caplog.text
