@@ -71,12 +71,17 @@ def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split
             "method": method.cfg.method, "arch": method.cfg.model.arch}
 
 
-def format_table(metrics: dict) -> str:
-    """Markdown table of the model and the mean-fill baseline."""
-    rows = [("mean fill", metrics["baseline_mean_fill"]), (f"{metrics['method']} ({metrics['arch']})", metrics)]
+def inpainting_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table of (name, metrics) rows: mean L1, mean L2, PSNR."""
     lines = ["| method | mean L1 (%) | mean L2 (%) | PSNR (dB) |", "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {m['mean_l1']:.2f} | {m['mean_l2']:.2f} | {m['psnr']:.2f} |" for n, m in rows]
     return "\n".join(lines)
+
+
+def format_table(metrics: dict) -> str:
+    """Markdown table of the model and the mean-fill baseline."""
+    return inpainting_table([("mean fill", metrics["baseline_mean_fill"]),
+                             (f"{metrics['method']} ({metrics['arch']})", metrics)])
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from transfer.nn_inpaint import context_blocks, hog_features, inpaint_hole, main
+from transfer.nn_inpaint import context_blocks, hog_features, main
+from transfer.retrieve import central_hole
 
 from .test_retrieve import SIZE, template_images, tiny_encoder
 
@@ -43,11 +44,11 @@ def features(kind: str, encoder: Path) -> list[str]:
 
 
 def test_hog_context_features_ignore_the_hole() -> None:
-    hole = inpaint_hole(SIZE, 4)
+    hole = central_hole(SIZE, 4)
     images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8)
     other = torch.where(hole, torch.randint(0, 256, images.shape, dtype=torch.uint8), images)
     np.testing.assert_array_equal(hog_features(images, hole), hog_features(other, hole))
-    assert context_blocks(hole, 2).sum() > 0 and not context_blocks(inpaint_hole(SIZE, 0), 2).all()
+    assert context_blocks(hole, 2).sum() > 0 and not context_blocks(central_hole(SIZE, 0), 2).all()
 
 
 @pytest.mark.parametrize("kind", ["hog", "encoder"])

@@ -69,6 +69,11 @@ class LabelledImages:
         """VOC-style (N, C) labels."""
         return self.labels.ndim == 2
 
+    def describe(self, max_images: int | None) -> dict:
+        """Root, split, kind and size, as metrics.json records an image set."""
+        return {"root": str(self.root), "split": self.split, "kind": self.kind, "n_images": len(self.paths),
+                "max_images": max_images}
+
     @property
     def name(self) -> str:
         """Root and split, as messages and metrics.json show them."""

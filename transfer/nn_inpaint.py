@@ -32,13 +32,13 @@ from torch import nn
 from pretext.data.dataset import UnlabelledImages
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
-from pretext.eval_inpainting import hole_errors, summarise
+from pretext.eval_inpainting import hole_errors, inpainting_table, summarise
 from pretext.export import load_encoder
-from pretext.masks import CentralMask
 
 from .evaluate import json_safe, provenance
 from .features import LabelledImages, encode_batch, fill_value, subset
-from .retrieve import check_layer, max_images_arg, neighbours, open_images, positive_int, self_indices
+from .arguments import max_images, positive_int
+from .retrieve import central_hole, check_layer, neighbours, open_images, self_indices
 
 log = logging.getLogger("cebench")
 
@@ -57,11 +57,6 @@ def load_images(data: LabelledImages, size: int, load_size: int) -> torch.Tensor
     """(N, 3, size, size) uint8: shorter side resized to `load_size`, centre crop, as eval-inpainting does."""
     images = UnlabelledImages(data.paths, load_size, size, flip=False)
     return torch.stack([images[i][0] for i in range(len(images))])
-
-
-def inpaint_hole(size: int, overlap: int) -> torch.Tensor:
-    """(1, 1, size, size) bool: eval-inpainting's central hole."""
-    return CentralMask(overlap=overlap)(1, size, size, torch.Generator())
 
 
 def hog_cell(size: int) -> int:
@@ -151,17 +146,11 @@ def context_features(args: argparse.Namespace, encoder: nn.Module | None, meta: 
     return db_x, q_x, settings
 
 
-def describe(data: LabelledImages, limit: int | None) -> dict:
-    """Root, split and size of an image set, as metrics.json records it."""
-    return {"root": str(data.root), "split": data.split, "kind": data.kind, "n_images": len(data.paths),
-            "max_images": limit}
-
-
 def run_nn_inpaint(args: argparse.Namespace) -> dict:
     """Fill every image's hole from its context-nearest database image; write the outputs; returns metrics."""
     encoder, meta = load_model(args)
     size, load_size = image_sizes(args, meta)
-    hole = inpaint_hole(size, args.overlap)
+    hole = central_hole(size, args.overlap)  # eval-inpainting's hole
     db_set = subset(open_images(args.database, args.database_split), args.max_images[0], args.seed)
     query_set = subset(open_images(args.images, args.split), args.max_images[1], args.seed)
     own = self_indices(db_set.paths, query_set.paths)
@@ -189,7 +178,7 @@ def build_record(args: argparse.Namespace, settings: dict, size: int, load_size:
             "mean_fill_rgb": [round(v, 6) for v in mean.flatten().tolist()],
             "feature_settings": settings, "mask": "central", "overlap": args.overlap, "hole_top_left_height_width": box,
             "size": size, "load_size": load_size, "n_images": len(query_set.paths),
-            "database": describe(db_set, args.max_images[0]), "images": describe(query_set, args.max_images[1]),
+            "database": db_set.describe(args.max_images[0]), "images": query_set.describe(args.max_images[1]),
             "self_matches_dropped": int((own >= 0).sum()),
             "search": "FAISS IndexFlatIP on L2-normalised context features (same order as L2 distance), k = 1",
             "seed": args.seed, **provenance()}
@@ -215,10 +204,8 @@ def write_outputs(out: Path, record: dict, query_set: LabelledImages, db_set: La
 
 def format_table(record: dict) -> str:
     """Markdown table of the mean-fill and nearest-neighbour rows."""
-    rows = [("mean fill", record["baseline_mean_fill"]), (f"NN inpainting ({record['features']})", record)]
-    lines = ["| method | mean L1 (%) | mean L2 (%) | PSNR (dB) |", "| --- | --- | --- | --- |"]
-    lines += [f"| {n} | {m['mean_l1']:.2f} | {m['mean_l2']:.2f} | {m['psnr']:.2f} |" for n, m in rows]
-    return "\n".join(lines)
+    return inpainting_table([("mean fill", record["baseline_mean_fill"]),
+                             (f"NN inpainting ({record['features']})", record)])
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -234,7 +221,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--layer", default="pool5", help="encoder stage (default: pool5)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
                    help="directory for metrics.json, neighbours.json, grid.png")
-    p.add_argument("--max-images", type=max_images_arg, default=(None, None), metavar="N[,M]",
+    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
                    help="fixed random subset of N database (M test) images (default: all)")
     p.add_argument("--size", type=positive_int, default=None,
                    help=f"square image side (default: the encoder's input size, {DEFAULT_HOG_SIZE} for HOG)")

@@ -35,6 +35,7 @@ from pretext.engine.distributed import select_device
 from pretext.export import load_encoder
 from pretext.models.alexnet import STAGES
 
+from .arguments import max_images, number_list
 from .evaluate import json_safe, provenance
 from .features import DEFAULT_CACHE, Features, cached_features, check_train_test, open_labelled
 from .knn import DEFAULT_KS, TEMPERATURE, knn_probe
@@ -151,13 +152,9 @@ def low_shot_probe(train: Features, test: Features, shots: tuple[int, ...], samp
 
 def build_record(args: argparse.Namespace, meta: dict, train: Features, test: Features) -> dict:
     """Everything metrics.json says besides the probe's own results."""
-    def describe(f: Features, limit: int | None) -> dict:
-        return {"root": str(f.source.root), "split": f.source.split, "kind": f.source.kind,
-                "n_images": len(f.x), "max_images": limit}
-
     return {"probe": args.probe, "layer": args.layer, "feature_dim": int(train.x.shape[1]),
             "encoder": str(args.encoder), "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
-            "train": describe(train, args.max_images[0]), "test": describe(test, args.max_images[1]),
+            "train": train.source.describe(args.max_images[0]), "test": test.source.describe(args.max_images[1]),
             "classes": list(train.classes), "seed": args.seed, **provenance()}
 
 
@@ -209,23 +206,6 @@ def summary(record: dict) -> str:
     return f"{head}\n  {chosen}: {numbers(record)}"
 
 
-def _number_list(text: str, kind: type) -> tuple:
-    try:
-        values = tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
-    return values
-
-
-def _max_images(text: str) -> tuple[int | None, int | None]:
-    values = _number_list(text, int)
-    if len(values) > 2:
-        raise argparse.ArgumentTypeError(f"expected N or TRAIN,TEST, got {text!r}")
-    return values[0], values[-1]
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the probe command."""
     p = argparse.ArgumentParser(prog=prog, description="Linear probe or weighted kNN on frozen encoder features.")
@@ -238,13 +218,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--test", type=Path, required=True, metavar="ROOT_OR_DIR")
     p.add_argument("--test-split", default="test", help="VOC split to test on (default: test)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="directory for metrics.json")
-    p.add_argument("--max-images", type=_max_images, default=(None, None), metavar="N[,M]",
+    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
                    help="use a fixed random subset of N training (M test) images (default: all)")
-    p.add_argument("--k", type=lambda t: _number_list(t, int), default=DEFAULT_KS, metavar="K1,K2")
+    p.add_argument("--k", type=number_list, default=DEFAULT_KS, metavar="K1,K2")
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="kNN vote temperature (default: 0.07)")
-    p.add_argument("--costs", type=lambda t: _number_list(t, float), default=None, metavar="C1,C2",
+    p.add_argument("--costs", type=lambda t: number_list(t, float), default=None, metavar="C1,C2",
                    help=f"cost grid (default: logistic {LOGISTIC_COSTS}, SVM {SVM_COSTS})")
-    p.add_argument("--low-shot", type=lambda t: _number_list(t, int), default=None, metavar="K1,K2",
+    p.add_argument("--low-shot", type=number_list, default=None, metavar="K1,K2",
                    help="svm only: low-shot variant with K positives per class (e.g. 1,2,4,8,16)")
     p.add_argument("--low-shot-samples", type=int, default=5, help="independent draws per K (default: 5)")
     p.add_argument("--difficult", choices=("exclude", "negative"), default="exclude",

@@ -39,6 +39,7 @@ from pretext.engine.distributed import select_device
 from pretext.export import load_encoder
 from pretext.masks import CentralMask
 
+from .arguments import max_images, positive_int
 from .evaluate import json_safe, provenance
 from .features import (DEFAULT_CACHE, Features, LabelledImages, cached_features, fill_value, is_voc_root, load_batch,
                        open_labelled)
@@ -72,9 +73,9 @@ def open_images(root: str | Path, split: str) -> LabelledImages:
     return LabelledImages("folder", root, None, tuple(paths), np.full(len(paths), -1, dtype=np.int64), ())
 
 
-def central_hole(size: int) -> torch.Tensor:
-    """(1, 1, size, size) bool: the central square of half the side (`CentralMask` without overlap)."""
-    return CentralMask(overlap=0)(1, size, size, torch.Generator())
+def central_hole(size: int, overlap: int = 0) -> torch.Tensor:
+    """(1, 1, size, size) bool: the central square of half the side, shrunk by `overlap` (`CentralMask`)."""
+    return CentralMask(overlap=overlap)(1, size, size, torch.Generator())
 
 
 def check_layer(encoder: nn.Module, meta: dict, layer: str, where: Path) -> None:
@@ -256,10 +257,6 @@ def run_search(args: argparse.Namespace, db: Features, queries: Features) -> dic
 
 def build_record(args: argparse.Namespace, meta: dict, db: Features, queries: Features, found: dict) -> dict:
     """metrics.json: precision@k (if labelled), index and recall, sizes, encoder and provenance."""
-    def describe(f: Features, limit: int | None) -> dict:
-        return {"root": str(f.source.root), "split": f.source.split, "kind": f.source.kind,
-                "n_images": len(f.x), "max_images": limit}
-
     reason = comparable_labels(db.source, queries.source)
     precision, n_used = (float("nan"), 0) if reason else precision_at_k(found["idx"], db.labels, queries.labels)
     if not reason and n_used < len(queries.x):
@@ -268,7 +265,7 @@ def build_record(args: argparse.Namespace, meta: dict, db: Features, queries: Fe
             "encoder_method": meta.get("method"), "layer": args.layer, "feature_dim": int(db.x.shape[1]),
             "mask": args.mask, "database_mask": args.database_mask if args.mask != "none" else "none",
             "fill": fill_value(meta) if args.mask != "none" else None,
-            "database": describe(db, args.max_images[0]), "queries": describe(queries, args.max_images[1]),
+            "database": db.source.describe(args.max_images[0]), "queries": queries.source.describe(args.max_images[1]),
             "k": args.k, **{key: v for key, v in found.items() if key not in ("sims", "idx")},
             "self_match_note": "a query's own file is never its neighbour" if found["self_matches_dropped"] else None,
             "precision_at_k": precision, "precision_queries": n_used, "precision_note": reason,
@@ -303,25 +300,6 @@ def summary(record: dict) -> str:
     return ", ".join(parts)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def max_images_arg(text: str) -> tuple[int, int]:
-    """argparse type: N (both sets) or N,M (database, queries)."""
-    values = [positive_int(v) for v in text.split(",")]
-    if len(values) > 2:
-        raise argparse.ArgumentTypeError(f"expected N or N,M, got {text!r}")
-    return values[0], values[-1]
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the retrieve command."""
     p = argparse.ArgumentParser(prog=prog, description="Nearest-neighbour retrieval on frozen encoder features.")
@@ -344,7 +322,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="flat: exact; ivf / hnsw: approximate, recall vs exact reported")
     p.add_argument("--nprobe", type=positive_int, default=10, help="IVF lists searched (default: 10)")
     p.add_argument("--ef-search", type=positive_int, default=64, help="HNSW search breadth (default: 64)")
-    p.add_argument("--max-images", type=max_images_arg, default=(None, None), metavar="N[,M]",
+    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
                    help="fixed random subset of N database (M query) images (default: all)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR", help=f"feature cache ({DEFAULT_CACHE})")
     p.add_argument("--batch-size", type=positive_int, default=64)
