@@ -190,8 +190,10 @@ class PretrainConfig:
         return cfg
 
 
-def _sections() -> dict[str, type]:
-    return {f.name: f.type for f in dataclasses.fields(PretrainConfig) if dataclasses.is_dataclass(_hint(PretrainConfig, f.name))}
+def _sections(root: type | None = None) -> dict[str, type]:
+    """Section name -> dataclass of a root config class (PretrainConfig by default)."""
+    root = root or PretrainConfig
+    return {f.name: _hint(root, f.name) for f in dataclasses.fields(root) if dataclasses.is_dataclass(_hint(root, f.name))}
 
 
 def _hint(cls: type, name: str) -> Any:
@@ -267,15 +269,21 @@ def _check_field(obj: Any, f: dataclasses.Field, where: str) -> None:
                 raise ConfigError(f"{key}: {v!r} is above the maximum {meta['max']}")
 
 
-def validate(cfg: PretrainConfig) -> None:
-    """Per-field ranges and choices, then the rules that tie fields together."""
-    for name in _sections():
+def check_fields(cfg: Any) -> None:
+    """Per-field ranges and choices of any root config (sections and top-level fields)."""
+    sections = _sections(type(cfg))
+    for name in sections:
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):
             _check_field(section, f, name)
     for f in dataclasses.fields(cfg):
-        if not dataclasses.is_dataclass(_hint(PretrainConfig, f.name)):
+        if f.name not in sections:
             _check_field(cfg, f, "config")
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Per-field ranges and choices, then the rules that tie fields together."""
+    check_fields(cfg)
     _validate_cross(cfg)
 
 
@@ -329,9 +337,9 @@ def _validate_context(cfg: PretrainConfig) -> None:
 PRESET_DIR = "presets"
 
 
-def preset_names() -> list[str]:
-    """Names of the YAML presets shipped in the package."""
-    files = resources.files("pretext").joinpath(PRESET_DIR).iterdir()
+def preset_names(package: str = "pretext") -> list[str]:
+    """Names of the YAML presets shipped in a package's presets/ folder."""
+    files = resources.files(package).joinpath(PRESET_DIR).iterdir()
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
@@ -347,18 +355,18 @@ def _read_yaml(path: Path | Any, where: str) -> dict:
     return data
 
 
-def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
-    """Nested dict of a preset name or YAML file, following `base:` (a preset or file it extends)."""
+def load_raw(name_or_path: str, _seen: tuple = (), package: str = "pretext") -> dict:
+    """Nested dict of a preset name (of `package`) or YAML file, following `base:` (a preset or file it extends)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         raw, where = _read_yaml(path, str(path)), str(path)
-    elif name_or_path in preset_names():
-        res = resources.files("pretext").joinpath(PRESET_DIR, f"{name_or_path}.yaml")
+    elif name_or_path in preset_names(package):
+        res = resources.files(package).joinpath(PRESET_DIR, f"{name_or_path}.yaml")
         raw, where = _read_yaml(res, f"preset {name_or_path}"), f"preset {name_or_path}"
     else:
-        raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a .yaml file")
+        raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names(package))}) nor a .yaml file")
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -367,7 +375,7 @@ def load_raw(name_or_path: str, _seen: tuple = ()) -> dict:
         base = str(path.parent / base)  # relative to the file that names it
     if base in _seen or base == name_or_path:
         raise ConfigError(f"{where}: circular base {base!r}")
-    return deep_merge(load_raw(base, _seen + (name_or_path,)), raw)
+    return deep_merge(load_raw(base, _seen + (name_or_path,), package), raw)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -378,30 +386,30 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _resolve_key(key: str) -> tuple[str, ...]:
+def _resolve_key(key: str, root: type | None = None) -> tuple[str, ...]:
     """'train.max_steps' or an unambiguous leaf name like 'max_steps' -> path tuple."""
-    sections = _sections()
-    top = [f.name for f in dataclasses.fields(PretrainConfig) if f.name not in sections]
+    sections = _sections(root)
+    top = [f.name for f in dataclasses.fields(root or PretrainConfig) if f.name not in sections]
     parts = tuple(key.split("."))
     if len(parts) == 2 and parts[0] in sections:
-        leaves = [f.name for f in dataclasses.fields(_hint(PretrainConfig, parts[0]))]
+        leaves = [f.name for f in dataclasses.fields(sections[parts[0]])]
         if parts[1] not in leaves:
             raise _unknown(parts[1], leaves, parts[0])
         return parts
     if len(parts) == 1 and parts[0] in top:
         return parts
     if len(parts) == 1:
-        owners = [s for s in sections if parts[0] in {f.name for f in dataclasses.fields(_hint(PretrainConfig, s))}]
+        owners = [s for s, cls in sections.items() if parts[0] in {f.name for f in dataclasses.fields(cls)}]
         if len(owners) == 1:
             return owners[0], parts[0]
         if len(owners) > 1:
             raise ConfigError(f"override {key!r} is ambiguous; write one of {', '.join(o + '.' + key for o in owners)}")
-    every = top + [f"{s}.{f.name}" for s in sections for f in dataclasses.fields(_hint(PretrainConfig, s))]
+    every = top + [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)]
     raise _unknown(key, every, "override")
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `key=value` strings (values parsed as YAML scalars/lists) to a nested dict."""
+def apply_overrides(raw: dict, overrides: list[str], root: type | None = None) -> dict:
+    """Apply `key=value` strings (values parsed as YAML scalars/lists) to a nested dict of `root` (PretrainConfig)."""
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -411,7 +419,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text) if text != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from exc
-        path = _resolve_key(key.strip())
+        path = _resolve_key(key.strip(), root)
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})
@@ -427,11 +435,12 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Pretra
     return PretrainConfig.from_dict(raw)
 
 
-def describe() -> str:
+def describe(root: type | None = None) -> str:
     """Every key with its default and documentation, for `--help-config`."""
     lines = []
-    for f in dataclasses.fields(PretrainConfig):
-        hint = _hint(PretrainConfig, f.name)
+    root = root or PretrainConfig
+    for f in dataclasses.fields(root):
+        hint = _hint(root, f.name)
         if not dataclasses.is_dataclass(hint):
             lines.append(f"{f.name} = {f.default!r}  {_doc(f)}")
             continue

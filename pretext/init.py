@@ -35,7 +35,9 @@ def within_layer_init(model: nn.Module, forward: Callable[[torch.Tensor], torch.
     """Per output channel: pre-activations on `images` get mean 0 and std 1 (one layer at a time)."""
     for layer in layers if layers is not None else affine_layers(model):
         captured: list[torch.Tensor] = []
-        handle = layer.register_forward_hook(lambda _m, _i, out, buf=captured: buf.append(out.detach().float()))
+        # A copy: an in-place activation after the layer (ReLU(inplace=True)) would overwrite its output.
+        handle = layer.register_forward_hook(
+            lambda _m, _i, out, buf=captured: buf.append(out.detach().to(torch.float32, copy=True)))
         try:
             forward(images)
         finally:

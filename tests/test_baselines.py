@@ -72,22 +72,24 @@ def test_random_baseline_with_data_dependent_init(demo_root: Path, tmp_path: Pat
     assert enc_a.eval()(x).std() > 100 * gauss.eval()(x).std()  # Gaussian(0.01) activations vanish
 
 
-def _toy(scales: list[float]) -> nn.Sequential:
+def _toy(scales: list[float], inplace: bool = False) -> nn.Sequential:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for i, s in enumerate(scales):
         lin = nn.Linear(16, 16)
         with torch.no_grad():
             lin.weight.mul_(s)
-        layers += [lin, nn.ReLU()] if i < len(scales) - 1 else [lin]
+        layers += [lin, nn.ReLU(inplace=inplace)] if i < len(scales) - 1 else [lin]
     return nn.Sequential(*layers)
 
 
-def test_within_layer_init_gives_unit_preactivations() -> None:
-    model, x = _toy([5.0, 0.01, 30.0]), torch.randn(512, 16) * 3 + 1
+@pytest.mark.parametrize("inplace", [False, True])  # AlexNet's ReLUs are in place: they overwrite the layer output
+def test_within_layer_init_gives_unit_preactivations(inplace: bool) -> None:
+    model, x = _toy([5.0, 0.01, 30.0], inplace), torch.randn(512, 16) * 3 + 1
     within_layer_init(model, model, x)
     for i in range(len(affine_layers(model))):
-        z = model[: 2 * i + 1](x).detach()
+        with torch.no_grad():
+            z = model[: 2 * i + 1](x)
         assert torch.allclose(z.mean(0), torch.zeros(16), atol=1e-4)
         assert torch.allclose(z.std(0), torch.ones(16), atol=1e-3)
 

@@ -34,7 +34,9 @@ def test_help_and_version(capsys: pytest.CaptureFixture) -> None:
 def test_every_command_has_a_main() -> None:
     import importlib
 
-    for module, _ in COMMANDS.values():
+    from transfer.cli import TASKS
+
+    for module, _ in (*COMMANDS.values(), *TASKS.values()):
         assert callable(importlib.import_module(module).main), module
 
 

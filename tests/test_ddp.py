@@ -17,10 +17,10 @@ from pretext.engine.checkpoint import load_checkpoint
 from .conftest import TINY
 
 
-def torchrun(nproc: int, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, args: list[str], timeout: int = 300, module: str = "pretext.pretrain") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pretext.pretrain", *args]
+           "-m", module, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -61,3 +61,29 @@ def test_context_prediction_under_ddp(demo_root: Path, tmp_path: Path) -> None:
     assert 0 <= float(rows[-1]["val_acc"]) <= 1 and len([r for r in rows if r.get("acc")]) == 4
     encoder, meta = load_encoder(run)
     assert meta["method"] == "context_prediction" and meta["pretrain"]["images_seen"] == 4 * 8 * 2
+
+
+@pytest.mark.slow
+def test_classification_fine_tuning_under_ddp(demo_root: Path, tmp_path: Path) -> None:
+    from pretext.engine.trainer import train
+
+    from .conftest import tiny_config
+
+    encoder = tmp_path / "enc"
+    train(tiny_config(demo_root, "max_steps=1"), encoder)
+    run = tmp_path / "ft"
+    args = ["--encoder", str(encoder), "--data", str(demo_root), "--out", str(run), "model.fc_widths=[16,16]",
+            "train.batch_size=4", "data.workers=0", "train.progress=false", "train.log_every=1", "test.crops=2",
+            "train.ckpt_every=2"]
+    first = torchrun(2, [*args, "train.max_steps=2"], module="transfer.classify")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun(2, [*args, "train.max_steps=4", "train.resume=true"], module="transfer.classify")
+    assert second.returncode == 0, second.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 4 and m["results_files"] == str(run)
+    assert all(0 <= m[k] <= 100 for k in ("map_voc07_11pt", "map_area", "map_sklearn"))
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["step"] == 4 and not any(k.startswith("module.") for k in state["model"])
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -85,46 +86,140 @@ def resolve_data(cfg: PretrainConfig, env: DistEnv) -> tuple[Path, str, str]:
     return root, "voc", cfg.data.split
 
 
-class Trainer:
+class Engine:
+    """What every training run shares, pretext and transfer alike: precision (autocast, fp16 loss scaling), the
+    optimiser step with the non-finite check and gradient clipping, the resume rules, the checkpointed
+    step/time/RNG state, the run directory's config.json, metrics logging and the progress bar.
+
+    `train_cfg` is the config's `train` section: it has precision, resume, progress, max_steps and log_every.
+    """
+
+    def __init__(self, train_cfg: Any, run_dir: str | Path, env: DistEnv) -> None:
+        self.env, self.run_dir = env, Path(run_dir)
+        self._train_cfg = train_cfg
+        if train_cfg.precision == "fp16" and env.device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+        self.step, self.prior_seconds, self.t_start = 0, 0.0, time.perf_counter()
+        self.scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16/fp16 autocast on the run's device, or nothing in fp32."""
+        p = self._train_cfg.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def optimizer_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float, what: str = "") -> None:
+        """Backward, optional clipping (max global norm) and the step; a non-finite loss stops the run.
+
+        With fp16 the caller runs `self.scaler.update()` once all of a step's optimisers have stepped."""
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(f"{what + ' ' if what else ''}loss became {loss.item()} at step {self.step + 1}")
+        opt.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if grad_clip > 0:
+            if self.scaler:
+                self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+        if self.scaler:
+            self.scaler.step(opt)
+        else:
+            opt.step()
+
+    def elapsed(self) -> float:
+        """Training seconds so far, over every resumed segment of the run."""
+        return self.prior_seconds + (time.perf_counter() - self.t_start)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def open_checkpoint(self, mismatches: Callable[[dict], list[str]]) -> dict | None:
+        """The run directory's checkpoint when `train.resume` asks for it and `mismatches(state)` finds nothing
+        that differs from this run; a CheckpointError says why not otherwise. None when there is none."""
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            if self._train_cfg.resume and self.env.is_main:
+                log.info("resume=true but %s does not exist: starting from scratch", path)
+            return None
+        if not self._train_cfg.resume:
+            raise CheckpointError(f"{path} already exists; pass train.resume=true to continue it, or choose another --out")
+        state = load_checkpoint(path)
+        changed = mismatches(state)
+        if changed:
+            raise CheckpointError(f"{path} was trained with different settings, cannot resume: {'; '.join(changed)}")
+        return state
+
+    def engine_state(self) -> dict:
+        """The shared part of a checkpoint: step, training time, loss scaler and the global RNG."""
+        return {"step": self.step, "train_seconds": self.elapsed(), "scaler": self.scaler.state_dict() if self.scaler else {},
+                "rng": torch.get_rng_state()}
+
+    def load_engine_state(self, state: dict) -> None:
+        """Restore what `engine_state` saved."""
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("rng") is not None:
+            torch.set_rng_state(state["rng"])
+        self.step, self.prior_seconds = int(state["step"]), float(state["train_seconds"])
+        if self.env.is_main:
+            log.info("resumed %s at step %d", self.run_dir / CHECKPOINT, self.step)
+
+    def last_good(self) -> str:
+        """Where the last good checkpoint is, for error messages."""
+        path = self.run_dir / CHECKPOINT
+        if path.exists():
+            return f"The last good checkpoint {path} (step {load_checkpoint(path)['step']}) is intact."
+        return "No checkpoint had been written yet."
+
+    # --- logging ------------------------------------------------------------------------------
+    def begin(self, config: dict, desc: str) -> tuple[RunLogger, tqdm]:
+        """Create the run directory, write config.json, open the metrics logger and the progress bar."""
+        t = self._train_cfg
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (self.env.is_main and t.progress),
+                   dynamic_ncols=True, desc=desc)
+        self.t_start = time.perf_counter()
+        return RunLogger(self.run_dir, self.env.is_main, self.step), bar
+
+    def report(self, values: dict[str, float], extra: dict[str, float], logger: RunLogger, bar: tqdm) -> dict[str, float]:
+        """Average `values` over ranks, add `extra` (rates, lr, ...), log a row, update the bar."""
+        metrics = {**all_reduce_mean(values, self.env), **extra}
+        logger.log(self.step, metrics)
+        loss = metrics.get("loss", float("nan"))
+        shown = {"loss": f"{loss:.4f}", **({"img_s": f"{metrics['images_per_s']:.0f}"} if "images_per_s" in metrics else {})}
+        bar.set_postfix(**shown)
+        if bar.disable and self.env.is_main:
+            log.info("step %d/%d loss %.5f (%.1f img/s)", self.step, self._train_cfg.max_steps, loss,
+                     metrics.get("images_per_s", float("nan")))
+        return metrics
+
+
+class Trainer(Engine):
     """Runs `cfg.method` on `cfg.data` into `run_dir`."""
 
     def __init__(self, cfg: PretrainConfig, run_dir: str | Path, env: DistEnv) -> None:
-        self.cfg, self.env, self.run_dir = cfg, env, Path(run_dir)
-        t = cfg.train
-        if t.precision == "fp16" and env.device.type != "cuda":
-            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
-        if t.deterministic:
+        super().__init__(cfg.train, run_dir, env)
+        self.cfg = cfg
+        if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.step, self.images_seen, self.prior_seconds = 0, 0, 0.0
+        self.images_seen = 0
         self.skipped: set[str] = set()
         self.dataset = self._build_dataset()  # first: it may resolve mask.region_bank=data, which resume compares
-        self.state = self._resume_state()
+        self.state = self.open_checkpoint(self._mismatches)
         self.fill_mean = self._fill_mean()
         self.method = self._build_method()
         self.optimizers = self.method.build_optimizers()
-        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         if self.state is not None:
             self._load_state(self.state)
         else:
             self.method.initialize(self._init_images())
 
     # --- set-up -----------------------------------------------------------------------------
-    def _resume_state(self) -> dict | None:
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
-            if self.cfg.train.resume and self.env.is_main:
-                log.info("resume=true but %s does not exist: starting from scratch", path)
-            return None
-        if not self.cfg.train.resume:
-            raise CheckpointError(f"{path} already exists; pass resume=true to continue it, or choose another --out")
-        state = load_checkpoint(path)
+    def _mismatches(self, state: dict) -> list[str]:
         old = state["config"]
         # A section missing from an older checkpoint's config had its default values then.
         defaults, new = PretrainConfig().to_dict(), self.cfg.to_dict()
-        changed = [k for k in RESUME_MUST_MATCH if old.get(k, defaults[k]) != new[k]]
-        if changed:
-            raise CheckpointError(f"{path} was trained with different {', '.join(changed)} settings; cannot resume")
-        return state
+        return [f"{k} settings" for k in RESUME_MUST_MATCH if old.get(k, defaults[k]) != new[k]]
 
     def _build_dataset(self) -> UnlabelledImages:
         root, source, split = resolve_data(self.cfg, self.env)
@@ -176,40 +271,14 @@ class Trainer:
             net.load_state_dict(state["networks"][name])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if state.get("rng") is not None:
-            torch.set_rng_state(state["rng"])
-        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
-        self.prior_seconds = float(state["train_seconds"])
+        self.images_seen = int(state["images_seen"])
         self.skipped = set(state.get("skipped", []))
-        if self.env.is_main:
-            log.info("resumed %s at step %d", self.run_dir / CHECKPOINT, self.step)
+        self.load_engine_state(state)
 
     # --- one step -----------------------------------------------------------------------------
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16/fp16 autocast on the run's device, or nothing in fp32."""
-        p = self.cfg.train.precision
-        if p == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.env.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
-
     def optimize(self, name: str, loss: torch.Tensor) -> None:
-        """Backward, optional clipping and the optimiser step; a non-finite loss stops the run."""
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(f"{name} loss became {loss.item()} at step {self.step + 1}")
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-        if self.cfg.optim.grad_clip > 0:
-            if self.scaler:
-                self.scaler.unscale_(opt)
-            params = [p for g in opt.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
-        if self.scaler:
-            self.scaler.step(opt)
-        else:
-            opt.step()
+        """The shared optimiser step for the method's optimiser `name`."""
+        self.optimizer_step(self.optimizers[name], loss, self.cfg.optim.grad_clip, name)
 
     def _images(self, batch: dict) -> torch.Tensor:
         x = batch["images"].to(self.env.device, non_blocking=True).float().div_(127.5).sub_(1.0)
@@ -222,19 +291,15 @@ class Trainer:
         return StepContext(self.step, gen, self.env.device, self.autocast, self.optimize, no_sync)
 
     # --- outputs ------------------------------------------------------------------------------
-    def _elapsed(self) -> float:
-        return self.prior_seconds + (time.perf_counter() - self.t_start)
-
     def save(self) -> None:
         """Atomic checkpoint (rank 0), plus a step-numbered copy pruned to `keep_checkpoints`."""
         if not self.env.is_main:
             return
         state = {
-            "step": self.step, "images_seen": self.images_seen, "train_seconds": self._elapsed(),
+            **self.engine_state(), "images_seen": self.images_seen,
             "networks": {n: net.state_dict() for n, net in self.raw_networks.items()},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-            "scaler": self.scaler.state_dict() if self.scaler else {},
-            "rng": torch.get_rng_state(), "config": self.cfg.to_dict(), "fill_mean": self.fill_mean,
+            "config": self.cfg.to_dict(), "fill_mean": self.fill_mean,
             "skipped": sorted(self.skipped), "method": self.cfg.method,
         }
         keep = self.cfg.train.keep_checkpoints
@@ -255,7 +320,7 @@ class Trainer:
 
     def finish(self, metrics: dict[str, float]) -> TrainResult:
         """Export the encoder and the pretraining-time record."""
-        result = TrainResult(self.run_dir, self.step, self.images_seen, self._elapsed(), len(self.skipped), metrics)
+        result = TrainResult(self.run_dir, self.step, self.images_seen, self.elapsed(), len(self.skipped), metrics)
         if not self.env.is_main:
             return result
         enc, arch, spec = self.method.encoder_export()
@@ -273,16 +338,10 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until `train.max_steps`, checkpointing and logging along the way."""
         t, env = self.cfg.train, self.env
-        if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
-        logger = RunLogger(self.run_dir, env.is_main, self.step)
         self.method.train()
         loader = build_loader(self.dataset, t.batch_size, t.seed, self.cfg.data.workers, env.rank, env.world_size,
                               start_step=self.step, pin_memory=env.device.type == "cuda")
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (env.is_main and t.progress), dynamic_ncols=True,
-                   desc=self.cfg.method)
-        self.t_start = time.perf_counter()
+        logger, bar = self.begin(self.cfg.to_dict(), self.cfg.method)
         last = {"time": self.t_start, "images": self.images_seen}
         metrics: dict[str, float] = {}
         try:
@@ -294,7 +353,7 @@ class Trainer:
                 self.save()
             metrics = {**metrics, **self.validate(logger)}
         except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc}; stopping. {self._last_good()}") from exc
+            raise NonFiniteLossError(f"{exc}; stopping. {self.last_good()}") from exc
         finally:
             bar.close()
             logger.close()
@@ -323,17 +382,12 @@ class Trainer:
 
     def _log(self, values: dict[str, torch.Tensor], logger: RunLogger, bar: tqdm, last: dict) -> dict[str, float]:
         now = time.perf_counter()
-        metrics = all_reduce_mean({k: float(v) for k, v in values.items()}, self.env)
-        metrics["images_per_s"] = (self.images_seen - last["images"]) / max(now - last["time"], 1e-9)
-        metrics["epoch"] = self.images_seen / len(self.dataset)
-        metrics["lr"] = self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"]
-        metrics["skipped_images"] = len(self.skipped)
+        extra = {"images_per_s": (self.images_seen - last["images"]) / max(now - last["time"], 1e-9),
+                 "epoch": self.images_seen / len(self.dataset),
+                 "lr": self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"],
+                 "skipped_images": len(self.skipped)}
         last.update(time=now, images=self.images_seen)
-        logger.log(self.step, metrics)
-        bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{metrics['images_per_s']:.0f}")
-        if bar.disable and self.env.is_main:
-            log.info("step %d/%d loss %.5f (%.1f img/s)", self.step, self.cfg.train.max_steps,
-                     metrics.get("loss", float("nan")), metrics["images_per_s"])
+        metrics = self.report({k: float(v) for k, v in values.items()}, extra, logger, bar)
         return metrics
 
     @torch.no_grad()
@@ -366,13 +420,6 @@ class Trainer:
         if new and self.env.is_main:
             log.warning("skipped %d unreadable image(s) so far; newest: %s", len(self.skipped) + len(new), sorted(new)[0])
         self.skipped |= new
-
-    def _last_good(self) -> str:
-        path = self.run_dir / CHECKPOINT
-        if path.exists():
-            return f"The last good checkpoint {path} (step {load_checkpoint(path)['step']}) is intact."
-        return "No checkpoint had been written yet."
-
 
 def train(cfg: PretrainConfig, run_dir: str | Path) -> TrainResult:
     """Set up the process group (under torchrun), train, tear down."""

@@ -1,0 +1,689 @@
+"""`cebench transfer classify`: fine-tune an exported encoder for image classification.
+
+The Krahenbuhl et al. (2016) protocol the context-encoder paper reports (Table 2, VOC2007 classification):
+encoder -> flattened pool5 -> new fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout -> fc8, trained with SGD
+on random rescales (0.5-2), random crops and mirrors; tested on the mean of random crops of each image.
+
+- Single-label data (an ImageFolder, e.g. CIFAR-10): softmax cross-entropy -> top-1 accuracy.
+- Multi-label data (VOC-style (N, C) labels in {1, 0 = difficult only, -1}): sigmoid cross-entropy summed over
+  the non-difficult entries and divided by the batch size (as their Caffe layer) -> the three VOC mAPs, and
+  the devkit results files that `cebench evaluate classification` re-scores.
+- `train.layers`: fc8 | fc6-8 | all receive gradients; frozen blocks stay in eval mode (no dropout).
+- `data.scale_of`: the random rescale factor multiplies the crop side (shorter side = s * crop, for small
+  images such as CIFAR's 32 px) or the original image size (as Krahenbuhl et al.'s code does); a rescaled image
+  smaller than the crop is padded with the encoder's mean colour.
+- Test: `test.crops` random rescales, crops and mirrors of each image (the training distribution, or the
+  range of `test.scale_min/max`), deterministic by seed, their logits averaged; 1 = one centre crop at the
+  geometric middle of the scale range.
+
+A run directory holds config.json, checkpoint.pt (atomic; `train.resume=true` continues it exactly),
+metrics.csv (+ TensorBoard) and metrics.json. Bad input is one error line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pretext.config import ConfigError, _build, _opt, apply_overrides, check_fields, load_raw
+from pretext.config import preset_names as config_preset_names
+from pretext.data.dataset import ResumableSampler, SampleKey, crop_flip, resize_shorter, to_uint8_tensor
+from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
+from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
+from pretext.engine.logger import RunLogger
+from pretext.engine.provenance import device_description
+from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
+from pretext.export import load_encoder
+from pretext.init import data_dependent_init
+
+from .arguments import max_images
+from .evaluate import json_safe, provenance
+from .features import LabelledImages, _normalise_input, check_train_test, open_labelled, subset
+from .metrics import classification_metrics, top1_accuracy
+from .voc import read_split_ids, write_cls_results
+
+log = logging.getLogger("cebench")
+
+TRAINED_BLOCKS = {"fc8": ("fc8",), "fc6-8": ("fc6", "fc7", "fc8"), "all": ("encoder", "fc6", "fc7", "fc8")}
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class AugmentConfig:
+    """Training views: random rescale, square crop, mirror."""
+
+    crop: int | None = _opt(None, min=8, doc="crop side; null = the encoder's input size")
+    scale_of: str = _opt("crop", choices=("crop", "image"),
+                         doc="the rescale factor multiplies the crop side (shorter side = s * crop) or the image size")
+    scale_min: float = _opt(0.5, min=0.01, doc="random rescale factor s ~ uniform [scale_min, scale_max]")
+    scale_max: float = _opt(2.0, min=0.01)
+    flip: bool = _opt(True)
+    workers: int = _opt(2, min=0, doc="data loader processes")
+    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
+
+
+@dataclass
+class HeadConfig:
+    """The new fully-connected layers."""
+
+    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths")
+    dropout: float = _opt(0.5, min=0.0, max=0.99)
+    init: str = _opt("gaussian", choices=("gaussian", "kaiming", "data_dependent"),
+                     doc="gaussian N(0, init_std) with bias init_bias; data_dependent = gaussian, then "
+                         "Krahenbuhl et al.'s rescaling of fc6-fc8 on training images")
+    init_std: float = _opt(0.01, min=0.0)
+    init_bias: float = _opt(0.1, doc="bias of the Gaussian init (Krahenbuhl et al.'s code: 0.1)")
+    init_images: int = _opt(64, min=2, doc="training images (centre views) for data_dependent")
+    init_iterations: int = _opt(10, min=0, doc="data_dependent between-layer iterations; 0 = within-layer scaling only")
+
+
+@dataclass
+class SGDConfig:
+    """SGD with momentum, step decay and gradient clipping."""
+
+    lr: float = _opt(1e-3, min=0.0)
+    momentum: float = _opt(0.9, min=0.0, max=1.0)
+    weight_decay: float = _opt(1e-6, min=0.0)
+    bias_lr_mult: float = _opt(1.0, min=0.0, doc="bias lr / weight lr (Caffe convention: 2)")
+    grad_clip: float = _opt(10.0, min=0.0, doc="max global gradient norm; 0 = off")
+    lr_step: int = _opt(10000, min=0, doc="multiply the lr by lr_gamma every lr_step steps; 0 = constant")
+    lr_gamma: float = _opt(0.5, min=0.0, max=1.0)
+
+
+@dataclass
+class FineTuneConfig:
+    """Loop, devices, precision and checkpoints."""
+
+    layers: str = _opt("all", choices=tuple(TRAINED_BLOCKS), doc="blocks that are trained; the others are frozen")
+    max_steps: int = _opt(80000, min=0)
+    batch_size: int = _opt(16, min=1, doc="per process")
+    seed: int = _opt(0, min=0, doc="weights, data order, augmentation, dropout, test crops, --max-images subsets")
+    device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
+    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16"))
+    channels_last: bool = _opt(False)
+    ckpt_every: int = _opt(1000, min=1)
+    log_every: int = _opt(20, min=1)
+    resume: bool = _opt(False, doc="continue the checkpoint in --out")
+    progress: bool = _opt(True)
+    ddp_timeout_s: int = _opt(1800, min=1, doc="also bounds how long other ranks wait for rank 0's test pass")
+
+
+@dataclass
+class TestConfig:
+    """Test-time views."""
+
+    crops: int = _opt(10, min=1, doc="random views averaged per image; 1 = one centre crop")
+    scale_min: float | None = _opt(None, min=0.01, doc="test rescale range; null = data.scale_min")
+    scale_max: float | None = _opt(None, min=0.01, doc="null = data.scale_max")
+    batch_size: int = _opt(32, min=1, doc="images per forward pass (each with `crops` views)")
+
+
+@dataclass
+class ClassifyConfig:
+    """Everything `cebench transfer classify` needs besides its inputs."""
+
+    data: AugmentConfig = field(default_factory=AugmentConfig)
+    model: HeadConfig = field(default_factory=HeadConfig)
+    optim: SGDConfig = field(default_factory=SGDConfig)
+    train: FineTuneConfig = field(default_factory=FineTuneConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON safe)."""
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of the whole config."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def test_scales(self) -> tuple[float, float]:
+        """Test rescale range: test.scale_min/max, defaulting to the training range."""
+        t, d = self.test, self.data
+        return (d.scale_min if t.scale_min is None else t.scale_min, d.scale_max if t.scale_max is None else t.scale_max)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "ClassifyConfig":
+        """Build and validate from a nested dict; unknown keys are errors."""
+        cfg = _build(cls, d, where)
+        validate(cfg)
+        return cfg
+
+
+def validate(cfg: ClassifyConfig) -> None:
+    """Per-field ranges and choices, then the rules that tie fields together."""
+    check_fields(cfg)
+    for where, (low, high) in (("data", (cfg.data.scale_min, cfg.data.scale_max)), ("test", cfg.test_scales())):
+        if low > high:
+            raise ConfigError(f"{where}.scale_min ({low}) must be <= {where}.scale_max ({high})")
+    if len(cfg.model.fc_widths) != 2:
+        raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7), got {cfg.model.fc_widths}")
+    device = cfg.train.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"train.device: {device!r} is not auto, cpu, cuda or cuda:N")
+
+
+def preset_names() -> list[str]:
+    """Names of the classification presets shipped in transfer/presets."""
+    return [n for n in config_preset_names("transfer") if n.startswith("classify_")]
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> ClassifyConfig:
+    """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
+    raw = apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), ClassifyConfig)
+    return ClassifyConfig.from_dict(raw)
+
+
+# --- images -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How one image becomes encoder-sized uint8 views."""
+
+    crop: int
+    scales: tuple[float, float]
+    scale_of: str  # "crop" or "image"
+    flip: bool
+    fill: tuple[int, int, int]  # the encoder's mean colour: padding normalises to zero
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def middle_scale(self) -> float:
+        """Geometric middle of the scale range (1.0 for 0.5-2): the scale of a single centre view."""
+        return math.sqrt(self.scales[0] * self.scales[1])
+
+
+def rescale(img: Image.Image, s: float, crop: int, scale_of: str) -> Image.Image:
+    """Shorter side s * crop (`scale_of` crop), or both sides times s (`scale_of` image)."""
+    if scale_of == "crop":
+        return resize_shorter(img, max(1, round(s * crop)))
+    size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
+    return img if size == img.size else img.resize(size, Image.BILINEAR)
+
+
+def pad_to(img: Image.Image, size: int, fill: tuple[int, int, int], rng: np.random.Generator | None) -> Image.Image:
+    """The image on a canvas at least `size` square in `fill` colour, at a random (or centred) offset."""
+    w, h = img.size
+    if w >= size and h >= size:
+        return img
+    canvas = Image.new("RGB", (max(w, size), max(h, size)), fill)
+    free_x, free_y = canvas.width - w, canvas.height - h
+    x, y = (int(rng.integers(0, free_x + 1)), int(rng.integers(0, free_y + 1))) if rng else (free_x // 2, free_y // 2)
+    canvas.paste(img, (x, y))
+    return canvas
+
+
+def load_image(path: Path, spec: ViewSpec, s: float) -> Image.Image:
+    """Decode (JPEG at a reduced scale when that still covers the rescaled crop); BadImageError names the file."""
+    min_side = max(1, round(s * spec.crop)) if spec.scale_of == "crop" else None
+    return load_rgb(path, spec.max_pixels, min_side=min_side)
+
+
+def random_view(path: Path, spec: ViewSpec, rng: np.random.Generator) -> torch.Tensor:
+    """(3, crop, crop) uint8: random rescale in the spec's range, random crop, random mirror."""
+    s = float(rng.uniform(*spec.scales))
+    img = pad_to(rescale(load_image(path, spec, s), s, spec.crop, spec.scale_of), spec.crop, spec.fill, rng)
+    return to_uint8_tensor(crop_flip(img, spec.crop, rng, spec.flip))
+
+
+def centre_view(path: Path, spec: ViewSpec) -> torch.Tensor:
+    """(3, crop, crop) uint8: rescale at the middle scale, centre crop, no mirror."""
+    s = spec.middle_scale()
+    img = pad_to(rescale(load_image(path, spec, s), s, spec.crop, spec.scale_of), spec.crop, spec.fill, None)
+    return to_uint8_tensor(crop_flip(img, spec.crop, None, False))
+
+
+class TrainViews(Dataset):
+    """Training items keyed by the resumable sampler: (random view, label row) of one image."""
+
+    def __init__(self, data: LabelledImages, spec: ViewSpec) -> None:
+        self.paths, self.labels, self.spec = data.paths, torch.from_numpy(np.asarray(data.labels)), spec
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        index, aug = key
+        return random_view(self.paths[index], self.spec, np.random.default_rng(list(aug))), self.labels[index]
+
+
+class EvalViews(Dataset):
+    """Item i: (crops, 3, S, S) uint8, random views seeded by (seed, i), or one centre view."""
+
+    def __init__(self, paths: tuple[Path, ...], spec: ViewSpec, crops: int, seed: int) -> None:
+        self.paths, self.spec, self.crops, self.seed = paths, spec, crops, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.crops == 1:
+            return centre_view(self.paths[index], self.spec)[None]
+        rng = np.random.default_rng([self.seed, index])
+        return torch.stack([random_view(self.paths[index], self.spec, rng) for _ in range(self.crops)])
+
+
+def _loader_kwargs(workers: int, device: torch.device) -> dict:
+    return {"num_workers": workers, "pin_memory": device.type == "cuda", "prefetch_factor": 4 if workers else None}
+
+
+def train_loader(data: LabelledImages, spec: ViewSpec, cfg: ClassifyConfig, env: DistEnv, start_step: int) -> DataLoader:
+    """Infinite, rank-sharded loader of training views that resumes at `start_step`."""
+    t = cfg.train
+    sampler = ResumableSampler(len(data.paths), t.seed, env.rank, env.world_size, start=start_step * t.batch_size)
+    return DataLoader(TrainViews(data, spec), batch_size=t.batch_size, sampler=sampler, drop_last=True,
+                      **_loader_kwargs(cfg.data.workers, env.device))
+
+
+# --- model and loss -----------------------------------------------------------------------------
+
+def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
+    """Linear -> ReLU -> dropout."""
+    return nn.Sequential(OrderedDict(fc=nn.Linear(n_in, n_out), relu=nn.ReLU(inplace=True), drop=nn.Dropout(dropout)))
+
+
+class FineTuneClassifier(nn.Module):
+    """encoder -> flattened pool5 -> fc6 -> fc7 -> fc8; blocks outside `trained` are frozen and in eval mode."""
+
+    BLOCKS = ("encoder", "fc6", "fc7", "fc8")
+
+    def __init__(self, encoder: nn.Module, in_dim: int, widths: list[int], classes: int, dropout: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.fc6 = fc_block(in_dim, widths[0], dropout)
+        self.fc7 = fc_block(widths[0], widths[1], dropout)
+        self.fc8 = nn.Linear(widths[1], classes)
+        self.trained: tuple[str, ...] = self.BLOCKS
+
+    def freeze(self, layers: str) -> None:
+        """Gradients only for the blocks of `layers` (fc8 | fc6-8 | all)."""
+        self.trained = TRAINED_BLOCKS[layers]
+        for name in self.BLOCKS:
+            getattr(self, name).requires_grad_(name in self.trained)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FineTuneClassifier":
+        """Like nn.Module.train, but frozen blocks always evaluate (no dropout in features that do not learn)."""
+        super().train(mode)
+        for name in self.BLOCKS:
+            if name not in self.trained:
+                getattr(self, name).eval()
+        return self
+
+    def head_layers(self) -> list[nn.Linear]:
+        """fc6, fc7, fc8."""
+        return [self.fc6.fc, self.fc7.fc, self.fc8]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, C) logits."""
+        return self.fc8(self.fc7(self.fc6(self.encoder(x, out="pool5").flatten(1))))
+
+
+def pool5_dim(encoder: nn.Module, crop: int) -> int:
+    """Flattened pool5 size for a crop side; a crop the encoder cannot take is a ValueError."""
+    with torch.no_grad():
+        try:
+            return int(encoder.eval()(torch.zeros(1, 3, crop, crop), out="pool5").flatten(1).shape[1])
+        except RuntimeError as exc:
+            raise ValueError(f"data.crop={crop} does not fit the encoder: {str(exc).splitlines()[0]}") from None
+
+
+def masked_sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy of (N, C) logits and VOC labels {1, 0, -1}: 0 entries ignored, sum / N (as Caffe)."""
+    if logits.shape != labels.shape or logits.dim() != 2:
+        raise ValueError(f"logits and labels must both be (N, C), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    valid = (labels != 0).to(logits.dtype)  # (N, C)
+    per_entry = F.binary_cross_entropy_with_logits(logits, (labels > 0).to(logits.dtype), reduction="none")
+    return (per_entry * valid).sum() / logits.shape[0]
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked sigmoid cross-entropy for (N, C) multi-label rows, softmax cross-entropy for (N,) class indices."""
+    if labels.dim() == 2:
+        return masked_sigmoid_cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def lr_at(cfg: SGDConfig, step: int) -> float:
+    """Step decay: lr * lr_gamma ** (step // lr_step)."""
+    return cfg.lr * cfg.lr_gamma ** (step // cfg.lr_step) if cfg.lr_step else cfg.lr
+
+
+def build_optimizer(model: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
+    """SGD over the trainable parameters; biases in their own group for bias_lr_mult."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if not n.endswith("bias")], "lr_mult": 1.0},
+              {"params": [p for n, p in params if n.endswith("bias")], "lr_mult": cfg.bias_lr_mult}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+# --- the fine-tuning run -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What the command line names: the encoder, the labelled sets and the run directory."""
+
+    encoder: Path
+    train: LabelledImages
+    test: LabelledImages
+    out: Path
+    max_images: tuple[int | None, int | None] = (None, None)
+
+
+# Settings that may change when a run is resumed: they do not change what the finished run computes.
+RESUME_FREE = {"train": ("max_steps", "resume", "progress", "ckpt_every", "log_every", "device", "ddp_timeout_s"),
+               "data": ("workers",)}
+
+
+def _resume_relevant(config: dict) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, sec in config.items() if s != "test" for k, v in sec.items()
+            if k not in RESUME_FREE.get(s, ())}
+
+
+class FineTuner(Engine):
+    """Fine-tunes one encoder on one labelled training set into `inputs.out`, resumably, on the shared engine."""
+
+    def __init__(self, cfg: ClassifyConfig, inputs: RunInputs, env: DistEnv) -> None:
+        super().__init__(cfg.train, inputs.out, env)
+        self.cfg, self.inputs = cfg, inputs
+        encoder, self.meta = load_encoder(inputs.encoder)
+        if self.meta.get("arch") != "alexnet":
+            raise ValueError(f"{inputs.encoder}: fine-tuning needs an AlexNet encoder, got arch {self.meta.get('arch')!r}")
+        self.crop = cfg.data.crop or int(self.meta["input_size"])
+        self.train_spec, self.test_spec = self._view_specs()
+        self.state = self.open_checkpoint(self._mismatches)
+        self.model = self._build_model(encoder)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        if self.state is not None:
+            self._load_state(self.state)
+        self.net = wrap_ddp(self.model, env)
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _view_specs(self) -> tuple[ViewSpec, ViewSpec]:
+        d = self.cfg.data
+        fill = tuple(int(round(255 * m)) for m in self.meta["normalization"]["mean"])
+        train = ViewSpec(self.crop, (d.scale_min, d.scale_max), d.scale_of, d.flip, fill, d.max_image_pixels)
+        return train, dataclasses.replace(train, scales=self.cfg.test_scales(), flip=True)
+
+    def _record(self) -> dict:
+        """What a checkpoint must share with the run that continues it."""
+        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0])}
+
+    def _mismatches(self, state: dict) -> list[str]:
+        """What differs between the checkpoint's run and this one, among the settings that change the result."""
+        if "record" not in state:
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a classification fine-tuning checkpoint; "
+                                  f"choose another --out")
+        old, new = _resume_relevant(state["config"]), _resume_relevant(self.cfg.to_dict())
+        changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
+                   if old.get(k) != new.get(k)]
+        return changed + [f"{k} ({state['record'][k]} -> {v})" for k, v in self._record().items()
+                          if state["record"][k] != v]
+
+    def _build_model(self, encoder: nn.Module) -> FineTuneClassifier:
+        h = self.cfg.model
+        torch.manual_seed(self.cfg.train.seed)  # the same new layers for a given seed, on every rank
+        model = FineTuneClassifier(encoder, pool5_dim(encoder, self.crop), h.fc_widths,
+                                   len(self.inputs.train.classes), h.dropout)
+        for layer in model.head_layers():
+            if h.init == "kaiming":
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+            else:
+                nn.init.normal_(layer.weight, 0.0, h.init_std)
+                nn.init.constant_(layer.bias, h.init_bias)
+        model.to(self.env.device)
+        if h.init == "data_dependent" and self.state is None:
+            data_dependent_init(model, self._init_images(), layers=model.head_layers(), iterations=h.init_iterations,
+                                seed=self.cfg.train.seed)
+        model.freeze(self.cfg.train.layers)
+        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+
+    def _init_images(self) -> torch.Tensor:
+        """Centre views of the first `model.init_images` training images of a fixed shuffle, normalised."""
+        paths = self.inputs.train.paths
+        order = np.random.default_rng(self.cfg.train.seed).permutation(len(paths))[: self.cfg.model.init_images]
+        views = torch.stack([centre_view(paths[i], self.train_spec) for i in order])
+        return self._normalise(views)
+
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_engine_state(state)
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        x = _normalise_input(images, self.meta, self.env.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One SGD step at the schedule's lr; a non-finite loss stops the run."""
+        torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
+        lr = lr_at(self.cfg.optim, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        with self.autocast():
+            loss = classification_loss(self.net(self._normalise(images)), labels.to(self.env.device))
+        self.optimizer_step(self.optimizer, loss, self.cfg.optim.grad_clip)
+        if self.scaler:
+            self.scaler.update()
+        self.step += 1
+        return float(loss.detach())
+
+    # --- outputs ----------------------------------------------------------------------------
+    def save(self) -> None:
+        """Atomic checkpoint (rank 0) with everything an exact resume needs."""
+        if not self.env.is_main:
+            return
+        state = {**self.engine_state(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "config": self.cfg.to_dict(), "record": self._record()}
+        save_checkpoint(state, self.run_dir / CHECKPOINT)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def fit(self) -> float:
+        """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
+        t = self.cfg.train
+        loader = train_loader(self.inputs.train, self.train_spec, self.cfg, self.env, self.step)
+        logger, bar = self.begin(self.cfg.to_dict(), "classify")
+        self.model.train()
+        last = {"time": self.t_start, "step": self.step}
+        try:
+            for images, labels in loader if self.step < t.max_steps else ():
+                loss = self.train_step(images, labels)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    self._log(loss, logger, bar, last)
+                if self.step % t.ckpt_every == 0:
+                    self.save()
+                if self.step >= t.max_steps:
+                    break
+            if self.step % t.ckpt_every or self.step == 0:  # not already saved at this step
+                self.save()
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; stopping. {self.last_good()}") from exc
+        finally:
+            bar.close()
+            logger.close()
+        return self.elapsed()
+
+    def _log(self, loss: float, logger: RunLogger, bar: tqdm, last: dict) -> None:
+        now = time.perf_counter()
+        t, world = self.cfg.train, self.env.world_size
+        extra = {"lr": lr_at(self.cfg.optim, self.step - 1),
+                 "images_per_s": (self.step - last["step"]) * t.batch_size * world / max(now - last["time"], 1e-9),
+                 "epoch": self.step * t.batch_size * world / len(self.inputs.train.paths)}
+        last.update(time=now, step=self.step)
+        self.report({"loss": loss}, extra, logger, bar)
+
+    @torch.no_grad()
+    def predict(self, data: LabelledImages) -> np.ndarray:
+        """(N, C) float64 test scores: logits averaged over `test.crops` views of each image."""
+        t = self.cfg.test
+        self.model.eval()
+        loader = DataLoader(EvalViews(data.paths, self.test_spec, t.crops, self.cfg.train.seed), batch_size=t.batch_size,
+                            **_loader_kwargs(self.cfg.data.workers, self.env.device))
+        chunks = []
+        for views in tqdm(loader, desc="test", disable=not self.cfg.train.progress, dynamic_ncols=True):
+            b, k = views.shape[:2]
+            with self.autocast():
+                logits = self.model(self._normalise(views.flatten(0, 1)))  # (B * K, C)
+            chunks.append(logits.float().view(b, k, -1).mean(1).cpu().double().numpy())
+        self.model.train()
+        return np.concatenate(chunks)
+
+
+# --- results --------------------------------------------------------------------------------------
+
+def score(scores: np.ndarray, data: LabelledImages) -> dict:
+    """Top-1 accuracy (single-label) or the three VOC mAPs with per-class APs (multi-label)."""
+    if not data.multilabel:
+        return {"top1": top1_accuracy(scores, data.labels)}
+    with warnings.catch_warnings(record=True) as caught:  # classes without positives: say so in the log
+        warnings.simplefilter("always")
+        metrics = classification_metrics(scores, data.labels, list(data.classes))
+    for warning in caught:
+        log.warning("%s", warning.message)
+    return metrics
+
+
+def write_results_files(out: Path, data: LabelledImages, scores: np.ndarray) -> str | None:
+    """Devkit comp1_cls_<split>_<cls>.txt files for a whole VOC split; None (and why) otherwise."""
+    if data.kind != "voc":
+        return None
+    ids = read_split_ids(data.root, data.split)
+    if len(ids) != len(data.paths):
+        log.warning("results files not written: the test set is a subset (%d of %d images of split %s), which "
+                    "`cebench evaluate` would refuse", len(data.paths), len(ids), data.split)
+        return None
+    write_cls_results(out, data.split, data.classes, ids, scores)
+    return str(out)
+
+
+def build_record(cfg: ClassifyConfig, tuner: FineTuner, result: dict, seconds: dict[str, float]) -> dict:
+    """metrics.json: the test results with everything needed to reproduce and compare them."""
+    i, meta = tuner.inputs, tuner.meta
+    return {"task": "classification", "layers": cfg.train.layers, "encoder": str(i.encoder),
+            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), "crop": tuner.crop,
+            "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
+            "classes": list(i.train.classes), "steps": tuner.step, "seed": cfg.train.seed,
+            "config_hash": cfg.hash(), "config": cfg.to_dict(), **result,
+            **{k: round(v, 3) for k, v in seconds.items()}, "device": device_description(tuner.env.device),
+            "world_size": tuner.env.world_size, **provenance()}
+
+
+def run_classify(cfg: ClassifyConfig, inputs: RunInputs) -> dict | None:
+    """Fine-tune, test on rank 0, write metrics.json (+ VOC results files); returns the record (None off rank 0)."""
+    t0 = time.perf_counter()
+    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
+    try:
+        tuner = FineTuner(cfg, inputs, env)
+        train_seconds = tuner.fit()
+        record = None
+        if env.is_main:
+            t1 = time.perf_counter()
+            scores = tuner.predict(inputs.test)
+            seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1,
+                       "wall_seconds": time.perf_counter() - t0}
+            result = {**score(scores, inputs.test), "results_files": write_results_files(inputs.out, inputs.test, scores)}
+            record = build_record(cfg, tuner, result, seconds)
+            atomic_write_text(inputs.out / "metrics.json", json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+        barrier(env)
+        return record
+    finally:
+        shutdown(env)
+
+
+def open_inputs(args: argparse.Namespace, seed: int) -> RunInputs:
+    """Labelled training and test sets (subsets by --max-images); refuses to test on the training split."""
+    train = open_labelled(args.data, args.train_split)
+    test = open_labelled(args.test_data or args.data, args.test_split)
+    check_train_test(train, test)
+    if train.multilabel and np.any((train.labels == 1).sum(0) == 0):
+        missing = [c for c, n in zip(train.classes, (train.labels == 1).sum(0)) if n == 0]
+        log.warning("classes without positive training images: %s", ", ".join(missing))
+    train, test = subset(train, args.max_images[0], seed), subset(test, args.max_images[1], seed)
+    return RunInputs(args.encoder, train, test, args.out, args.max_images)
+
+
+def summary(record: dict) -> str:
+    """One line: the test numbers."""
+    head = (f"{record['layers']} fine-tuned {record['steps']} steps on {record['train']['n_images']} images, "
+            f"tested on {record['test']['n_images']} ({record['config']['test']['crops']} crops): ")
+    if "top1" in record:
+        return head + f"top-1 {record['top1']:.2f}%"
+    return head + (f"mAP VOC07 11-pt {record['map_voc07_11pt']:.2f}, area {record['map_area']:.2f}, "
+                   f"sklearn {record['map_sklearn']:.2f}")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the classify command."""
+    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an exported encoder for image classification.")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500 train.layers=fc8")
+    p.add_argument("--encoder", type=Path, metavar="RUN_DIR", help="run directory or encoder.json")
+    p.add_argument("--data", type=Path, metavar="ROOT_OR_DIR",
+                   help="VOC-format root (has ImageSets/Main) or training ImageFolder DIR/<class>/<image>")
+    p.add_argument("--test-data", type=Path, metavar="ROOT_OR_DIR", help="test root or ImageFolder (default: --data)")
+    p.add_argument("--train-split", default="trainval", help="VOC split to train on (default: trainval)")
+    p.add_argument("--test-split", default="test", help="VOC split to test on (default: test)")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory: checkpoint, curves, metrics.json")
+    p.add_argument("--preset", default="classify_demo", help="a preset (see --list-presets) or a YAML file")
+    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
+                   help="use a fixed random subset of N training (M test) images (default: all)")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse, resolve the config, fine-tune and test, print a summary."""
+    from pretext.cli import setup_logging
+    from pretext.pretrain import _last_line
+
+    setup_logging()
+    parser = build_parser(prog)
+    args = parser.parse_intermixed_args(argv)
+    if args.list_presets:
+        print("\n".join(preset_names()))
+        return 0
+    try:
+        cfg = load_config(args.preset, args.overrides)
+        if args.print_config:
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        if None in (args.encoder, args.data, args.out):
+            parser.error("--encoder, --data and --out are required")
+        record = run_classify(cfg, open_inputs(args, cfg.train.seed))
+    except NonFiniteLossError as exc:
+        log.error("%s", exc)
+        return 3
+    except (ValueError, OSError, RuntimeError) as exc:  # configs, data roots, images, encoders, checkpoints, devices
+        log.error("%s", _last_line(exc))
+        return 2
+    if record is not None:
+        print(f"{summary(record)}\n-> {args.out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
