@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retrieve": ("transfer.retrieve", "FAISS nearest-neighbour retrieval of encoder features; PNG grid, precision@k"),
     "nn-inpaint": ("transfer.nn_inpaint", "nearest-neighbour inpainting (HOG or encoder features), Table 1 rows"),
     "import-alexnet": ("pretext.import_alexnet", "a torchvision AlexNet state dict from disk as an encoder"),
+    "run": ("benchmarks.suite", "run a benchmark suite: pretrain every method, evaluate every task, write the tables"),
+    "table": ("benchmarks.tables", "rebuild a suite's tables and figures from its stored cells"),
 }
 
 

@@ -1,0 +1,497 @@
+"""`cebench run SUITE_OR_YAML --out RESULTS_DIR [key=value ...] [--dry-run] [--force]`: pretrain, evaluate, tabulate.
+
+A suite names its data, its pretrainings (a pretext preset with overrides, or an AlexNet state dict to import),
+its evaluation tasks (by registry name, with options) and its seeds. The runner pretrains every method once per
+seed, then runs every cell (pretraining x task x seed) and records it as `RESULTS_DIR/cells/<p>__<t>__seed<s>.json`.
+A finished cell is skipped on a re-run (`--force` redoes it), a pretraining with its encoder exported is reused,
+an interrupted one resumes from its checkpoint; a failed pretraining or cell is recorded with its error and the
+rest goes on; the exit code is 1 when any cell failed. Then the tables and figures are rebuilt from the cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pretext.config import ConfigError, deep_merge
+from pretext.engine.checkpoint import atomic_write_text
+from pretext.engine.provenance import device_description, git_commit, versions
+
+from .tasks import TASKS, Datasets, Task, TaskError, captured_errors, resolve_options
+
+log = logging.getLogger("cebench")
+
+TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tasks", "reference"}
+DATA_KEYS = {"root", "pretrain", "train_split", "test_split"}
+PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "label"}
+SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
+               "context_prediction": "relative position", "random": "none", "supervised": "labels"}
+HAS_DECODER = ("context_encoder", "autoencoder")
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """One row of Table 2: how its encoder is made."""
+
+    name: str
+    method: str
+    supervision: str
+    preset: str | None = None
+    overrides: tuple[str, ...] = ()
+    weights: Path | None = None  # import: a torchvision AlexNet state dict
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite."""
+
+    name: str
+    seeds: tuple[int, ...]
+    data_root: Path | None  # None = the built-in demo data
+    pretrain_root: Path | None
+    train_split: str
+    test_split: str
+    pretrainings: dict[str, Pretraining]
+    tasks: dict[str, tuple[Task, dict]]
+    reference: tuple[dict, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One pretraining x one task x one seed."""
+
+    pretraining: str
+    task: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.pretraining}__{self.task}__seed{self.seed}"
+
+
+# --- loading and validation -------------------------------------------------------------------------
+
+def suite_names() -> list[str]:
+    """Names of the suites shipped in benchmarks/suites."""
+    return sorted(p.name[:-5] for p in resources.files("benchmarks").joinpath("suites").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"suite file not found: {path}")
+        text, where = path.read_text(), str(path)
+    elif name_or_path in suite_names():
+        text, where = resources.files("benchmarks").joinpath("suites", f"{name_or_path}.yaml").read_text(), name_or_path
+    else:
+        raise ConfigError(f"{name_or_path!r} is neither a suite ({', '.join(suite_names())}) nor a .yaml file")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if str(base) in (*seen, name_or_path):
+        raise ConfigError(f"{where}: circular base {base!r}")
+    return deep_merge(_read(str(base), (*seen, name_or_path)), raw)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` (value parsed as YAML) into a copy of the nested suite dict."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from exc
+        parts = key.strip().split(".")
+        if parts[0] not in TOP_KEYS:
+            raise ConfigError(f"override {item!r}: unknown suite key {parts[0]!r}; known: {', '.join(sorted(TOP_KEYS))}")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _path(value: Any, where: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:
+    where = f"pretrainings.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with preset (or import), got {spec!r}")
+    unknown = sorted(set(spec) - PRETRAIN_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(PRETRAIN_KEYS))}")
+    overrides = spec.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"{where}.overrides must be a list of key=value strings")
+    if spec.get("import") is not None:
+        if spec.get("preset") is not None:
+            raise ConfigError(f"{where}: give preset or import, not both")
+        return Pretraining(name, "supervised", str(spec.get("supervision") or SUPERVISION["supervised"]),
+                           weights=_path(spec["import"], f"{where}.import"))
+    if not isinstance(spec.get("preset"), str):
+        raise ConfigError(f"{where}: needs a pretext preset or YAML file (preset: demo) or import: WEIGHTS.pth")
+    from pretext.config import load_config
+
+    try:  # validates the preset and every override now, not an hour into the run
+        cfg = load_config(spec["preset"], [*overrides, "train.seed=0"])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return Pretraining(name, cfg.method, str(spec.get("supervision") or SUPERVISION[cfg.method]), spec["preset"],
+                       tuple(overrides))
+
+
+def _task(name: str, spec: Any) -> tuple[Task, dict]:
+    where = f"tasks.{name}"
+    if spec is not None and not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping of options, got {spec!r}")
+    spec = dict(spec or {})
+    kind = spec.pop("task", name)
+    if kind not in TASKS:
+        raise ConfigError(f"{where}: unknown task {kind!r}; registered: {', '.join(TASKS)}")
+    task = TASKS[kind]
+    if task.planned:
+        raise ConfigError(f"{where}: {task.planned}")
+    try:
+        opts = resolve_options(task, spec, where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if kind == "classify":
+        from transfer.classify import load_config as load_classify
+
+        try:
+            load_classify(opts["preset"], opts["overrides"])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return task, opts
+
+
+def build_suite(raw: dict, name: str) -> Suite:
+    """Validate a nested suite dict: unknown keys, presets, overrides, task names and options."""
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"suite {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(TOP_KEYS))}")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"suite {name}: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    data = raw.get("data") or {}
+    if not isinstance(data, dict) or set(data) - DATA_KEYS:
+        raise ConfigError(f"suite {name}: data takes {', '.join(sorted(DATA_KEYS))}, got {data!r}")
+    pre, tasks = raw.get("pretrainings"), raw.get("tasks")
+    if not isinstance(pre, dict) or not pre:
+        raise ConfigError(f"suite {name}: pretrainings must map names to specs")
+    if not isinstance(tasks, dict) or not tasks:
+        raise ConfigError(f"suite {name}: tasks must map names to options")
+    bad = [n for n in (*pre, *tasks) if not str(n).replace("_", "").replace("-", "").isalnum()]
+    if bad:
+        raise ConfigError(f"suite {name}: names may hold letters, digits, - and _ only: {', '.join(map(str, bad))}")
+    reference = raw.get("reference") or []
+    if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
+        raise ConfigError(f"suite {name}: reference must be a list of table rows")
+    return Suite(str(raw.get("name") or name), tuple(dict.fromkeys(seeds)), _path(data.get("root"), "data.root"),
+                 _path(data.get("pretrain"), "data.pretrain"), str(data.get("train_split", "trainval")),
+                 str(data.get("test_split", "test")),
+                 {str(n): _pretraining(str(n), s, "seeds") for n, s in pre.items()},
+                 {str(n): _task(str(n), s) for n, s in tasks.items()}, tuple(reference))
+
+
+def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
+    """A shipped suite or YAML file (following `base:`), with `key=value` overrides, validated."""
+    return build_suite(apply_overrides(_read(name_or_path), list(overrides or [])), Path(name_or_path).stem)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def datasets(suite: Suite, create: bool) -> tuple[Datasets, Path]:
+    """(labelled train/test, pretraining images) of the suite; the demo data is generated when `create`."""
+    from pretext.engine.trainer import default_demo_dir
+    from transfer.features import is_voc_root
+
+    root = suite.data_root
+    if root is None:
+        root = default_demo_dir()
+        if create:
+            from pretext.data.demo import ensure_demo_data
+
+            ensure_demo_data(root)
+        labelled = Datasets(root, root, suite.train_split, suite.test_split)
+        return labelled, suite.pretrain_root or root
+    if not root.is_dir():
+        raise ConfigError(f"data.root: directory not found: {root}")
+    from transfer.coco import is_coco_root
+
+    if is_voc_root(root) or is_coco_root(root):
+        labelled = Datasets(root, root, suite.train_split, suite.test_split)
+        return labelled, suite.pretrain_root or root
+    train, test = root / "train", root / "test"
+    if not train.is_dir() or not test.is_dir():
+        raise ConfigError(f"data.root {root}: not a VOC or COCO root, and has no train/ and test/ ImageFolders")
+    return Datasets(train, test, suite.train_split, suite.test_split), suite.pretrain_root or train
+
+
+def plan(suite: Suite) -> list[Cell]:
+    """Every cell, pretraining-major; inpainting only for pretrainings with a decoder."""
+    cells = []
+    for p in suite.pretrainings.values():
+        for t, (task, _) in suite.tasks.items():
+            if "decoder" in task.needs and p.method not in HAS_DECODER:
+                continue
+            cells += [Cell(p.name, t, s) for s in suite.seeds]
+    return cells
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+def _pretrain_overrides(p: Pretraining, data: Datasets, pretrain_root: Path, suite: Suite, seed: int) -> list[str]:
+    data_keys = [] if suite.data_root is None and suite.pretrain_root is None else [
+        f"data.root={pretrain_root}", f"data.split={data.train_split}"]
+    return [*data_keys, *p.overrides, f"train.seed={seed}", "train.progress=false"]
+
+
+def pretrain(p: Pretraining, suite: Suite, data: Datasets, pretrain_root: Path, seed: int, run_dir: Path) -> dict:
+    """Make (or reuse) the encoder of one pretraining and seed; returns its pretraining record."""
+    if (run_dir / "encoder.json").is_file():
+        return _pretrain_record(run_dir)
+    with captured_errors() as errors:
+        if p.weights is not None:
+            from pretext.import_alexnet import main as import_main
+
+            code = import_main([str(p.weights), "--out", str(run_dir)], prog="cebench import-alexnet")
+        else:
+            from pretext.config import load_config
+            from pretext.pretrain import run as run_pretrain
+
+            resume = (run_dir / "checkpoint.pt").is_file()
+            cfg = load_config(p.preset, [*_pretrain_overrides(p, data, pretrain_root, suite, seed),
+                                         f"train.resume={str(resume).lower()}"])
+            code = run_pretrain(cfg, run_dir)
+    if code != 0 or not (run_dir / "encoder.json").is_file():
+        raise TaskError(errors[-1] if errors else f"exit code {code}")
+    return _pretrain_record(run_dir)
+
+
+def _pretrain_record(run_dir: Path) -> dict:
+    meta = json.loads((run_dir / "encoder.json").read_text())
+    record = meta.get("pretrain") or {}
+    return {"pretrain_seconds": record.get("wall_seconds"), "pretrain_steps": record.get("steps"),
+            "encoder_sha256": meta.get("sha256"), "config_hash": meta.get("config_hash")}
+
+
+def _curve(run_dir: Path) -> list[list[float]] | None:
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss") not in (None, "")]
+    return [[s, v] for s, v in rows] or None
+
+
+def run_cell(cell: Cell, suite: Suite, data: Datasets, out: Path, encoder_dir: Path, record: dict) -> dict:
+    """Run one cell's task; the cell record (status ok)."""
+    task, opts = suite.tasks[cell.task]
+    p = suite.pretrainings[cell.pretraining]
+    work = out / "work" / cell.key
+    t0 = time.perf_counter()
+    result = task.run(encoder_dir, data, opts, cell.seed, work)
+    return {**_cell_head(suite, cell, p, task), "status": "ok", "error": None,
+            "headline": {"name": result.headline_name, "value": result.headline}, "metrics": result.metrics,
+            **({"per_class": result.per_class} if result.per_class else {}),
+            **({"pretrain_curve": curve} if (curve := _curve(encoder_dir)) else {}),
+            **record, "wall_seconds": round(time.perf_counter() - t0, 3), "options": opts}
+
+
+def _cell_head(suite: Suite, cell: Cell, p: Pretraining, task: Task) -> dict:
+    return {"suite": suite.name, "pretraining": cell.pretraining, "method": p.method, "supervision": p.supervision,
+            "task": cell.task, "kind": task.kind, "seed": cell.seed, "git_commit": git_commit(),
+            "versions": versions(), "device": device_description(_device())}
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def failed_cell(suite: Suite, cell: Cell, error: str) -> dict:
+    """The record of a cell that could not run."""
+    task, _ = suite.tasks[cell.task]
+    return {**_cell_head(suite, cell, suite.pretrainings[cell.pretraining], task), "status": "failed",
+            "error": error, "headline": None, "metrics": {}}
+
+
+def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
+    """Pretrain, run every cell not yet done, rebuild the tables; 0 when every cell is ok, 1 otherwise."""
+    data, pretrain_root = datasets(suite, create=True)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "suite.json", json.dumps(_describe(suite, data, pretrain_root), indent=2) + "\n")
+    cells = plan(suite)
+    failed = 0
+    broken: dict[tuple[str, int], str] = {}  # a pretraining that failed is not retried for its other cells
+    for i, cell in enumerate(cells, 1):
+        path = out / "cells" / f"{cell.key}.json"
+        if path.is_file() and not force and json.loads(path.read_text()).get("status") == "ok":
+            log.info("[%d/%d] %s: done, skipped", i, len(cells), cell.key)
+            continue
+        log.info("[%d/%d] %s", i, len(cells), cell.key)
+        p = suite.pretrainings[cell.pretraining]
+        encoder_dir = out / "pretrain" / p.name / f"seed{cell.seed}"
+        try:
+            if (p.name, cell.seed) in broken:
+                raise TaskError(broken[p.name, cell.seed])
+            try:
+                record = pretrain(p, suite, data, pretrain_root, cell.seed, encoder_dir)
+            except Exception as exc:
+                broken[p.name, cell.seed] = f"pretraining {p.name} (seed {cell.seed}) failed: {exc}"
+                raise TaskError(broken[p.name, cell.seed]) from exc
+            result = run_cell(cell, suite, data, out, encoder_dir, record)
+        except Exception as exc:  # a failed cell is recorded and the suite goes on
+            log.error("%s failed: %s", cell.key, exc)
+            log.debug("%s", traceback.format_exc())
+            result = failed_cell(suite, cell, str(exc) if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}")
+        atomic_write_text(path, json.dumps(_finite(result), indent=2) + "\n")
+        failed += result["status"] != "ok"
+    _tables(out, suite)
+    if failed:
+        log.error("%d of %d cells failed: see %s", failed, len(cells), out / "failed.md")
+    return 1 if failed else 0
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _tables(out: Path, suite: Suite) -> None:
+    from .tables import load_cells, write_figures, write_tables
+
+    cells = load_cells(out)
+    write_tables(out, cells, reference=list(suite.reference) or None)
+    write_figures(out, cells)
+
+
+def _describe(suite: Suite, data: Datasets, pretrain_root: Path) -> dict:
+    return {"name": suite.name, "seeds": list(suite.seeds), "labelled_train": str(data.train),
+            "labelled_test": str(data.test), "splits": [data.train_split, data.test_split],
+            "pretrain_images": str(pretrain_root),
+            "pretrainings": {n: {"method": p.method, "preset": p.preset, "overrides": list(p.overrides),
+                                 "import": str(p.weights) if p.weights else None} for n, p in suite.pretrainings.items()},
+            "tasks": {n: {"task": t.name, **opts} for n, (t, opts) in suite.tasks.items()}}
+
+
+# --- dry run ----------------------------------------------------------------------------------------
+
+def dry_run(suite: Suite) -> str:
+    """The plan, after checking every path; raises ConfigError for a missing one."""
+    data, pretrain_root = datasets(suite, create=False)
+    if suite.data_root is not None:
+        for path in {data.train, data.test, pretrain_root}:
+            if not path.exists():
+                raise ConfigError(f"path not found: {path}")
+    for p in suite.pretrainings.values():
+        if p.weights is not None and not p.weights.is_file():
+            raise ConfigError(f"pretrainings.{p.name}.import: file not found: {p.weights}")
+    lines = [f"suite {suite.name}: {len(suite.pretrainings)} pretrainings x {len(suite.tasks)} tasks x "
+             f"{len(suite.seeds)} seeds", f"labelled data: {data.train} -> {data.test}"
+             f" (splits {data.train_split} -> {data.test_split})", f"pretraining images: {pretrain_root}"]
+    images = 0
+    for p in suite.pretrainings.values():
+        if p.weights is not None:
+            lines.append(f"  pretrain {p.name}: import {p.weights}")
+            continue
+        from pretext.config import load_config
+
+        cfg = load_config(p.preset, _pretrain_overrides(p, data, pretrain_root, suite, 0))
+        n = cfg.train.max_steps * cfg.train.batch_size
+        images += n * len(suite.seeds)
+        lines.append(f"  pretrain {p.name}: {p.method}, preset {p.preset}, {cfg.train.max_steps} steps x "
+                     f"{cfg.train.batch_size} = {n:,} images per seed")
+    for name, (task, opts) in suite.tasks.items():
+        extra = ""
+        if task.name == "classify":
+            from transfer.classify import load_config as load_classify
+
+            c = load_classify(opts["preset"], opts["overrides"])
+            extra = f", {c.train.max_steps} steps x {c.train.batch_size}"
+            images += c.train.max_steps * c.train.batch_size * len(suite.pretrainings) * len(suite.seeds)
+        lines.append(f"  task {name}: {task.name} ({task.kind}){extra}, options {opts}")
+    cells = plan(suite)
+    lines.append(f"{len(cells)} cells; about {images:,} training images through the networks in all")
+    return "\n".join(lines)
+
+
+# --- command ----------------------------------------------------------------------------------------
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the run command."""
+    p = argparse.ArgumentParser(prog=prog, description="Run a benchmark suite: pretrain, evaluate, tabulate.")
+    p.add_argument("suite", nargs="?", help="a shipped suite (see --list) or a suite YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value suite overrides, e.g. seeds=[0,1,2] data.root=DIR")
+    p.add_argument("--out", type=Path, help="results directory (default: results/<suite name>)")
+    p.add_argument("--dry-run", action="store_true", help="check paths and configs, print the plan, run nothing")
+    p.add_argument("--force", action="store_true", help="redo finished cells (pretrained encoders are reused)")
+    p.add_argument("--list", action="store_true", help="list the shipped suites and exit")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse, validate, run (or plan) the suite."""
+    from pretext.cli import setup_logging
+
+    setup_logging()
+    parser = build_parser(prog)
+    args = parser.parse_intermixed_args(argv)
+    if args.list:
+        print("\n".join(suite_names()))
+        return 0
+    if not args.suite:
+        parser.error("a suite name or YAML file is required")
+    try:
+        suite = load_suite(args.suite, args.overrides)
+        if args.dry_run:
+            print(dry_run(suite))
+            return 0
+        return run_suite(suite, args.out or Path("results") / suite.name, args.force)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

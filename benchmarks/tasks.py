@@ -1,0 +1,189 @@
+"""Evaluation tasks a suite can name, by registry: each runs one existing command and reads its metrics.json.
+
+A task gets the encoder's run directory, the suite's datasets, its own options (from the suite file), the
+seed and a work directory; it returns the cell's numbers: a headline (the Table 2 column), all metrics and,
+where the command has them, per-class numbers. Detection and segmentation are registered as planned: a
+suite naming them fails validation with a clear message until they exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("cebench")
+
+
+class TaskError(RuntimeError):
+    """A task's command failed; the message is the command's last error line."""
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """The suite's labelled data: a VOC/COCO root (splits) or train and test ImageFolders."""
+
+    train: Path
+    test: Path
+    train_split: str = "trainval"
+    test_split: str = "test"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What a cell stores besides its bookkeeping."""
+
+    kind: str
+    headline_name: str
+    headline: float
+    metrics: dict[str, Any]
+    per_class: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task: which options it takes and how it runs."""
+
+    name: str
+    kind: str  # classification | probe | retrieval | inpainting | detection | segmentation
+    options: dict[str, Any]  # option -> default
+    run: Callable[..., TaskResult] | None = None
+    needs: tuple[str, ...] = field(default_factory=tuple)  # encoder capabilities: "decoder"
+    planned: str | None = None  # why the task is not available yet
+
+
+@contextlib.contextmanager
+def captured_errors() -> Iterator[list[str]]:
+    """Collect the messages of the ERROR records logged inside the block (the commands log their failures)."""
+    errors: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    handler = Catch(level=logging.ERROR)
+    log.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        log.removeHandler(handler)
+
+
+def _call(module: str, argv: list[str], out: Path) -> dict:
+    """Run a command's main() in this process; its metrics.json, or TaskError with its last error line."""
+    import importlib
+
+    with captured_errors() as errors:
+        try:
+            code = importlib.import_module(module).main(argv + ["--out", str(out)], prog=module)
+        except SystemExit as exc:  # argparse errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    if code != 0 or not (out / "metrics.json").is_file():
+        raise TaskError(errors[-1] if errors else f"{module} exited with code {code}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _max_images(opts: dict) -> list[str]:
+    n = opts.get("max_images")
+    return [] if n is None else ["--max-images", ",".join(str(v) for v in (n if isinstance(n, list) else [n]))]
+
+
+def _data_args(data: Datasets, train_flag: str, test_flag: str, split_flags: tuple[str, str]) -> list[str]:
+    return [train_flag, str(data.train), test_flag, str(data.test), split_flags[0], data.train_split,
+            split_flags[1], data.test_split]
+
+
+def _scores(m: dict) -> tuple[str, float, dict[str, Any], dict[str, float] | None]:
+    """(headline suffix, value, metrics, per-class) of a classification-style result: top-1 or mAP."""
+    if "top1" in m:
+        return "top-1 (%)", float(m["top1"]), {"top1": m["top1"]}, None
+    keys = ("map_voc07_11pt", "map_area", "map_sklearn")
+    per_class = {c: v["sklearn"] for c, v in m.get("per_class", {}).items() if v.get("sklearn") is not None}
+    return "mAP (%)", float(m["map_sklearn"]), {k: m[k] for k in keys}, per_class or None
+
+
+def run_classify(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
+    """`cebench transfer classify` with the task's preset and overrides."""
+    argv = ["--encoder", str(encoder), "--data", str(data.train), "--test-data", str(data.test),
+            "--train-split", data.train_split, "--test-split", data.test_split, "--preset", opts["preset"],
+            *_max_images(opts), *opts["overrides"], f"train.seed={seed}", "train.progress=false",
+            f"train.resume={'true' if (out / 'checkpoint.pt').exists() else 'false'}"]
+    m = _call("transfer.classify", argv, out)
+    suffix, value, metrics, per_class = _scores(m)
+    metrics.update(layers=m["layers"], steps=m["steps"], train_seconds=m["train_seconds"])
+    return TaskResult("classification", f"Fine-tune {suffix}", value, metrics, per_class)
+
+
+def _probe(kind: str, label: str) -> Callable[..., TaskResult]:
+    def run(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
+        argv = [kind, "--encoder", str(encoder), "--layer", opts["layer"],
+                *_data_args(data, "--train", "--test", ("--train-split", "--test-split")), *_max_images(opts),
+                "--seed", str(seed), "--n-jobs", str(opts["n_jobs"])]
+        if kind == "knn":
+            argv += ["--k", str(opts["k"])]
+        m = _call("transfer.probe", argv, out)
+        if kind == "knn":
+            m = m["results"][f"k{opts['k']}"]
+        suffix, value, metrics, per_class = _scores(m)
+        return TaskResult("probe", f"{label} {suffix}", value, {**metrics, "layer": opts["layer"]}, per_class)
+
+    return run
+
+
+def run_retrieval(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
+    """`cebench retrieve`: precision@k of the queries' neighbours in the database (labelled data)."""
+    argv = ["--encoder", str(encoder), "--layer", opts["layer"], "--k", str(opts["k"]), "--mask", opts["mask"],
+            *_data_args(data, "--database", "--queries", ("--database-split", "--query-split")),
+            *_max_images(opts), "--seed", str(seed)]
+    m = _call("transfer.retrieve", argv, out)
+    if m.get("precision_at_k") is None:
+        raise TaskError(f"retrieval gave no precision@k: {m.get('precision_note')}")
+    return TaskResult("retrieval", f"Retrieval P@{opts['k']} (%)", float(m["precision_at_k"]),
+                      {"precision_at_k": m["precision_at_k"], "mask": opts["mask"], "layer": opts["layer"]})
+
+
+def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
+    """`cebench eval-inpainting` on the test split's central holes: the encoder's Table 1 row."""
+    argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
+            opts["mask"], "--seed", str(seed), *(["--max-images", str(opts["max_images"])] if opts.get("max_images")
+                                                 else [])]
+    m = _call("pretext.eval_inpainting", argv, out)
+    config = json.loads((encoder / "config.json").read_text())
+    loss = "L2 + adversarial" if config.get("loss", {}).get("adversarial_weight", 0) > 0 else "L2"
+    metrics = {"row": f"{m['method'].replace('_', ' ')} ({loss})", **{k: m[k] for k in ("mean_l1", "mean_l2", "psnr")}}
+    metrics["mean_fill"] = {k: m["baseline_mean_fill"][k] for k in ("mean_l1", "mean_l2", "psnr")}
+    return TaskResult("inpainting", "PSNR (dB)", float(m["psnr"]), metrics)
+
+
+PROBE_OPTIONS = {"layer": "pool5", "max_images": None, "n_jobs": 1}
+TASKS: dict[str, Task] = {
+    "classify": Task("classify", "classification", {"preset": "classify_demo", "overrides": [], "max_images": None},
+                     run_classify),
+    "knn": Task("knn", "probe", {**PROBE_OPTIONS, "k": 20}, _probe("knn", "kNN")),
+    "linear": Task("linear", "probe", dict(PROBE_OPTIONS), _probe("linear", "Linear")),
+    "svm": Task("svm", "probe", dict(PROBE_OPTIONS), _probe("svm", "SVM")),
+    "retrieval": Task("retrieval", "retrieval", {"layer": "pool5", "k": 10, "mask": "none", "max_images": None},
+                      run_retrieval),
+    "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None}, run_inpainting,
+                       needs=("decoder",)),
+    "detection": Task("detection", "detection", {}, planned="Fast R-CNN detection is not implemented yet (issue 6)"),
+    "segmentation": Task("segmentation", "segmentation", {},
+                         planned="FCN segmentation is not implemented yet (issue 7)"),
+}
+
+
+def resolve_options(task: Task, given: dict | None, where: str) -> dict:
+    """The task's defaults updated by the suite's options; an unknown option is a ValueError naming it."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(task.options))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {', '.join(unknown)} for task {task.name}; "
+                         f"known: {', '.join(sorted(task.options)) or 'none'}")
+    opts = {**task.options, **given}
+    if not isinstance(opts.get("overrides", []), list):
+        raise ValueError(f"{where}.overrides must be a list of key=value strings")
+    return opts

@@ -1,0 +1,124 @@
+"""The suite runner: a tiny suite end to end, resume, failure isolation, validation, dry runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import suite as suite_mod
+from benchmarks.suite import load_suite, main, plan
+from pretext.config import ConfigError
+
+from .conftest import TINY
+from .test_probes import stripes
+
+TINY_CLASSIFY = ["model.fc_widths=[16,16]", "train.batch_size=8", "train.max_steps=4", "data.workers=0",
+                 "test.crops=1", "model.init=kaiming"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data.root with train/ and test/ ImageFolders (horizontal vs vertical stripes)."""
+    root = tmp_path_factory.mktemp("stripes")
+    stripes(root / "train", 12, seed=0)
+    stripes(root / "test", 6, seed=1)
+    return root
+
+
+def write_suite(path: Path, root: Path, **extra) -> Path:
+    raw = {"name": "tiny", "seeds": [0], "data": {"root": str(root)},
+           "pretrainings": {"ce": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.region_bank=null"]},
+                            "random": {"preset": "demo_random", "overrides": [*TINY, "mask.region_bank=null"]}},
+           "tasks": {"knn": {"k": 5}, "classify": {"preset": "classify_demo", "overrides": TINY_CLASSIFY},
+                     "inpainting": {"mask": "central"}}}
+    raw.update(extra)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cells(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    pre = {"ce": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.region_bank=null"]},
+           "random": {"preset": "demo_random", "overrides": [*TINY, "mask.region_bank=null"]},
+           "broken": {"import": str(tmp_path / "missing.pth")}}
+    caplog.set_level(logging.INFO, logger="cebench")
+    path = write_suite(tmp_path / "tiny.yaml", folder, pretrainings=pre)
+    out = tmp_path / "results"
+    assert main([str(path), "--out", str(out)]) == 1  # the broken pretraining's cells failed
+    got = cells(out)
+    # inpainting only for the pretraining with a decoder; every other pair once (one seed)
+    assert set(got) == {"ce__knn__seed0", "ce__classify__seed0", "ce__inpainting__seed0", "random__knn__seed0",
+                        "random__classify__seed0", "broken__knn__seed0", "broken__classify__seed0"}
+    ok = {k: c for k, c in got.items() if c["status"] == "ok"}
+    assert len(ok) == 5 and all(got[k]["status"] == "failed" for k in ("broken__knn__seed0", "broken__classify__seed0"))
+    assert "missing.pth" in got["broken__knn__seed0"]["error"]
+    assert caplog.text.count("pretraining broken") >= 2  # recorded for each of its cells, tried once
+    knn = got["ce__knn__seed0"]
+    assert knn["headline"]["name"] == "kNN top-1 (%)" and 0 <= knn["headline"]["value"] <= 100
+    assert knn["method"] == "context_encoder" and knn["supervision"] == "context" and knn["pretrain_seconds"] > 0
+    assert knn["git_commit"] and knn["versions"]["torch"] and knn["device"] and knn["config_hash"]
+    assert got["random__classify__seed0"]["metrics"]["steps"] == 4
+    inpaint = got["ce__inpainting__seed0"]
+    assert inpaint["kind"] == "inpainting" and inpaint["metrics"]["psnr"] == inpaint["headline"]["value"]
+    assert (out / "table2.md").is_file() and (out / "table2.csv").is_file() and (out / "failed.md").is_file()
+    table = (out / "table2.md").read_text()
+    assert "kNN top-1 (%)" in table and "ce" in table and "random" in table
+
+    # A re-run skips every finished cell, retries the failed ones, and still exits 1.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    caplog.clear()
+    assert main([str(path), "--out", str(out)]) == 1
+    assert caplog.text.count("done, skipped") == 5
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert all(after[k] == stamps[k] for k in stamps if not k.startswith("broken"))
+    # --force redoes the cells and reuses the pretrained encoders
+    caplog.clear()
+    only_ok = write_suite(tmp_path / "ok.yaml", folder)
+    assert main([str(only_ok), "--out", str(out), "--force"]) == 0
+    assert "done, skipped" not in caplog.text and "done: 2 steps" not in caplog.text  # no pretraining ran
+    assert all(p.stat().st_mtime_ns > stamps[p.name] for p in (out / "cells").glob("ce__*.json"))
+
+
+def test_validation_names_the_problem(folder: Path, tmp_path: Path) -> None:
+    path = write_suite(tmp_path / "s.yaml", folder)
+    with pytest.raises(ConfigError, match="unknown task 'nonsense'"):
+        load_suite(str(path), ["tasks.x={task: nonsense}"])
+    with pytest.raises(ConfigError, match="Fast R-CNN detection is not implemented yet"):
+        load_suite(str(path), ["tasks.detection={}"])
+    with pytest.raises(ConfigError, match="unknown option.*kk for task knn"):
+        load_suite(str(path), ["tasks.knn={kk: 3}"])
+    with pytest.raises(ConfigError, match="unknown suite key 'nonsense'"):
+        load_suite(str(path), ["nonsense=1"])
+    with pytest.raises(ConfigError, match="pretrainings.ce: .*unknown key 'max_step'"):
+        load_suite(str(path), ["pretrainings.ce.overrides=[max_step=3]"])
+    with pytest.raises(ConfigError, match="tasks.classify: .*unknown key 'nonsense'"):
+        load_suite(str(path), ["tasks.classify.overrides=[train.nonsense=1]"])
+    with pytest.raises(ConfigError, match="seeds must be"):
+        load_suite(str(path), ["seeds=[]"])
+    suite = load_suite(str(path), ["seeds=[0,1,2]"])
+    assert len(plan(suite)) == 3 * (3 + 2)  # inpainting only for ce
+
+
+def test_shipped_suites_validate_and_the_paper_suite_dry_runs_on_a_fake_voc_tree(tmp_path: Path, capsys) -> None:
+    assert {"demo", "cifar10", "paper"} <= set(suite_mod.suite_names())
+    for name in ("demo", "cifar10", "paper"):
+        load_suite(name)
+    voc, imagenet = tmp_path / "VOC2007", tmp_path / "imagenet"
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir()
+    (voc / "Annotations").mkdir()
+    (imagenet / "n01").mkdir(parents=True)
+    assert main(["paper", f"data.root={voc}", f"data.pretrain={imagenet}", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "4 pretrainings x 2 tasks x 1 seeds" in text and "8 cells" in text
+    assert "ce_alexnet_paper" in text and "80000 steps x 16" in text
+    assert main(["paper", f"data.root={tmp_path / 'nowhere'}", "--dry-run"]) == 2
