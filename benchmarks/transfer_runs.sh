@@ -21,6 +21,9 @@ for enc in demo random random_dd; do   # demo data: VOC layout, 2,250 trainval -
   run demo_${enc}_lowshot cebench probe svm --encoder runs/$enc --train "$D" --test "$D" --low-shot 1,4,16 \
       --low-shot-samples 3 --n-jobs 2 --device cpu
 done
+for enc in demo random random_dd; do
+  run demo_${enc}_retrieve cebench retrieve --encoder runs/$enc --database "$D" --queries "$D" --k 10 --device cpu
+done
 run demo_nn_hog cebench nn-inpaint --database "$D" --images "$D" --features hog --size 64 --load-size 72
 run demo_demo_nn_inpaint cebench nn-inpaint --database "$D" --images "$D" --features encoder --encoder runs/demo \
     --load-size 72
@@ -41,3 +44,15 @@ for idx in ivf hnsw; do
   run cifar_ce_retrieve_$idx cebench retrieve --encoder runs/cifar_ce --database "$C/train" --queries "$C/test" \
       --max-images 5000,500 --k 10 --index $idx --device cpu
 done
+
+T=$O
+python -m benchmarks.transfer_summary $T/demo_demo_finetune $T/demo_random_finetune $T/demo_random_dd_finetune \
+    $T/demo_demo_svm $T/demo_random_svm $T/demo_random_dd_svm $T/demo_demo_knn $T/demo_random_knn $T/demo_random_dd_knn \
+    $T/demo_demo_lowshot $T/demo_random_lowshot $T/demo_random_dd_lowshot $T/demo_demo_retrieve $T/demo_random_retrieve \
+    $T/demo_random_dd_retrieve $T/demo_nn_hog $T/demo_demo_nn_inpaint \
+    --out results/transfer_demo
+python -m benchmarks.transfer_summary $T/cifar_ce_finetune $T/cifar_random_finetune $T/cifar_random_dd_finetune \
+    $T/cifar_ce_linear $T/cifar_random_linear $T/cifar_random_dd_linear $T/cifar_ce_knn $T/cifar_random_knn \
+    $T/cifar_random_dd_knn $T/cifar_ce_retrieve_none $T/cifar_random_retrieve_none $T/cifar_random_dd_retrieve_none \
+    $T/cifar_ce_retrieve_central $T/cifar_random_retrieve_central $T/cifar_random_dd_retrieve_central \
+    $T/cifar_ce_retrieve_ivf $T/cifar_ce_retrieve_hnsw --out results/transfer_cifar10

@@ -55,7 +55,8 @@ def rows_of(out_dir: Path) -> list[dict]:
     if m.get("task") == "retrieval":
         index = m.get("index", {}).get("kind", "flat")
         task = f"retrieval {m['layer']} mask={m['mask']} {index}"
-        row = {**head, "task": task, **_sizes(m, "database", "queries"), f"P@{m['k']}": m.get("precision_at_k")}
+        row = {**head, "task": task, **_sizes(m, "database", "queries"), f"P@{m['k']}": m.get("precision_at_k"),
+               f"P@{m['k']} chance": m.get("precision_chance")}
         if m.get("recall_at_k_vs_exact") is not None:
             row["recall_vs_exact"] = m["recall_at_k_vs_exact"]
         return [row]

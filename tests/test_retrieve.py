@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.neighbors import NearestNeighbors
 
 from pretext.engine.trainer import train
-from transfer.retrieve import main, neighbours, precision_at_k, recall_at_k, search
+from transfer.retrieve import chance_precision, main, neighbours, precision_at_k, recall_at_k, search
 
 from .conftest import tiny_config
 
@@ -82,6 +82,20 @@ def test_precision_at_k_by_hand() -> None:
     q_multi = np.array([[1, -1], [-1, 0], [-1, 1]])
     idx = np.array([[0, 2, 3], [0, 1, 2], [1, 3, -1]])
     assert precision_at_k(idx, db_multi, q_multi) == (pytest.approx(100 * (2 / 3 + 2 / 3) / 2), 2)
+
+
+def test_chance_precision_by_hand_and_against_every_neighbour() -> None:
+    # single-label: queries of class 0 (2 of 5 database images) and 1 (3 of 5)
+    assert chance_precision(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1])) == pytest.approx(100 * (2 + 3 + 3) / 15)
+    # multi-label: query 0 (class 0) shares with db 0, 3; query 2 (class 1) with db 1, 2, 3; query 1 has no class
+    db_multi = np.array([[1, -1], [-1, 1], [0, 1], [1, 1]])
+    q_multi = np.array([[1, -1], [-1, 0], [-1, 1]])
+    assert chance_precision(db_multi, q_multi, chunk=1) == pytest.approx(100 * (2 / 4 + 3 / 4) / 2)
+    # = precision@N when every database image is a neighbour
+    rng = np.random.default_rng(0)
+    db, q = rng.choice([-1, 0, 1], (40, 5), p=[0.6, 0.1, 0.3]), rng.choice([-1, 1], (7, 5), p=[0.7, 0.3])
+    every = np.tile(np.arange(40), (7, 1))
+    assert chance_precision(db, q, chunk=3) == pytest.approx(precision_at_k(every, db, q)[0])
 
 
 def test_self_matches_are_dropped_and_the_rest_keep_their_order() -> None:

@@ -165,6 +165,22 @@ def precision_at_k(idx: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray)
     return 100 * float(hits[usable].mean()), int(usable.sum())
 
 
+def chance_precision(db_labels: np.ndarray, q_labels: np.ndarray, chunk: int = 1024) -> float:
+    """Expected precision@k (%) of neighbours drawn at random from the database, over the queries that have a
+    class: per query, the fraction of database images relevant to it (as `relevant` judges), averaged."""
+    usable = np.ones(len(q_labels), dtype=bool) if q_labels.ndim == 1 else (q_labels == 1).any(axis=1)
+    q_labels = q_labels[usable]
+    if not len(q_labels):
+        return float("nan")
+    if q_labels.ndim == 1:
+        counts = np.bincount(db_labels, minlength=int(max(db_labels.max(), q_labels.max())) + 1)
+        return 100 * float((counts[q_labels] / len(db_labels)).mean())
+    db_pos = (db_labels == 1).astype(np.float32)
+    fractions = [((q_labels[i:i + chunk] == 1).astype(np.float32) @ db_pos.T > 0).mean(axis=1)
+                 for i in range(0, len(q_labels), chunk)]
+    return 100 * float(np.concatenate(fractions).mean())
+
+
 def comparable_labels(db: LabelledImages, queries: LabelledImages) -> str | None:
     """Why the two sets' labels cannot be compared (None when they can)."""
     if "folder" in (db.kind, queries.kind):
@@ -259,6 +275,7 @@ def build_record(args: argparse.Namespace, meta: dict, db: Features, queries: Fe
     """metrics.json: precision@k (if labelled), index and recall, sizes, encoder and provenance."""
     reason = comparable_labels(db.source, queries.source)
     precision, n_used = (float("nan"), 0) if reason else precision_at_k(found["idx"], db.labels, queries.labels)
+    chance = float("nan") if reason else chance_precision(db.labels, queries.labels)
     if not reason and n_used < len(queries.x):
         reason = f"{len(queries.x) - n_used} queries without a present class are left out of the mean"
     return {"task": "retrieval", "encoder": str(args.encoder), "encoder_sha256": meta["sha256"],
@@ -268,7 +285,8 @@ def build_record(args: argparse.Namespace, meta: dict, db: Features, queries: Fe
             "database": db.source.describe(args.max_images[0]), "queries": queries.source.describe(args.max_images[1]),
             "k": args.k, **{key: v for key, v in found.items() if key not in ("sims", "idx")},
             "self_match_note": "a query's own file is never its neighbour" if found["self_matches_dropped"] else None,
-            "precision_at_k": precision, "precision_queries": n_used, "precision_note": reason,
+            "precision_at_k": precision, "precision_chance": chance, "precision_queries": n_used,
+            "precision_note": reason,
             "seed": args.seed, **provenance()}
 
 
