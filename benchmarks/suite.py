@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ log = logging.getLogger("cebench")
 
 TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tasks", "reference"}
 DATA_KEYS = {"root", "pretrain", "train_split", "test_split"}
-PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "label"}
+PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import"}
 SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
                "context_prediction": "relative position", "random": "none", "supervised": "labels"}
 HAS_DECODER = ("context_encoder", "autoencoder")
@@ -217,6 +218,12 @@ def build_suite(raw: dict, name: str) -> Suite:
     reference = raw.get("reference") or []
     if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
         raise ConfigError(f"suite {name}: reference must be a list of table rows")
+    from .tables import reference_rows
+
+    try:
+        reference_rows(reference)
+    except ValueError as exc:
+        raise ConfigError(f"suite {name}: reference: {exc}") from None
     return Suite(str(raw.get("name") or name), tuple(dict.fromkeys(seeds)), _path(data.get("root"), "data.root"),
                  _path(data.get("pretrain"), "data.pretrain"), str(data.get("train_split", "trainval")),
                  str(data.get("test_split", "test")),
@@ -317,18 +324,65 @@ def _curve(run_dir: Path) -> list[list[float]] | None:
     return [[s, v] for s, v in rows] or None
 
 
-def run_cell(cell: Cell, suite: Suite, data: Datasets, out: Path, encoder_dir: Path, record: dict) -> dict:
+def _hash(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+# Settings that do not change what a run computes: left out of the hashes that decide whether to reuse it.
+RUN_CONTROL = {"train": {"resume", "progress", "device", "ckpt_every", "log_every", "sample_every",
+                         "keep_checkpoints", "ddp_timeout_s", "seed"},
+               "data": {"workers"}}
+
+
+def _resolved(config: dict) -> dict:
+    return {s: ({k: v for k, v in sec.items() if k not in RUN_CONTROL.get(s, ())} if isinstance(sec, dict) else sec)
+            for s, sec in config.items()}
+
+
+def pretraining_hash(p: Pretraining, suite: Suite, data: Datasets, pretrain_root: Path) -> str:
+    """Identifies what a pretraining computes (the resolved config, so an edited preset file counts too): a
+    changed one gets a new encoder directory."""
+    if p.weights is not None:
+        stat = p.weights.stat() if p.weights.is_file() else None
+        return _hash({"weights": str(p.weights.resolve()), "size": stat and stat.st_size,
+                      "mtime_ns": stat and stat.st_mtime_ns})
+    from pretext.config import load_config
+
+    cfg = load_config(p.preset, _pretrain_overrides(p, data, pretrain_root, suite, 0))
+    return _hash(_resolved(cfg.to_dict()))
+
+
+def cell_hash(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path) -> str:
+    """Identifies what a cell computes: a finished cell is reused only while this is unchanged."""
+    task, opts = suite.tasks[cell.task]
+    p = suite.pretrainings[cell.pretraining]
+    resolved = None
+    if task.name == "classify":
+        from transfer.classify import load_config as load_classify
+
+        resolved = _resolved(load_classify(opts["preset"], opts["overrides"]).to_dict())
+    return _hash({"pretraining": pretraining_hash(p, suite, data, pretrain_root), "task": task.name,
+                  "options": opts, "resolved": resolved, "seed": cell.seed,
+                  "data": [str(data.train), str(data.test), data.train_split, data.test_split]})
+
+
+def run_cell(cell: Cell, suite: Suite, data: Datasets, out: Path, encoder_dir: Path, record: dict,
+             spec: str) -> dict:
     """Run one cell's task; the cell record (status ok)."""
     task, opts = suite.tasks[cell.task]
     p = suite.pretrainings[cell.pretraining]
-    work = out / "work" / cell.key
+    work = out / "work" / f"{cell.key}-{spec}"
+    if (work / "metrics.json").exists():  # a finished earlier run (--force, or a cell re-run): start afresh
+        shutil.rmtree(work)
     t0 = time.perf_counter()
     result = task.run(encoder_dir, data, opts, cell.seed, work)
     return {**_cell_head(suite, cell, p, task), "status": "ok", "error": None,
             "headline": {"name": result.headline_name, "value": result.headline}, "metrics": result.metrics,
             **({"per_class": result.per_class} if result.per_class else {}),
             **({"pretrain_curve": curve} if (curve := _curve(encoder_dir)) else {}),
-            **record, "wall_seconds": round(time.perf_counter() - t0, 3), "options": opts}
+            **record, "wall_seconds": round(time.perf_counter() - t0, 3), "options": opts, "spec_hash": spec}
 
 
 def _cell_head(suite: Suite, cell: Cell, p: Pretraining, task: Task) -> dict:
@@ -343,29 +397,32 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def failed_cell(suite: Suite, cell: Cell, error: str) -> dict:
+def failed_cell(suite: Suite, cell: Cell, error: str, spec: str) -> dict:
     """The record of a cell that could not run."""
     task, _ = suite.tasks[cell.task]
     return {**_cell_head(suite, cell, suite.pretrainings[cell.pretraining], task), "status": "failed",
-            "error": error, "headline": None, "metrics": {}}
+            "error": error, "headline": None, "metrics": {}, "spec_hash": spec}
 
 
 def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
     """Pretrain, run every cell not yet done, rebuild the tables; 0 when every cell is ok, 1 otherwise."""
     data, pretrain_root = datasets(suite, create=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "suite.json", json.dumps(_describe(suite, data, pretrain_root), indent=2) + "\n")
     cells = plan(suite)
+    specs = {cell.key: cell_hash(cell, suite, data, pretrain_root) for cell in cells}
+    atomic_write_text(out / "suite.json", json.dumps({**_describe(suite, data, pretrain_root), "cells": specs,
+                                                      "reference": list(suite.reference)}, indent=2) + "\n")
     failed = 0
     broken: dict[tuple[str, int], str] = {}  # a pretraining that failed is not retried for its other cells
     for i, cell in enumerate(cells, 1):
         path = out / "cells" / f"{cell.key}.json"
-        if path.is_file() and not force and json.loads(path.read_text()).get("status") == "ok":
+        spec = specs[cell.key]
+        if path.is_file() and not force and _reusable(path, spec):
             log.info("[%d/%d] %s: done, skipped", i, len(cells), cell.key)
             continue
         log.info("[%d/%d] %s", i, len(cells), cell.key)
         p = suite.pretrainings[cell.pretraining]
-        encoder_dir = out / "pretrain" / p.name / f"seed{cell.seed}"
+        encoder_dir = out / "pretrain" / f"{p.name}-{pretraining_hash(p, suite, data, pretrain_root)}" / f"seed{cell.seed}"
         try:
             if (p.name, cell.seed) in broken:
                 raise TaskError(broken[p.name, cell.seed])
@@ -374,17 +431,29 @@ def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
             except Exception as exc:
                 broken[p.name, cell.seed] = f"pretraining {p.name} (seed {cell.seed}) failed: {exc}"
                 raise TaskError(broken[p.name, cell.seed]) from exc
-            result = run_cell(cell, suite, data, out, encoder_dir, record)
+            result = run_cell(cell, suite, data, out, encoder_dir, record, spec)
         except Exception as exc:  # a failed cell is recorded and the suite goes on
             log.error("%s failed: %s", cell.key, exc)
             log.debug("%s", traceback.format_exc())
-            result = failed_cell(suite, cell, str(exc) if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}")
+            error = str(exc) if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}"
+            result = failed_cell(suite, cell, error, spec)
         atomic_write_text(path, json.dumps(_finite(result), indent=2) + "\n")
         failed += result["status"] != "ok"
-    _tables(out, suite)
+    _tables(out, suite, specs)
     if failed:
         log.error("%d of %d cells failed: see %s", failed, len(cells), out / "failed.md")
     return 1 if failed else 0
+
+
+def _reusable(path: Path, spec: str) -> bool:
+    """A stored cell that finished with the same pretraining, task options, seed and data."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if stored.get("status") == "ok" and stored.get("spec_hash") != spec:
+        log.info("%s: the suite's settings for this cell changed since it ran: running it again", path.name)
+    return stored.get("status") == "ok" and stored.get("spec_hash") == spec
 
 
 def _finite(value: Any) -> Any:
@@ -398,10 +467,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _tables(out: Path, suite: Suite) -> None:
+def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:
     from .tables import load_cells, write_figures, write_tables
 
-    cells = load_cells(out)
+    cells = load_cells(out, specs)  # only this plan's cells: not those of removed seeds, tasks or settings
     write_tables(out, cells, reference=list(suite.reference) or None)
     write_figures(out, cells)
 

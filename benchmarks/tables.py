@@ -83,8 +83,11 @@ def _check_optional(cell: dict) -> None:
         raise ValueError(f"pretrain_seconds must be a number >= 0, got {seconds!r}")
 
 
-def load_cells(results_dir: Path) -> list[dict]:
-    """Every RESULTS_DIR/cells/*.json, sorted by file name; ValueError naming the file for a bad one."""
+def load_cells(results_dir: Path, planned: dict[str, str] | None = None) -> list[dict]:
+    """Every RESULTS_DIR/cells/*.json, sorted by file name; ValueError naming the file for a bad one.
+
+    With `planned` (cell key -> spec hash, as the runner stores in suite.json), only the cells of the suite's
+    current plan: files of removed seeds, pretrainings or tasks, or of changed settings, are left out."""
     cells_dir = Path(results_dir) / "cells"
     if not cells_dir.is_dir():
         raise ValueError(f"{cells_dir}: no such directory (the runner writes one JSON file per cell there)")
@@ -95,8 +98,21 @@ def load_cells(results_dir: Path) -> list[dict]:
             check_cell(cell)
         except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"{path}: invalid cell file: {exc}") from exc
-        cells.append(cell)
+        if planned is None or planned.get(path.stem) in (cell.get("spec_hash"), "*"):
+            cells.append(cell)
     return cells
+
+
+def read_plan(results_dir: Path) -> tuple[dict[str, str] | None, list[dict] | None]:
+    """(planned cells, reference rows) from the runner's RESULTS_DIR/suite.json; (None, None) without one."""
+    path = Path(results_dir) / "suite.json"
+    if not path.is_file():
+        return None, None
+    try:
+        suite = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable suite record: {exc}") from exc
+    return suite.get("cells"), suite.get("reference") or None
 
 
 # ---- building tables ------------------------------------------------------------------------------------------
@@ -120,15 +136,17 @@ def _failed(cell: dict) -> bool:
 
 
 def _entry(cells: list[dict], value: Callable[[dict], float], digits: int, std: bool = True) -> str:
-    """Mean (+- sample std) over the cells that did not fail; "failed" if all failed, "" without cells."""
+    """Mean (+- sample std) over the cells that did not fail, with "(n/N seeds)" when some failed; "failed" if all
+    failed, "" without cells."""
     if not cells:
         return ""
     values = [value(c) for c in cells if not _failed(c)]
     if not values:
         return "failed"
+    partial = f" ({len(values)}/{len(cells)} seeds)" if len(values) < len(cells) else ""
     if len(values) == 1 or not std:
-        return f"{statistics.mean(values):.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return f"{statistics.mean(values):.{digits}f}{partial}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}{partial}"
 
 
 def format_duration(seconds: float) -> str:
@@ -426,14 +444,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     setup_logging()
     args = build_parser(prog).parse_args(argv)
     try:
-        cells = load_cells(args.results_dir)
+        planned, reference = read_plan(args.results_dir)
+        cells = load_cells(args.results_dir, planned)
         if not cells:
-            raise ValueError(f"{args.results_dir / 'cells'}: no cell files (*.json)")
-        paths = write_tables(args.results_dir, cells) + write_figures(args.results_dir, cells)
+            raise ValueError(f"{args.results_dir / 'cells'}: no cell files (*.json) of the suite's plan")
+        paths = write_tables(args.results_dir, cells, reference) + write_figures(args.results_dir, cells)
     except (ValueError, CheckpointError) as exc:  # a bad cell file, or results_dir not writable
         log.error("%s", exc)
         return 2
-    print(_render(table2(cells), ".md"), end="")
+    print(_render(table2(cells, reference), ".md"), end="")
     failed = sum(map(_failed, cells))
     print(f"{len(cells)} cells ({failed} failed{', see failed.md' if failed else ''}) -> "
           f"{len(paths)} files in {args.results_dir}")

@@ -85,7 +85,15 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     only_ok = write_suite(tmp_path / "ok.yaml", folder)
     assert main([str(only_ok), "--out", str(out), "--force"]) == 0
     assert "done, skipped" not in caplog.text and "done: 2 steps" not in caplog.text  # no pretraining ran
+    assert "resumed" not in caplog.text  # the forced fine-tunes trained again rather than resuming a finished run
+    assert "broken" not in (out / "table2.md").read_text() and not (out / "failed.md").exists()  # this plan only
     assert all(p.stat().st_mtime_ns > stamps[p.name] for p in (out / "cells").glob("ce__*.json"))
+    # a changed task option re-runs that task's cells only; a changed pretraining gets a new encoder directory
+    caplog.clear()
+    assert main([str(only_ok), "--out", str(out), "tasks.knn.k=3"]) == 0
+    assert caplog.text.count("settings for this cell changed") == 2 and caplog.text.count("done, skipped") == 3
+    assert cells(out)["ce__knn__seed0"]["options"]["k"] == 3
+    assert len(list((out / "pretrain").glob("ce-*"))) == 1
 
 
 def test_validation_names_the_problem(folder: Path, tmp_path: Path) -> None:
@@ -122,3 +130,29 @@ def test_shipped_suites_validate_and_the_paper_suite_dry_runs_on_a_fake_voc_tree
     assert "4 pretrainings x 2 tasks x 1 seeds" in text and "8 cells" in text
     assert "ce_alexnet_paper" in text and "80000 steps x 16" in text
     assert main(["paper", f"data.root={tmp_path / 'nowhere'}", "--dry-run"]) == 2
+
+
+def test_hashes_follow_the_resolved_configs(folder: Path, tmp_path: Path) -> None:
+    """An edited preset file changes what a pretraining and a fine-tune compute: neither may be reused."""
+    pre, ft = tmp_path / "pre.yaml", tmp_path / "ft.yaml"
+    pre.write_text("base: demo\ntrain:\n  max_steps: 2\n")
+    ft.write_text("base: classify_demo\ntrain:\n  max_steps: 4\n")
+    path = write_suite(tmp_path / "s.yaml", folder, pretrainings={"ce": {"preset": str(pre)}},
+                       tasks={"classify": {"preset": str(ft)}})
+
+    def hashes(*overrides: str) -> tuple[str, str]:
+        suite = load_suite(str(path), list(overrides))
+        data, root = suite_mod.datasets(suite, create=False)
+        cell = plan(suite)[0]
+        return (suite_mod.pretraining_hash(suite.pretrainings["ce"], suite, data, root),
+                suite_mod.cell_hash(cell, suite, data, root))
+
+    first = hashes()
+    assert hashes("seeds=[0,1]") == first  # the seed is a directory / cell of its own, not part of the hash
+    pre.write_text("base: demo\ntrain:\n  max_steps: 3\n")
+    second = hashes()
+    assert second[0] != first[0] and second[1] != first[1]
+    ft.write_text("base: classify_demo\ntrain:\n  max_steps: 5\n")
+    third = hashes()
+    assert third[0] == second[0] and third[1] != second[1]
+    assert hashes("pretrainings.ce.overrides=[train.progress=false]") == third  # run control only

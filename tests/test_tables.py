@@ -67,7 +67,7 @@ def test_table2_means_stds_failures_and_order(cells: list[dict]) -> None:
     # classify 30, 33, 39: mean 34, sample var (16 + 1 + 25) / 2 = 21, std 4.58
     assert rows.loc["ce_region", "Cls mAP (%)"] == "34.0 ± 4.6"
     # kNN 50, 52 and a failed seed left out: mean 51, std sqrt(2) = 1.41
-    assert rows.loc["ce_region", "kNN top-1 (%)"] == "51.0 ± 1.4"
+    assert rows.loc["ce_region", "kNN top-1 (%)"] == "51.0 ± 1.4 (2/3 seeds)"
     assert rows.loc["random_init", "Cls mAP (%)"] == "10.0"
     assert rows.loc["random_init", "kNN top-1 (%)"] == "failed"
     assert rows.loc["autoencoder", "kNN top-1 (%)"] == ""

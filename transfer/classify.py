@@ -423,11 +423,12 @@ class FineTuner(Engine):
         d = self.cfg.data
         fill = tuple(int(round(255 * m)) for m in self.meta["normalization"]["mean"])
         train = ViewSpec(self.crop, (d.scale_min, d.scale_max), d.scale_of, d.flip, fill, d.max_image_pixels)
-        return train, dataclasses.replace(train, scales=self.cfg.test_scales(), flip=True)
+        return train, dataclasses.replace(train, scales=self.cfg.test_scales())
 
     def _record(self) -> dict:
         """What a checkpoint must share with the run that continues it."""
-        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0])}
+        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0]),
+                "world_size": self.env.world_size}  # the data order and the effective batch depend on it
 
     def _mismatches(self, state: dict) -> list[str]:
         """What differs between the checkpoint's run and this one, among the settings that change the result."""
@@ -437,8 +438,8 @@ class FineTuner(Engine):
         old, new = _resume_relevant(state["config"]), _resume_relevant(self.cfg.to_dict())
         changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
                    if old.get(k) != new.get(k)]
-        return changed + [f"{k} ({state['record'][k]} -> {v})" for k, v in self._record().items()
-                          if state["record"][k] != v]
+        return changed + [f"{k} ({state['record'].get(k)} -> {v})" for k, v in self._record().items()
+                          if state["record"].get(k) != v]
 
     def _build_model(self, encoder: nn.Module) -> FineTuneClassifier:
         h = self.cfg.model
@@ -619,10 +620,10 @@ def open_inputs(args: argparse.Namespace, seed: int) -> RunInputs:
     train = open_labelled(args.data, args.train_split)
     test = open_labelled(args.test_data or args.data, args.test_split)
     check_train_test(train, test)
+    train, test = subset(train, args.max_images[0], seed), subset(test, args.max_images[1], seed)
     if train.multilabel and np.any((train.labels == 1).sum(0) == 0):
         missing = [c for c, n in zip(train.classes, (train.labels == 1).sum(0)) if n == 0]
         log.warning("classes without positive training images: %s", ", ".join(missing))
-    train, test = subset(train, args.max_images[0], seed), subset(test, args.max_images[1], seed)
     return RunInputs(args.encoder, train, test, args.out, args.max_images)
 
 
