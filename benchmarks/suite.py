@@ -532,7 +532,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run a benchmark suite: pretrain, evaluate, tabulate.")
     p.add_argument("suite", nargs="?", help="a shipped suite (see --list) or a suite YAML file")
     p.add_argument("overrides", nargs="*", help="key=value suite overrides, e.g. seeds=[0,1,2] data.root=DIR")
-    p.add_argument("--out", type=Path, help="results directory (default: results/<suite name>)")
+    p.add_argument("--out", type=Path, help="results directory (default: runs/suites/<suite name>)")
     p.add_argument("--dry-run", action="store_true", help="check paths and configs, print the plan, run nothing")
     p.add_argument("--force", action="store_true", help="redo finished cells (pretrained encoders are reused)")
     p.add_argument("--list", action="store_true", help="list the shipped suites and exit")
@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if args.dry_run:
             print(dry_run(suite))
             return 0
-        return run_suite(suite, args.out or Path("results") / suite.name, args.force)
+        return run_suite(suite, args.out or Path("runs") / "suites" / suite.name, args.force)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -100,6 +100,9 @@ def load_cells(results_dir: Path, planned: dict[str, str] | None = None) -> list
             raise ValueError(f"{path}: invalid cell file: {exc}") from exc
         if planned is None or planned.get(path.stem) in (cell.get("spec_hash"), "*"):
             cells.append(cell)
+    if planned is not None:  # the suite's order: pretrainings, then tasks, as the suite file lists them
+        order = {key: i for i, key in enumerate(planned)}
+        cells.sort(key=lambda c: order.get(f"{c['pretraining']}__{c['task']}__seed{c['seed']}", len(order)))
     return cells
 
 
@@ -213,10 +216,15 @@ def table1(cells: list[dict]) -> pd.DataFrame | None:
         return None
     names = {key: next((c["metrics"]["row"] for c in group if (c.get("metrics") or {}).get("row")), key[0])
              for key, group in groups.items()}
-    names = _unique(names, lambda key: "/".join(key))
+    names = _unique(names, lambda key: key[0])
     rows = [{"method": names[key], **{col: _entry(group, lambda c, k=k: c["metrics"][k], 2)
                                       for col, k in TABLE1_METRICS.items()}}
             for key, group in groups.items()]
+    # Mean fill on the same holes, which every inpainting cell also measures (the runner stores it as mean_fill).
+    fills = [c for group in groups.values() for c in group if (c.get("metrics") or {}).get("mean_fill")]
+    if fills:
+        rows.insert(0, {"method": "mean fill", **{col: _entry(fills, lambda c, k=k: c["metrics"]["mean_fill"][k], 2, std=False)
+                                                  for col, k in TABLE1_METRICS.items()}})
     return _frame(rows, ["method", *TABLE1_METRICS])
 
 

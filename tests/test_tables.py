@@ -216,3 +216,20 @@ def test_main_bad_cell_file(tmp_path: Path, cells: list[dict], caplog: pytest.Lo
 def test_main_without_cells(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert main([str(tmp_path)]) == 2
     assert "cells" in caplog.text
+
+
+def test_mean_fill_row_and_the_plan_order(cells: list[dict], tmp_path: Path) -> None:
+    inpaint = [c for c in cells if c["kind"] == "inpainting" and c["pretraining"] != "mean_fill"]
+    for c, fill in zip(inpaint, (20.0, 22.0)):
+        c["metrics"]["mean_fill"] = {"mean_l1": fill, "mean_l2": 5.0, "psnr": 13.0}
+    t = table1(inpaint)
+    assert list(t["method"]) == ["mean fill", "context encoder (L2)"]
+    assert list(t.iloc[0][1:]) == ["21.00", "5.00", "13.00"]  # no std: the same holes measured again
+    # load_cells with a plan keeps only planned cells (matching spec hashes), in the plan's order
+    (tmp_path / "cells").mkdir()
+    for pre, spec in (("random_init", "h1"), ("autoencoder", "h2"), ("ce_region", "h3")):
+        (tmp_path / "cells" / f"{pre}__knn__seed0.json").write_text(json.dumps(
+            {**cell(pre, "knn", 0, 50.0), "spec_hash": spec}))
+    plan = {"random_init__knn__seed0": "stale", "ce_region__knn__seed0": "h3", "autoencoder__knn__seed0": "h2"}
+    assert [c["pretraining"] for c in load_cells(tmp_path, plan)] == ["ce_region", "autoencoder"]
+    assert [c["pretraining"] for c in load_cells(tmp_path)] == ["autoencoder", "ce_region", "random_init"]
