@@ -156,7 +156,19 @@ def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pa
     loss = "L2 + adversarial" if config.get("loss", {}).get("adversarial_weight", 0) > 0 else "L2"
     metrics = {"row": f"{m['method'].replace('_', ' ')} ({loss})", **{k: m[k] for k in ("mean_l1", "mean_l2", "psnr")}}
     metrics["mean_fill"] = {k: m["baseline_mean_fill"][k] for k in ("mean_l1", "mean_l2", "psnr")}
+    _inpainting_grid(encoder, data, opts, seed, out / "grid")
     return TaskResult("inpainting", "PSNR (dB)", float(m["psnr"]), metrics)
+
+
+def _inpainting_grid(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> None:
+    """`cebench inpaint` on the first 8 test images: out/grid.png (masked / filled / original)."""
+    from pretext.inpaint import main as inpaint_main
+
+    argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
+            opts["mask"], "--seed", str(seed), "--max-images", "8", "--out", str(out)]
+    with captured_errors() as errors:
+        if inpaint_main(argv, prog="cebench inpaint") != 0:
+            raise TaskError(errors[-1] if errors else "cebench inpaint failed")
 
 
 PROBE_OPTIONS = {"layer": "pool5", "max_images": None, "n_jobs": 1}

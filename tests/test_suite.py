@@ -70,6 +70,8 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     inpaint = got["ce__inpainting__seed0"]
     assert inpaint["kind"] == "inpainting" and inpaint["metrics"]["psnr"] == inpaint["headline"]["value"]
     assert (out / "table2.md").is_file() and (out / "table2.csv").is_file() and (out / "failed.md").is_file()
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"bars.png", "inpainting_ce_seed0.png"} <= figures  # the inpainting grid of the encoder with a decoder
     table = (out / "table2.md").read_text()
     assert "kNN top-1 (%)" in table and "ce" in table and "random" in table
 
