@@ -96,6 +96,14 @@ def test_chance_precision_by_hand_and_against_every_neighbour() -> None:
     db, q = rng.choice([-1, 0, 1], (40, 5), p=[0.6, 0.1, 0.3]), rng.choice([-1, 1], (7, 5), p=[0.7, 0.3])
     every = np.tile(np.arange(40), (7, 1))
     assert chance_precision(db, q, chunk=3) == pytest.approx(precision_at_k(every, db, q)[0])
+    # queries that are database images: their own file is not a possible neighbour
+    own = np.arange(7)  # query i is database image i
+    q_in_db = db.copy()
+    q_in_db[:7] = q
+    others = np.array([[j for j in range(40) if j != i] for i in range(7)])
+    assert chance_precision(q_in_db, q, own, chunk=2) == pytest.approx(precision_at_k(others, q_in_db, q)[0])
+    single_db, single_q = np.array([0, 0, 1, 1, 1]), np.array([0, 1])
+    assert chance_precision(single_db, single_q, np.array([0, 4])) == pytest.approx(100 * (1 / 4 + 2 / 4) / 2)
 
 
 def test_self_matches_are_dropped_and_the_rest_keep_their_order() -> None:

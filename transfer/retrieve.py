@@ -165,20 +165,26 @@ def precision_at_k(idx: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray)
     return 100 * float(hits[usable].mean()), int(usable.sum())
 
 
-def chance_precision(db_labels: np.ndarray, q_labels: np.ndarray, chunk: int = 1024) -> float:
+def chance_precision(db_labels: np.ndarray, q_labels: np.ndarray, own: np.ndarray | None = None,
+                     chunk: int = 1024) -> float:
     """Expected precision@k (%) of neighbours drawn at random from the database, over the queries that have a
-    class: per query, the fraction of database images relevant to it (as `relevant` judges), averaged."""
+    class: per query, the fraction of database images relevant to it (as `relevant` judges), averaged. A query's
+    own file (`own`, its database index or -1, as `self_indices`) is left out, as the search leaves it out."""
     usable = np.ones(len(q_labels), dtype=bool) if q_labels.ndim == 1 else (q_labels == 1).any(axis=1)
-    q_labels = q_labels[usable]
+    own = np.full(len(q_labels), -1) if own is None else np.asarray(own)
+    q_labels, own = q_labels[usable], own[usable]
     if not len(q_labels):
         return float("nan")
     if q_labels.ndim == 1:
-        counts = np.bincount(db_labels, minlength=int(max(db_labels.max(), q_labels.max())) + 1)
-        return 100 * float((counts[q_labels] / len(db_labels)).mean())
-    db_pos = (db_labels == 1).astype(np.float32)
-    fractions = [((q_labels[i:i + chunk] == 1).astype(np.float32) @ db_pos.T > 0).mean(axis=1)
-                 for i in range(0, len(q_labels), chunk)]
-    return 100 * float(np.concatenate(fractions).mean())
+        counts = np.bincount(db_labels, minlength=int(max(db_labels.max(), q_labels.max())) + 1)[q_labels]
+    else:
+        db_pos = (db_labels == 1).astype(np.float32)
+        counts = np.concatenate([((q_labels[i:i + chunk] == 1).astype(np.float32) @ db_pos.T > 0).sum(axis=1)
+                                 for i in range(0, len(q_labels), chunk)])
+    is_own = own >= 0
+    counts = counts - (is_own & relevant(np.where(is_own, own, -1)[:, None], db_labels, q_labels)[:, 0])
+    size = len(db_labels) - is_own
+    return 100 * float(np.mean(counts / np.maximum(size, 1)))
 
 
 def comparable_labels(db: LabelledImages, queries: LabelledImages) -> str | None:
@@ -275,7 +281,8 @@ def build_record(args: argparse.Namespace, meta: dict, db: Features, queries: Fe
     """metrics.json: precision@k (if labelled), index and recall, sizes, encoder and provenance."""
     reason = comparable_labels(db.source, queries.source)
     precision, n_used = (float("nan"), 0) if reason else precision_at_k(found["idx"], db.labels, queries.labels)
-    chance = float("nan") if reason else chance_precision(db.labels, queries.labels)
+    own = self_indices(db.source.paths, queries.source.paths)
+    chance = float("nan") if reason else chance_precision(db.labels, queries.labels, own)
     if not reason and n_used < len(queries.x):
         reason = f"{len(queries.x) - n_used} queries without a present class are left out of the mean"
     return {"task": "retrieval", "encoder": str(args.encoder), "encoder_sha256": meta["sha256"],
