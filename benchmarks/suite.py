@@ -11,28 +11,27 @@ rest goes on; the exit code is 1 when any cell failed. Then the tables and figur
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import math
 import shutil
 import time
 import traceback
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from pretext.config import ConfigError, deep_merge
+from pretext.config import ConfigError, apply_overrides, load_raw, preset_names
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.provenance import device_description, git_commit, versions
+
+from transfer.evaluate import json_safe
 
 from .tasks import TASKS, Datasets, Task, TaskError, captured_errors, resolve_options
 
 log = logging.getLogger("cebench")
 
+SUITE_DIR = "suites"
 TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tasks", "reference"}
 DATA_KEYS = {"root", "pretrain", "train_split", "test_split"}
 PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import"}
@@ -85,55 +84,15 @@ class Cell:
 
 def suite_names() -> list[str]:
     """Names of the suites shipped in benchmarks/suites."""
-    return sorted(p.name[:-5] for p in resources.files("benchmarks").joinpath("suites").iterdir()
-                  if p.name.endswith(".yaml"))
+    return preset_names("benchmarks", SUITE_DIR)
 
 
-def _read(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"suite file not found: {path}")
-        text, where = path.read_text(), str(path)
-    elif name_or_path in suite_names():
-        text, where = resources.files("benchmarks").joinpath("suites", f"{name_or_path}.yaml").read_text(), name_or_path
-    else:
-        raise ConfigError(f"{name_or_path!r} is neither a suite ({', '.join(suite_names())}) nor a .yaml file")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: the top level must be a mapping")
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    if str(base) in (*seen, name_or_path):
-        raise ConfigError(f"{where}: circular base {base!r}")
-    return deep_merge(_read(str(base), (*seen, name_or_path)), raw)
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """`a.b.c=value` (value parsed as YAML) into a copy of the nested suite dict."""
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value")
-        try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from exc
-        parts = key.strip().split(".")
-        if parts[0] not in TOP_KEYS:
-            raise ConfigError(f"override {item!r}: unknown suite key {parts[0]!r}; known: {', '.join(sorted(TOP_KEYS))}")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = value
-    return out
+def _suite_key(key: str) -> tuple[str, ...]:
+    """A dotted override key of a suite file: any path below a known top-level key."""
+    parts = tuple(key.split("."))
+    if parts[0] not in TOP_KEYS:
+        raise ConfigError(f"override {key!r}: unknown suite key {parts[0]!r}; known: {', '.join(sorted(TOP_KEYS))}")
+    return parts
 
 
 def _path(value: Any, where: str) -> Path | None:
@@ -233,7 +192,8 @@ def build_suite(raw: dict, name: str) -> Suite:
 
 def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
     """A shipped suite or YAML file (following `base:`), with `key=value` overrides, validated."""
-    return build_suite(apply_overrides(_read(name_or_path), list(overrides or [])), Path(name_or_path).stem)
+    raw = load_raw(name_or_path, package="benchmarks", folder=SUITE_DIR)
+    return build_suite(apply_overrides(raw, list(overrides or []), resolve=_suite_key), Path(name_or_path).stem)
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -354,16 +314,18 @@ def pretraining_hash(p: Pretraining, suite: Suite, data: Datasets, pretrain_root
     return _hash(_resolved(cfg.to_dict()))
 
 
-def cell_hash(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path) -> str:
-    """Identifies what a cell computes: a finished cell is reused only while this is unchanged."""
+def cell_hash(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path, pretrained: str | None = None) -> str:
+    """Identifies what a cell computes: a finished cell is reused only while this is unchanged. `pretrained`:
+    the cell's pretraining_hash when the caller has it already."""
     task, opts = suite.tasks[cell.task]
     p = suite.pretrainings[cell.pretraining]
+    pretrained = pretrained or pretraining_hash(p, suite, data, pretrain_root)
     resolved = None
     if task.name == "classify":
         from transfer.classify import load_config as load_classify
 
         resolved = _resolved(load_classify(opts["preset"], opts["overrides"]).to_dict())
-    return _hash({"pretraining": pretraining_hash(p, suite, data, pretrain_root), "task": task.name,
+    return _hash({"pretraining": pretrained, "task": task.name,
                   "options": opts, "resolved": resolved, "seed": cell.seed,
                   "data": [str(data.train), str(data.test), data.train_split, data.test_split]})
 
@@ -413,7 +375,8 @@ def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
     data, pretrain_root = datasets(suite, create=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     cells = plan(suite)
-    specs = {cell.key: cell_hash(cell, suite, data, pretrain_root) for cell in cells}
+    pretrained = {name: pretraining_hash(p, suite, data, pretrain_root) for name, p in suite.pretrainings.items()}
+    specs = {cell.key: cell_hash(cell, suite, data, pretrain_root, pretrained[cell.pretraining]) for cell in cells}
     atomic_write_text(out / "suite.json", json.dumps({**_describe(suite, data, pretrain_root), "cells": specs,
                                                       "reference": list(suite.reference)}, indent=2) + "\n")
     failed = 0
@@ -426,7 +389,7 @@ def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
             continue
         log.info("[%d/%d] %s", i, len(cells), cell.key)
         p = suite.pretrainings[cell.pretraining]
-        encoder_dir = out / "pretrain" / f"{p.name}-{pretraining_hash(p, suite, data, pretrain_root)}" / f"seed{cell.seed}"
+        encoder_dir = out / "pretrain" / f"{p.name}-{pretrained[p.name]}" / f"seed{cell.seed}"
         try:
             if (p.name, cell.seed) in broken:
                 raise TaskError(broken[p.name, cell.seed])
@@ -441,7 +404,7 @@ def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
             log.debug("%s", traceback.format_exc())
             error = str(exc) if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}"
             result = failed_cell(suite, cell, error, spec)
-        atomic_write_text(path, json.dumps(_finite(result), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(json_safe(result), indent=2) + "\n")
         failed += result["status"] != "ok"
     _tables(out, suite, specs)
     if failed:
@@ -458,17 +421,6 @@ def _reusable(path: Path, spec: str) -> bool:
     if stored.get("status") == "ok" and stored.get("spec_hash") != spec:
         log.info("%s: the suite's settings for this cell changed since it ran: running it again", path.name)
     return stored.get("status") == "ok" and stored.get("spec_hash") == spec
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:

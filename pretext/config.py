@@ -9,6 +9,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -154,8 +155,31 @@ class TrainConfig:
     eval_batches: int = _opt(4, min=1, doc="held-out batches per validation")
 
 
+class ConfigRoot:
+    """What every root config (pretraining, fine-tuning) shares: dict form, hash, building and validation."""
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML/JSON safe)."""
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of the whole config."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def check(self) -> None:
+        """Per-field ranges and choices; subclasses add the rules that tie fields together."""
+        check_fields(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "ConfigRoot":
+        """Build and validate from a nested dict; unknown keys are errors."""
+        cfg = _build(cls, d, where)
+        cfg.check()
+        return cfg
+
+
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigRoot):
     """Everything `cebench pretrain` needs."""
 
     method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "context_prediction", "random"))
@@ -167,27 +191,15 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def to_dict(self) -> dict:
-        """Plain nested dict (YAML/JSON safe)."""
-        return dataclasses.asdict(self)
-
     def encoder_input_size(self) -> int:
         """Side of the encoder's input: the crop, or for context prediction the (resized) patch."""
         if self.method == "context_prediction":
             return self.context.input_size(self.data.fine_size)
         return self.data.fine_size
 
-    def hash(self) -> str:
-        """Short stable hash of the whole config."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "PretrainConfig":
-        """Build and validate from a nested dict; unknown keys are errors."""
-        cfg = _build(cls, d, where)
-        validate(cfg)
-        return cfg
+    def check(self) -> None:
+        """Per-field ranges and choices, then the rules that tie fields together."""
+        validate(self)
 
 
 def _sections(root: type | None = None) -> dict[str, type]:
@@ -306,8 +318,13 @@ def _validate_cross(cfg: PretrainConfig) -> None:
         raise ConfigError(f"model.decoder_widths must list 4 widths, got {m.decoder_widths}")
     if cfg.method == "random" and cfg.train.max_steps != 0:
         raise ConfigError(f"method=random is not trained: train.max_steps must be 0, got {cfg.train.max_steps}")
-    if not (cfg.train.device in ("auto", "cpu", "cuda") or cfg.train.device.startswith("cuda:")):
-        raise ConfigError(f"train.device: {cfg.train.device!r} is not auto, cpu, cuda or cuda:N")
+    check_device(cfg.train.device)
+
+
+def check_device(device: str, key: str = "train.device") -> None:
+    """auto, cpu, cuda or cuda:N."""
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"{key}: {device!r} is not auto, cpu, cuda or cuda:N")
 
 
 def _validate_encoder_input(cfg: PretrainConfig) -> None:
@@ -337,9 +354,9 @@ def _validate_context(cfg: PretrainConfig) -> None:
 PRESET_DIR = "presets"
 
 
-def preset_names(package: str = "pretext") -> list[str]:
-    """Names of the YAML presets shipped in a package's presets/ folder."""
-    files = resources.files(package).joinpath(PRESET_DIR).iterdir()
+def preset_names(package: str = "pretext", folder: str = PRESET_DIR) -> list[str]:
+    """Names of the YAML presets shipped in a package's presets/ (or `folder`) folder."""
+    files = resources.files(package).joinpath(folder).iterdir()
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
@@ -355,18 +372,19 @@ def _read_yaml(path: Path | Any, where: str) -> dict:
     return data
 
 
-def load_raw(name_or_path: str, _seen: tuple = (), package: str = "pretext") -> dict:
-    """Nested dict of a preset name (of `package`) or YAML file, following `base:` (a preset or file it extends)."""
+def load_raw(name_or_path: str, _seen: tuple = (), package: str = "pretext", folder: str = PRESET_DIR) -> dict:
+    """Nested dict of a preset name (of `package`/`folder`) or YAML file, following `base:` (a preset or file)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         raw, where = _read_yaml(path, str(path)), str(path)
-    elif name_or_path in preset_names(package):
-        res = resources.files(package).joinpath(PRESET_DIR, f"{name_or_path}.yaml")
+    elif name_or_path in preset_names(package, folder):
+        res = resources.files(package).joinpath(folder, f"{name_or_path}.yaml")
         raw, where = _read_yaml(res, f"preset {name_or_path}"), f"preset {name_or_path}"
     else:
-        raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names(package))}) nor a .yaml file")
+        raise ConfigError(f"{name_or_path!r} is neither a preset ({', '.join(preset_names(package, folder))}) "
+                          f"nor a .yaml file")
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -375,7 +393,7 @@ def load_raw(name_or_path: str, _seen: tuple = (), package: str = "pretext") -> 
         base = str(path.parent / base)  # relative to the file that names it
     if base in _seen or base == name_or_path:
         raise ConfigError(f"{where}: circular base {base!r}")
-    return deep_merge(load_raw(base, _seen + (name_or_path,), package), raw)
+    return deep_merge(load_raw(base, _seen + (name_or_path,), package, folder), raw)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -408,9 +426,12 @@ def _resolve_key(key: str, root: type | None = None) -> tuple[str, ...]:
     raise _unknown(key, every, "override")
 
 
-def apply_overrides(raw: dict, overrides: list[str], root: type | None = None) -> dict:
-    """Apply `key=value` strings (values parsed as YAML scalars/lists) to a nested dict of `root` (PretrainConfig)."""
+def apply_overrides(raw: dict, overrides: list[str], root: type | None = None,
+                    resolve: Callable[[str], tuple[str, ...]] | None = None) -> dict:
+    """Apply `key=value` strings (values parsed as YAML scalars/lists) to a copy of a nested dict. Keys are
+    resolved against the root config class `root` (PretrainConfig), or by `resolve` (key -> path)."""
     out = copy.deepcopy(raw)
+    resolve = resolve or (lambda key: _resolve_key(key, root))
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -419,7 +440,7 @@ def apply_overrides(raw: dict, overrides: list[str], root: type | None = None) -
             value = yaml.safe_load(text) if text != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from exc
-        path = _resolve_key(key.strip(), root)
+        path = resolve(key.strip())
         node = out
         for p in path[:-1]:
             node = node.setdefault(p, {})

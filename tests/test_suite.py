@@ -98,23 +98,23 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     assert len(list((out / "pretrain").glob("ce-*"))) == 1
 
 
-def test_validation_names_the_problem(folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("override, message", [
+    ("tasks.x={task: nonsense}", "unknown task 'nonsense'"),
+    ("tasks.detection={}", "Fast R-CNN detection is not implemented yet"),
+    ("tasks.knn={kk: 3}", "unknown option.*kk for task knn"),
+    ("nonsense=1", "unknown suite key 'nonsense'"),
+    ("pretrainings.ce.overrides=[max_step=3]", "pretrainings.ce: .*unknown key 'max_step'"),
+    ("tasks.classify.overrides=[train.nonsense=1]", "tasks.classify: .*unknown key 'nonsense'"),
+    ("seeds=[]", "seeds must be"),
+])
+def test_validation_names_the_problem(folder: Path, tmp_path: Path, override: str, message: str) -> None:
     path = write_suite(tmp_path / "s.yaml", folder)
-    with pytest.raises(ConfigError, match="unknown task 'nonsense'"):
-        load_suite(str(path), ["tasks.x={task: nonsense}"])
-    with pytest.raises(ConfigError, match="Fast R-CNN detection is not implemented yet"):
-        load_suite(str(path), ["tasks.detection={}"])
-    with pytest.raises(ConfigError, match="unknown option.*kk for task knn"):
-        load_suite(str(path), ["tasks.knn={kk: 3}"])
-    with pytest.raises(ConfigError, match="unknown suite key 'nonsense'"):
-        load_suite(str(path), ["nonsense=1"])
-    with pytest.raises(ConfigError, match="pretrainings.ce: .*unknown key 'max_step'"):
-        load_suite(str(path), ["pretrainings.ce.overrides=[max_step=3]"])
-    with pytest.raises(ConfigError, match="tasks.classify: .*unknown key 'nonsense'"):
-        load_suite(str(path), ["tasks.classify.overrides=[train.nonsense=1]"])
-    with pytest.raises(ConfigError, match="seeds must be"):
-        load_suite(str(path), ["seeds=[]"])
-    suite = load_suite(str(path), ["seeds=[0,1,2]"])
+    with pytest.raises(ConfigError, match=message):
+        load_suite(str(path), [override])
+
+
+def test_the_plan_has_a_cell_per_pretraining_task_and_seed(folder: Path, tmp_path: Path) -> None:
+    suite = load_suite(str(write_suite(tmp_path / "s.yaml", folder)), ["seeds=[0,1,2]"])
     assert len(plan(suite)) == 3 * (3 + 2)  # inpainting only for ce
 
 

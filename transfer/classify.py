@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -44,9 +43,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pretext.config import ConfigError, _build, _opt, apply_overrides, check_fields, load_raw
+from pretext.config import ConfigError, ConfigRoot, _opt, apply_overrides, check_device, check_fields, load_raw
 from pretext.config import preset_names as config_preset_names
-from pretext.data.dataset import ResumableSampler, SampleKey, crop_flip, resize_shorter, to_uint8_tensor
+from pretext.data.dataset import SampleKey, build_loader, crop_flip, resize_shorter, to_uint8_tensor
 from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
@@ -140,7 +139,7 @@ class TestConfig:
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(ConfigRoot):
     """Everything `cebench transfer classify` needs besides its inputs."""
 
     data: AugmentConfig = field(default_factory=AugmentConfig)
@@ -149,25 +148,14 @@ class ClassifyConfig:
     train: FineTuneConfig = field(default_factory=FineTuneConfig)
     test: TestConfig = field(default_factory=TestConfig)
 
-    def to_dict(self) -> dict:
-        """Plain nested dict (YAML/JSON safe)."""
-        return dataclasses.asdict(self)
-
-    def hash(self) -> str:
-        """Short stable hash of the whole config."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
     def test_scales(self) -> tuple[float, float]:
         """Test rescale range: test.scale_min/max, defaulting to the training range."""
         t, d = self.test, self.data
         return (d.scale_min if t.scale_min is None else t.scale_min, d.scale_max if t.scale_max is None else t.scale_max)
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "ClassifyConfig":
-        """Build and validate from a nested dict; unknown keys are errors."""
-        cfg = _build(cls, d, where)
-        validate(cfg)
-        return cfg
+    def check(self) -> None:
+        """Per-field ranges and choices, then the rules that tie fields together."""
+        validate(self)
 
 
 def validate(cfg: ClassifyConfig) -> None:
@@ -178,9 +166,7 @@ def validate(cfg: ClassifyConfig) -> None:
             raise ConfigError(f"{where}.scale_min ({low}) must be <= {where}.scale_max ({high})")
     if len(cfg.model.fc_widths) != 2:
         raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7), got {cfg.model.fc_widths}")
-    device = cfg.train.device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise ConfigError(f"train.device: {device!r} is not auto, cpu, cuda or cuda:N")
+    check_device(cfg.train.device)
 
 
 def preset_names() -> list[str]:
@@ -289,9 +275,8 @@ def _loader_kwargs(workers: int, device: torch.device) -> dict:
 def train_loader(data: LabelledImages, spec: ViewSpec, cfg: ClassifyConfig, env: DistEnv, start_step: int) -> DataLoader:
     """Infinite, rank-sharded loader of training views that resumes at `start_step`."""
     t = cfg.train
-    sampler = ResumableSampler(len(data.paths), t.seed, env.rank, env.world_size, start=start_step * t.batch_size)
-    return DataLoader(TrainViews(data, spec), batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                      **_loader_kwargs(cfg.data.workers, env.device))
+    return build_loader(TrainViews(data, spec), t.batch_size, t.seed, cfg.data.workers, env.rank, env.world_size,
+                        start_step, pin_memory=env.device.type == "cuda", collate_fn=None)
 
 
 # --- model and loss -----------------------------------------------------------------------------

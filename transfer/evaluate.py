@@ -53,12 +53,12 @@ def provenance() -> dict:
 
 
 def json_safe(value: object) -> object:
-    """NaN (an undefined AP) -> None, recursively, so metrics.json is strict JSON."""
+    """Non-finite floats (NaN: an undefined AP) -> None, recursively, so metrics.json is strict JSON."""
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def run_classification(voc_root: Path, split: str, results: Path, out: Path,

@@ -8,7 +8,7 @@ whatever the number of loader workers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +116,13 @@ class ResumableSampler(Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def build_loader(dataset: UnlabelledImages, batch_size: int, seed: int, workers: int, rank: int = 0,
-                 world_size: int = 1, start_step: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Infinite loader that resumes at `start_step` (batches already consumed by this rank)."""
+def build_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, rank: int = 0,
+                 world_size: int = 1, start_step: int = 0, pin_memory: bool = False,
+                 collate_fn: Callable | None = collate) -> DataLoader:
+    """Infinite loader of a dataset indexed by SampleKey that resumes at `start_step` (batches already consumed
+    by this rank); `collate_fn=None` is torch's default collation."""
     sampler = ResumableSampler(len(dataset), seed, rank, world_size, start=start_step * batch_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                       pin_memory=pin_memory, drop_last=True, persistent_workers=False,
                       prefetch_factor=4 if workers > 0 else None)
 
