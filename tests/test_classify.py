@@ -130,7 +130,8 @@ def test_results_files_rescore_to_the_same_map(voc_run: Path, demo_root: Path, t
     assert all(again[k] == m[k] for k in ("map_voc07_11pt", "map_area", "map_sklearn", "per_class"))
 
 
-@pytest.mark.parametrize("layers, changed", [("fc8", {"fc8"}), ("all", {"encoder", "fc6", "fc7", "fc8"})])
+@pytest.mark.parametrize("layers, changed", [("fc8", {"fc8"}), ("fc6-8", {"fc6", "fc7", "fc8"}),
+                                             ("all", {"encoder", "fc6", "fc7", "fc8"})])
 def test_only_the_chosen_layers_change(encoder_dir: Path, stripe_data, tmp_path: Path, layers: str,
                                        changed: set[str]) -> None:
     assert classify(encoder_dir, stripe_data[0], tmp_path / "init", "train.max_steps=0", f"train.layers={layers}",
