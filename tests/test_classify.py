@@ -289,3 +289,44 @@ def test_data_dependent_init_normalises_the_new_layers(encoder_dir: Path, stripe
         return float(rates.max() / rates.min())
 
     assert spread(tuner("model.init=data_dependent", "model.init_iterations=10")) < spread(tuner("model.init=gaussian"))
+
+
+def test_rescale_encoder_rescales_the_pretrained_convolutions(encoder_dir: Path, stripe_data, tmp_path: Path) -> None:
+    """Krahenbuhl et al.'s rescaling of a pretrained encoder: each conv filter keeps its direction, only its
+    scale and bias change, and conv1's pre-activations come out normalised; without the flag the encoder is
+    loaded untouched."""
+    from pretext.engine.distributed import init_distributed, shutdown
+    from pretext.init import affine_layers
+    from transfer.classify import RunInputs
+    from transfer.features import open_labelled
+
+    train_set, test_set = open_labelled(stripe_data[0], None), open_labelled(stripe_data[1], None)
+
+    def tuner(*extra: str) -> FineTuner:
+        cfg = load_config("classify_demo", [*TINY, "model.init_images=16", "model.init=data_dependent", *extra])
+        env = init_distributed("cpu", 60)
+        try:
+            return FineTuner(cfg, RunInputs(encoder_dir, train_set, test_set, tmp_path / "_".join(extra)), env)
+        finally:
+            shutdown(env)
+
+    plain = tuner("model.init_iterations=0")
+    rescaled = tuner("model.init_iterations=0", "model.rescale_encoder=true")
+    before, after = affine_layers(plain.model.encoder), affine_layers(rescaled.model.encoder)
+    assert before and len(before) == len(after)
+    for a, b in zip(before, after):
+        assert not torch.allclose(a.weight, b.weight)
+        cos = F.cosine_similarity(a.weight.flatten(1), b.weight.flatten(1), dim=1)
+        assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+    captured = []
+    after[0].register_forward_hook(lambda _m, _i, out: captured.append(out.clone()))
+    with torch.no_grad():
+        rescaled.model.eval()(rescaled._init_images())
+    z = captured[0].transpose(0, 1).flatten(1)
+    assert torch.allclose(z.mean(1), torch.zeros(len(z)), atol=1e-4)
+    assert torch.allclose(z.std(1), torch.ones(len(z)), atol=1e-3)
+    from pretext.export import load_encoder
+    for a, b in zip(affine_layers(load_encoder(encoder_dir)[0]), before):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    with pytest.raises(ConfigError, match="rescale_encoder=true needs model.init=data_dependent"):
+        load_config("classify_demo", ["model.rescale_encoder=true"])

@@ -53,7 +53,7 @@ from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
 from pretext.export import load_encoder
-from pretext.init import data_dependent_init
+from pretext.init import affine_layers, data_dependent_init
 
 from .arguments import max_images
 from .evaluate import json_safe, provenance
@@ -95,6 +95,9 @@ class HeadConfig:
     init_bias: float = _opt(0.1, doc="bias of the Gaussian init (Krahenbuhl et al.'s code: 0.1)")
     init_images: int = _opt(64, min=2, doc="training images (centre views) for data_dependent")
     init_iterations: int = _opt(10, min=0, doc="data_dependent between-layer iterations; 0 = within-layer scaling only")
+    rescale_encoder: bool = _opt(False, doc="with init=data_dependent, rescale the pretrained encoder's conv layers "
+                                            "too (Krahenbuhl et al.'s rescaling of pretrained networks: per-channel "
+                                            "scale and shift, then between-layer calibration, over encoder and head)")
 
 
 @dataclass
@@ -166,6 +169,8 @@ def validate(cfg: ClassifyConfig) -> None:
             raise ConfigError(f"{where}.scale_min ({low}) must be <= {where}.scale_max ({high})")
     if len(cfg.model.fc_widths) != 2:
         raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7), got {cfg.model.fc_widths}")
+    if cfg.model.rescale_encoder and cfg.model.init != "data_dependent":
+        raise ConfigError(f"model.rescale_encoder=true needs model.init=data_dependent, got {cfg.model.init!r}")
     check_device(cfg.train.device)
 
 
@@ -440,7 +445,8 @@ class FineTuner(Engine):
                 nn.init.constant_(layer.bias, h.init_bias)
         model.to(self.env.device)
         if h.init == "data_dependent" and self.state is None:
-            data_dependent_init(model, self._init_images(), layers=model.head_layers(), iterations=h.init_iterations,
+            layers = (affine_layers(model.encoder) if h.rescale_encoder else []) + model.head_layers()
+            data_dependent_init(model, self._init_images(), layers=layers, iterations=h.init_iterations,
                                 seed=self.cfg.train.seed)
         model.freeze(self.cfg.train.layers)
         return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
