@@ -220,11 +220,14 @@ def table1(cells: list[dict]) -> pd.DataFrame | None:
     rows = [{"method": names[key], **{col: _entry(group, lambda c, k=k: c["metrics"][k], 2)
                                       for col, k in TABLE1_METRICS.items()}}
             for key, group in groups.items()]
-    # Mean fill on the same holes, which every inpainting cell also measures (the runner stores it as mean_fill).
-    fills = [c for group in groups.values() for c in group if (c.get("metrics") or {}).get("mean_fill")]
-    if fills:
-        rows.insert(0, {"method": "mean fill", **{col: _entry(fills, lambda c, k=k: c["metrics"]["mean_fill"][k], 2, std=False)
-                                                  for col, k in TABLE1_METRICS.items()}})
+    # Encoder-independent rows that cells measure on their holes: mean fill (every eval-inpainting cell) and
+    # nearest-neighbour inpainting with HOG features (nn_inpainting cells); the mean over the cells.
+    for key, label in (("nn_hog", "NN inpainting (HOG)"), ("mean_fill", "mean fill")):
+        found = [c for group in groups.values() for c in group if (c.get("metrics") or {}).get(key)]
+        if found:
+            rows.insert(0, {"method": label, **{col: _entry(found, lambda c, k=k, key=key: c["metrics"][key][k], 2,
+                                                            std=False)
+                                                for col, k in TABLE1_METRICS.items()}})
     return _frame(rows, ["method", *TABLE1_METRICS])
 
 

@@ -171,6 +171,39 @@ def _inpainting_grid(encoder: Path, data: Datasets, opts: dict, seed: int, out: 
             raise TaskError(errors[-1] if errors else "cebench inpaint failed")
 
 
+NN_SCORES = ("mean_l1", "mean_l2", "psnr")
+
+
+def _image_sizes(encoder: Path) -> tuple[int, int]:
+    """(input size, load size) of a run: eval-inpainting's centre crop, so that NN rows score the same pixels."""
+    meta = json.loads((encoder / "encoder.json").read_text()) if (encoder / "encoder.json").is_file() else {}
+    config = json.loads((encoder / "config.json").read_text()) if (encoder / "config.json").is_file() else {}
+    size = int(meta.get("input_size") or config.get("data", {}).get("fine_size") or 0)
+    if size < 1:
+        raise TaskError(f"{encoder}: no input_size in encoder.json")
+    return size, max(size, int(config.get("data", {}).get("load_size") or size))
+
+
+def run_nn_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
+    """`cebench nn-inpaint`: the test images' central holes filled from the training image whose context is
+    nearest in the encoder's features (the paper's "NN-inpainting w/ our features"), and with `hog`, in HOG
+    features (encoder-independent; every cell stores it, the table averages them). Images, crop, hole and
+    --max-images subset are those of the inpainting task with the same max_images and seed."""
+    size, load_size = _image_sizes(encoder)
+    common = ["--database", str(data.train), "--database-split", data.train_split, "--images", str(data.test),
+              "--split", data.test_split, "--size", str(size), "--load-size", str(load_size), *_max_images(opts),
+              "--seed", str(seed)]
+    m = _call("transfer.nn_inpaint", ["--features", "encoder", "--encoder", str(encoder), "--layer", opts["layer"],
+                                      *common], out / "encoder")
+    method = str(m.get("feature_settings", {}).get("encoder_method") or "encoder").replace("_", " ")
+    metrics: dict[str, Any] = {"row": f"NN inpainting ({method} features)", **{k: m[k] for k in NN_SCORES},
+                               "layer": opts["layer"], "n_images": m.get("n_images")}
+    if opts["hog"]:
+        h = _call("transfer.nn_inpaint", ["--features", "hog", *common], out / "hog")
+        metrics["nn_hog"] = {k: h[k] for k in NN_SCORES}
+    return TaskResult("inpainting", "PSNR (dB)", float(m["psnr"]), metrics)
+
+
 PROBE_OPTIONS = {"layer": "pool5", "max_images": None, "n_jobs": 1}
 TASKS: dict[str, Task] = {
     "classify": Task("classify", "classification", {"preset": "classify_demo", "overrides": [], "max_images": None},
@@ -182,6 +215,8 @@ TASKS: dict[str, Task] = {
                       run_retrieval),
     "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None}, run_inpainting,
                        needs=("decoder",)),
+    "nn_inpainting": Task("nn_inpainting", "inpainting", {"layer": "pool5", "hog": True, "max_images": None},
+                          run_nn_inpainting),
     "detection": Task("detection", "detection", {}, planned="Fast R-CNN detection is not implemented yet (issue 6)"),
     "segmentation": Task("segmentation", "segmentation", {},
                          planned="FCN segmentation is not implemented yet (issue 7)"),

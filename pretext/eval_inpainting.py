@@ -56,7 +56,7 @@ def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split
     method = load_inpainter(checkpoint, dev)
     masks = eval_mask_generator(method, mask)
     images = images if images is not None else default_images(method)
-    dataset = eval_dataset(method, images, split, max_images=max_images)
+    dataset = eval_dataset(method, images, split, max_images=max_images, seed=seed)
     errs: dict[str, list[torch.Tensor]] = {"model_l1": [], "model_l2": [], "mean_l1": [], "mean_l2": []}
     for n, (_, batch) in enumerate(batches(dataset, batch_size)):
         x, hole, filled, mean_fill = fill_batch(method, masks, batch, seed + n, dev)

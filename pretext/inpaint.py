@@ -11,7 +11,7 @@ import torch
 
 from .config import PretrainConfig
 from .data.dataset import UnlabelledImages
-from .data.sources import list_images
+from .data.sources import fixed_subset, list_images
 from .engine.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .engine.distributed import select_device
 from .masks import MASK_KINDS, MaskGenerator, build_mask_generator
@@ -45,10 +45,12 @@ def eval_mask_generator(method: ContextEncoderMethod, kind: str) -> MaskGenerato
 
 
 def eval_dataset(method: ContextEncoderMethod, images: str | Path, split: str, on_bad_image: str = "error",
-                 max_images: int | None = None) -> UnlabelledImages:
-    """Images preprocessed as in training, but with a deterministic centre crop and no flip."""
+                 max_images: int | None = None, seed: int = 0) -> UnlabelledImages:
+    """Images preprocessed as in training, but with a deterministic centre crop and no flip; with `max_images`,
+    the seed's fixed subset (`fixed_subset`, as `cebench nn-inpaint` and the probes draw theirs)."""
     d = method.cfg.data
-    paths = list_images(images, "auto", split)[:max_images]
+    paths = list_images(images, "auto", split)
+    paths = [paths[i] for i in fixed_subset(len(paths), max_images, seed)]
     return UnlabelledImages(paths, d.load_size, d.fine_size, flip=False, on_bad_image=on_bad_image,
                             max_pixels=d.max_image_pixels)
 
@@ -72,14 +74,22 @@ def fill_batch(method: ContextEncoderMethod, masks: MaskGenerator, images_u8: to
     return to01(x), hole, to01(filled), to01(mean_fill)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by `inpaint` and `eval-inpainting`."""
     p.add_argument("--checkpoint", required=True, type=Path, help="run directory or checkpoint.pt")
     p.add_argument("--split", default="test", help="VOC split list when --images is a VOC root")
     p.add_argument("--mask", default="central", choices=MASK_KINDS)
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+    p.add_argument("--max-images", type=_at_least_one, default=None, metavar="N",
+                   help="a fixed random subset of N images, drawn by --seed (default: all)")
+    p.add_argument("--batch-size", type=_at_least_one, default=32)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks and of the --max-images subset")
     p.add_argument("--device", default="auto")
 
 
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         method = load_inpainter(args.checkpoint, select_device(args.device))
         masks = eval_mask_generator(method, args.mask)
-        dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images)
+        dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images, seed=args.seed)
     except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable checkpoints, wrong mask for the model
         log.error("%s", exc)
         return 2

@@ -158,3 +158,46 @@ def test_hashes_follow_the_resolved_configs(folder: Path, tmp_path: Path) -> Non
     third = hashes()
     assert third[0] == second[0] and third[1] != second[1]
     assert hashes("pretrainings.ce.overrides=[train.progress=false]") == third  # run control only
+
+
+@pytest.mark.slow
+def test_table1_rows_share_their_images_and_holes(folder: Path, tmp_path: Path) -> None:
+    """Table 1 of a suite with inpainting and nn_inpainting: mean fill, NN inpainting with HOG and with the
+    encoder's features, and the context encoder, all on the same --max-images subset (drawn by the seed)."""
+    pre = {"ce": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.region_bank=null"]}}
+    tasks = {"inpainting": {"mask": "central", "max_images": 5}, "nn_inpainting": {"max_images": [20, 5]}}
+    path = write_suite(tmp_path / "t1.yaml", folder, pretrainings=pre, tasks=tasks, seeds=[3])
+    out = tmp_path / "results"
+    assert main([str(path), "--out", str(out)]) == 0
+    got = cells(out)
+    nn, ce = got["ce__nn_inpainting__seed3"], got["ce__inpainting__seed3"]
+    assert nn["metrics"]["row"] == "NN inpainting (context encoder features)" and nn["metrics"]["n_images"] == 5
+    assert set(nn["metrics"]["nn_hog"]) == {"mean_l1", "mean_l2", "psnr"}
+    table = (out / "table1.csv").read_text()
+    for row in ("mean fill", "NN inpainting (HOG)", "NN inpainting (context encoder features)", "context encoder (L2)"):
+        assert row in table
+    assert (out / "figures" / "nn_inpainting_ce_seed3.png").is_file()
+    # the NN queries are the eval-inpainting images: the seed's fixed subset of the test listing
+    from pretext.data.sources import fixed_subset, list_images
+
+    listing = list_images(folder / "test")
+    expected = {listing[i].resolve() for i in fixed_subset(len(listing), 5, 3)}
+    queries = json.loads(next((out / "work").glob("ce__nn_inpainting__seed3-*/encoder/neighbours.json")).read_text())
+    assert {Path(q["path"]).resolve() for q in queries} == expected
+
+
+def test_fixed_subset_is_the_same_for_every_command(folder: Path) -> None:
+    from pretext.data.sources import fixed_subset, list_images
+    from transfer.features import open_labelled, subset
+
+    listing = list_images(folder / "train")
+    labelled = open_labelled(folder / "train", None)
+    assert [p.resolve() for p in labelled.paths] == [p.resolve() for p in listing]
+    for seed in (0, 1):
+        idx = fixed_subset(len(listing), 7, seed)
+        assert idx == sorted(set(idx)) and len(idx) == 7
+        assert [listing[i].resolve() for i in idx] == [p.resolve() for p in subset(labelled, 7, seed).paths]
+    assert fixed_subset(len(listing), 7, 0) != fixed_subset(len(listing), 7, 1)
+    assert fixed_subset(4, None, 0) == fixed_subset(4, 9, 0) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=">= 1"):
+        fixed_subset(4, 0, 0)

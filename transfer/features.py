@@ -36,7 +36,7 @@ from torch import nn
 
 from pretext.data.dataset import crop_flip, resize_shorter, to_uint8_tensor
 from pretext.data.images import load_rgb
-from pretext.data.sources import folder_images, voc_images
+from pretext.data.sources import fixed_subset, folder_images, voc_images
 from pretext.engine.checkpoint import atomic_write_bytes
 
 from .coco import annotation_path, is_coco_root, read_coco_classification
@@ -142,7 +142,7 @@ def subset(data: LabelledImages, max_images: int | None, seed: int) -> LabelledI
         return data
     if max_images < 1:
         raise ProbeError(f"--max-images must be >= 1, got {max_images}")
-    keep = np.sort(np.random.default_rng(seed).permutation(len(data.paths))[:max_images])
+    keep = np.asarray(fixed_subset(len(data.paths), max_images, seed), dtype=np.int64)
     return LabelledImages(data.kind, data.root, data.split, tuple(data.paths[i] for i in keep),
                           data.labels[keep], data.classes)
 

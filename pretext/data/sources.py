@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SOURCES = ("auto", "folder", "imagefolder", "voc", "list")
 
@@ -39,6 +41,18 @@ def list_images(root: str | Path, source: str = "auto", split: str = "trainval")
     if not paths:
         raise DataSourceError(f"no images found in {root} (source {kind}; extensions {', '.join(sorted(IMAGE_EXTS))})")
     return paths
+
+
+def fixed_subset(n: int, max_images: int | None, seed: int) -> list[int]:
+    """Indices (ascending) of the first `max_images` of a fixed shuffle of range(n) by `seed`; all when None or
+    enough. Every command that takes `--max-images` with a seed draws its images through this, so that two
+    commands given the same listing, limit and seed score the same images."""
+    if max_images is None or max_images >= n:
+        return list(range(n))
+    if max_images < 1:
+        raise ValueError(f"max_images must be >= 1, got {max_images}")
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.permutation(n)[:max_images])
 
 
 def folder_images(root: Path) -> list[Path]:
