@@ -34,7 +34,7 @@ log = logging.getLogger("cebench")
 SUITE_DIR = "suites"
 TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tasks", "reference"}
 DATA_KEYS = {"root", "pretrain", "train_split", "test_split"}
-PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import"}
+PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "tasks"}
 SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
                "context_prediction": "relative position", "random": "none", "supervised": "labels"}
 HAS_DECODER = ("context_encoder", "autoencoder")
@@ -50,6 +50,7 @@ class Pretraining:
     preset: str | None = None
     overrides: tuple[str, ...] = ()
     weights: Path | None = None  # import: a torchvision AlexNet state dict
+    tasks: tuple[str, ...] | None = None  # the suite's tasks it is evaluated on; None = all
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,15 @@ def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:
     overrides = spec.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError(f"{where}.overrides must be a list of key=value strings")
+    tasks = spec.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks)):
+        raise ConfigError(f"{where}.tasks must be a non-empty list of the suite's task names, got {tasks!r}")
+    tasks = tuple(tasks) if tasks is not None else None
     if spec.get("import") is not None:
         if spec.get("preset") is not None:
             raise ConfigError(f"{where}: give preset or import, not both")
         return Pretraining(name, "supervised", str(spec.get("supervision") or SUPERVISION["supervised"]),
-                           weights=_path(spec["import"], f"{where}.import"))
+                           weights=_path(spec["import"], f"{where}.import"), tasks=tasks)
     if not isinstance(spec.get("preset"), str):
         raise ConfigError(f"{where}: needs a pretext preset or YAML file (preset: demo) or import: WEIGHTS.pth")
     from pretext.config import load_config
@@ -127,7 +132,7 @@ def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return Pretraining(name, cfg.method, str(spec.get("supervision") or SUPERVISION[cfg.method]), spec["preset"],
-                       tuple(overrides))
+                       tuple(overrides), tasks=tasks)
 
 
 def _task(name: str, spec: Any) -> tuple[Task, dict]:
@@ -177,6 +182,11 @@ def build_suite(raw: dict, name: str) -> Suite:
     reference = raw.get("reference") or []
     if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
         raise ConfigError(f"suite {name}: reference must be a list of table rows")
+    for n, s in pre.items():
+        unknown_tasks = [t for t in ((s or {}).get("tasks") or []) if t not in tasks] if isinstance(s, dict) else []
+        if unknown_tasks:
+            raise ConfigError(f"suite {name}: pretrainings.{n}.tasks names {', '.join(map(str, unknown_tasks))}, "
+                              f"not among the suite's tasks ({', '.join(map(str, tasks))})")
     from .tables import reference_rows
 
     try:
@@ -226,11 +236,12 @@ def datasets(suite: Suite, create: bool) -> tuple[Datasets, Path]:
 
 
 def plan(suite: Suite) -> list[Cell]:
-    """Every cell, pretraining-major; inpainting only for pretrainings with a decoder."""
+    """Every cell, pretraining-major; inpainting only for pretrainings with a decoder, and a pretraining that
+    lists its `tasks` only on those."""
     cells = []
     for p in suite.pretrainings.values():
         for t, (task, _) in suite.tasks.items():
-            if "decoder" in task.needs and p.method not in HAS_DECODER:
+            if ("decoder" in task.needs and p.method not in HAS_DECODER) or (p.tasks is not None and t not in p.tasks):
                 continue
             cells += [Cell(p.name, t, s) for s in suite.seeds]
     return cells

@@ -147,10 +147,11 @@ def run_retrieval(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pat
 
 
 def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
-    """`cebench eval-inpainting` on the test split's central holes: the encoder's Table 1 row."""
+    """`cebench eval-inpainting` on the test split's holes (central: the central quarter shrunk by `overlap` px,
+    the same for every model of the suite, whatever each was trained with): the encoder's Table 1 row."""
     argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
-            opts["mask"], "--seed", str(seed), *(["--max-images", str(opts["max_images"])] if opts.get("max_images")
-                                                 else [])]
+            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]),
+            *(["--max-images", str(opts["max_images"])] if opts.get("max_images") else [])]
     m = _call("pretext.eval_inpainting", argv, out)
     config = json.loads((encoder / "config.json").read_text())
     loss = "L2 + adversarial" if config.get("loss", {}).get("adversarial_weight", 0) > 0 else "L2"
@@ -165,7 +166,7 @@ def _inpainting_grid(encoder: Path, data: Datasets, opts: dict, seed: int, out: 
     from pretext.inpaint import main as inpaint_main
 
     argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
-            opts["mask"], "--seed", str(seed), "--max-images", "8", "--out", str(out)]
+            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), "--max-images", "8", "--out", str(out)]
     with captured_errors() as errors:
         if inpaint_main(argv, prog="cebench inpaint") != 0:
             raise TaskError(errors[-1] if errors else "cebench inpaint failed")
@@ -188,11 +189,11 @@ def run_nn_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out:
     """`cebench nn-inpaint`: the test images' central holes filled from the training image whose context is
     nearest in the encoder's features (the paper's "NN-inpainting w/ our features"), and with `hog`, in HOG
     features (encoder-independent; every cell stores it, the table averages them). Images, crop, hole and
-    --max-images subset are those of the inpainting task with the same max_images and seed."""
+    --max-images subset are those of the inpainting task with the same max_images, overlap and seed."""
     size, load_size = _image_sizes(encoder)
     common = ["--database", str(data.train), "--database-split", data.train_split, "--images", str(data.test),
               "--split", data.test_split, "--size", str(size), "--load-size", str(load_size), *_max_images(opts),
-              "--seed", str(seed)]
+              "--seed", str(seed), "--overlap", str(opts["overlap"])]
     m = _call("transfer.nn_inpaint", ["--features", "encoder", "--encoder", str(encoder), "--layer", opts["layer"],
                                       *common], out / "encoder")
     method = str(m.get("feature_settings", {}).get("encoder_method") or "encoder").replace("_", " ")
@@ -213,9 +214,9 @@ TASKS: dict[str, Task] = {
     "svm": Task("svm", "probe", dict(PROBE_OPTIONS), _probe("svm", "SVM")),
     "retrieval": Task("retrieval", "retrieval", {"layer": "pool5", "k": 10, "mask": "none", "max_images": None},
                       run_retrieval),
-    "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None}, run_inpainting,
+    "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None, "overlap": 4}, run_inpainting,
                        needs=("decoder",)),
-    "nn_inpainting": Task("nn_inpainting", "inpainting", {"layer": "pool5", "hog": True, "max_images": None},
+    "nn_inpainting": Task("nn_inpainting", "inpainting", {"layer": "pool5", "hog": True, "max_images": None, "overlap": 4},
                           run_nn_inpainting),
     "detection": Task("detection", "detection", {}, planned="Fast R-CNN detection is not implemented yet (issue 6)"),
     "segmentation": Task("segmentation", "segmentation", {},

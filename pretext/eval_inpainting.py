@@ -50,11 +50,11 @@ def default_images(method) -> Path:
 
 
 def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split: str = "test", batch_size: int = 32,
-             max_images: int | None = None, seed: int = 0, device: str = "auto") -> dict:
+             max_images: int | None = None, seed: int = 0, device: str = "auto", overlap: int | None = None) -> dict:
     """Score a trained model and mean fill on the same holes."""
     dev = select_device(device)
     method = load_inpainter(checkpoint, dev)
-    masks = eval_mask_generator(method, mask)
+    masks = eval_mask_generator(method, mask, overlap)
     images = images if images is not None else default_images(method)
     dataset = eval_dataset(method, images, split, max_images=max_images, seed=seed)
     errs: dict[str, list[torch.Tensor]] = {"model_l1": [], "model_l2": [], "mean_l1": [], "mean_l2": []}
@@ -67,6 +67,7 @@ def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split
     cat = {k: torch.cat(v) for k, v in errs.items()}
     model = summarise(cat["model_l1"], cat["model_l2"])
     return {**model, "baseline_mean_fill": summarise(cat["mean_l1"], cat["mean_l2"]), "mask": mask,
+            "overlap": method.cfg.mask.overlap if overlap is None else overlap,
             "n_images": len(dataset), "images": str(images), "checkpoint": str(checkpoint), "seed": seed,
             "method": method.cfg.method, "arch": method.cfg.model.arch}
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         metrics = evaluate(args.checkpoint, args.images, args.mask, args.split, args.batch_size, args.max_images,
-                           args.seed, args.device)
+                           args.seed, args.device, args.overlap)
     except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable images or checkpoints, wrong mask for the model
         log.error("%s", exc)
         return 2

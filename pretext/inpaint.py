@@ -34,13 +34,16 @@ def load_inpainter(path: str | Path, device: torch.device) -> ContextEncoderMeth
     return method.to(device).eval()
 
 
-def eval_mask_generator(method: ContextEncoderMethod, kind: str) -> MaskGenerator:
-    """The run's mask settings with the requested kind (central, block or region)."""
+def eval_mask_generator(method: ContextEncoderMethod, kind: str, overlap: int | None = None) -> MaskGenerator:
+    """The run's mask settings with the requested kind (central, block or region), and `overlap` (px the hole
+    is shrunk by on each side) when given instead of the run's."""
     k = method.cfg.mask
+    if overlap is not None and overlap < 0:
+        raise ValueError(f"--overlap must be >= 0, got {overlap}")
     if method.center and kind != "central":
         raise ValueError(f"this model predicts only the central quarter (model.output=center); --mask {kind} needs a "
                          "full-output model")
-    return build_mask_generator(kind, overlap=k.overlap, max_coverage=k.max_coverage, min_coverage=k.min_coverage,
+    return build_mask_generator(kind, overlap=k.overlap if overlap is None else overlap, max_coverage=k.max_coverage, min_coverage=k.min_coverage,
                                 max_blocks=k.max_blocks, region_bank=k.region_bank, deform=k.deform, seed=method.cfg.train.seed)
 
 
@@ -90,6 +93,9 @@ def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
                    help="a fixed random subset of N images, drawn by --seed (default: all)")
     p.add_argument("--batch-size", type=_at_least_one, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks and of the --max-images subset")
+    p.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help="px the hole is shrunk by on each side (default: the run's mask.overlap); give the same "
+                        "value to every model of a comparison (cebench nn-inpaint's default is 4)")
     p.add_argument("--device", default="auto")
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         method = load_inpainter(args.checkpoint, select_device(args.device))
-        masks = eval_mask_generator(method, args.mask)
+        masks = eval_mask_generator(method, args.mask, args.overlap)
         dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images, seed=args.seed)
     except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable checkpoints, wrong mask for the model
         log.error("%s", exc)

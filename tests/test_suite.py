@@ -106,6 +106,7 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     ("pretrainings.ce.overrides=[max_step=3]", "pretrainings.ce: .*unknown key 'max_step'"),
     ("tasks.classify.overrides=[train.nonsense=1]", "tasks.classify: .*unknown key 'nonsense'"),
     ("seeds=[]", "seeds must be"),
+    ("pretrainings.ce.tasks=[knn,nope]", "pretrainings.ce.tasks names nope, not among the suite's tasks"),
 ])
 def test_validation_names_the_problem(folder: Path, tmp_path: Path, override: str, message: str) -> None:
     path = write_suite(tmp_path / "s.yaml", folder)
@@ -164,17 +165,26 @@ def test_hashes_follow_the_resolved_configs(folder: Path, tmp_path: Path) -> Non
 def test_table1_rows_share_their_images_and_holes(folder: Path, tmp_path: Path) -> None:
     """Table 1 of a suite with inpainting and nn_inpainting: mean fill, NN inpainting with HOG and with the
     encoder's features, and the context encoder, all on the same --max-images subset (drawn by the seed)."""
-    pre = {"ce": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.region_bank=null"]}}
+    pre = {"ce": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.region_bank=null"]},
+           # trained with another overlap; scored on the suite's holes; listed tasks only
+           "adv": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.kind=central", "mask.overlap=2",
+                                                   "loss.adversarial_weight=0.001"], "tasks": ["inpainting"]}}
     tasks = {"inpainting": {"mask": "central", "max_images": 5}, "nn_inpainting": {"max_images": [20, 5]}}
     path = write_suite(tmp_path / "t1.yaml", folder, pretrainings=pre, tasks=tasks, seeds=[3])
     out = tmp_path / "results"
     assert main([str(path), "--out", str(out)]) == 0
     got = cells(out)
+    assert set(got) == {"ce__inpainting__seed3", "ce__nn_inpainting__seed3", "adv__inpainting__seed3"}
     nn, ce = got["ce__nn_inpainting__seed3"], got["ce__inpainting__seed3"]
+    assert got["adv__inpainting__seed3"]["metrics"]["row"] == "context encoder (L2 + adversarial)"
+    for key in ("ce__inpainting__seed3", "adv__inpainting__seed3"):  # the same holes: the suite's overlap, 4 px
+        work = next((out / "work").glob(f"{key}-*"))
+        assert json.loads((work / "metrics.json").read_text())["overlap"] == 4
     assert nn["metrics"]["row"] == "NN inpainting (context encoder features)" and nn["metrics"]["n_images"] == 5
     assert set(nn["metrics"]["nn_hog"]) == {"mean_l1", "mean_l2", "psnr"}
     table = (out / "table1.csv").read_text()
-    for row in ("mean fill", "NN inpainting (HOG)", "NN inpainting (context encoder features)", "context encoder (L2)"):
+    for row in ("mean fill", "NN inpainting (HOG)", "NN inpainting (context encoder features)", "context encoder (L2)",
+                "context encoder (L2 + adversarial)"):
         assert row in table
     assert (out / "figures" / "nn_inpainting_ce_seed3.png").is_file()
     # the NN queries are the eval-inpainting images: the seed's fixed subset of the test listing
