@@ -135,6 +135,14 @@ def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:
                        tuple(overrides), tasks=tasks)
 
 
+def _task_config(kind: str, opts: dict) -> Any:
+    """The resolved config of a task that trains (classify, detection) from its preset and overrides."""
+    import importlib
+
+    module = importlib.import_module("transfer.classify" if kind == "classify" else "transfer.detect")
+    return module.load_config(opts["preset"], opts["overrides"])
+
+
 def _task(name: str, spec: Any) -> tuple[Task, dict]:
     where = f"tasks.{name}"
     if spec is not None and not isinstance(spec, dict):
@@ -150,11 +158,9 @@ def _task(name: str, spec: Any) -> tuple[Task, dict]:
         opts = resolve_options(task, spec, where)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if kind == "classify":
-        from transfer.classify import load_config as load_classify
-
+    if kind in ("classify", "detection"):
         try:
-            load_classify(opts["preset"], opts["overrides"])
+            _task_config(kind, opts)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return task, opts
@@ -332,10 +338,8 @@ def cell_hash(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path, pre
     p = suite.pretrainings[cell.pretraining]
     pretrained = pretrained or pretraining_hash(p, suite, data, pretrain_root)
     resolved = None
-    if task.name == "classify":
-        from transfer.classify import load_config as load_classify
-
-        resolved = _resolved(load_classify(opts["preset"], opts["overrides"]).to_dict())
+    if task.name in ("classify", "detection"):
+        resolved = _resolved(_task_config(task.name, opts).to_dict())
     return _hash({"pretraining": pretrained, "task": task.name,
                   "options": opts, "resolved": resolved, "seed": cell.seed,
                   "data": [str(data.train), str(data.test), data.train_split, data.test_split]})
@@ -481,10 +485,8 @@ def dry_run(suite: Suite) -> str:
                      f"{cfg.train.batch_size} = {n:,} images per seed")
     for name, (task, opts) in suite.tasks.items():
         extra = ""
-        if task.name == "classify":
-            from transfer.classify import load_config as load_classify
-
-            c = load_classify(opts["preset"], opts["overrides"])
+        if task.name in ("classify", "detection"):
+            c = _task_config(task.name, opts)
             extra = f", {c.train.max_steps} steps x {c.train.batch_size}"
             images += c.train.max_steps * c.train.batch_size * len(suite.pretrainings) * len(suite.seeds)
         lines.append(f"  task {name}: {task.name} ({task.kind}){extra}, options {opts}")

@@ -2,8 +2,8 @@
 
 A task gets the encoder's run directory, the suite's datasets, its own options (from the suite file), the
 seed and a work directory; it returns the cell's numbers: a headline (the Table 2 column), all metrics and,
-where the command has them, per-class numbers. Detection and segmentation are registered as planned: a
-suite naming them fails validation with a clear message until they exist.
+where the command has them, per-class numbers. Segmentation is registered as planned: a suite naming it fails
+validation with a clear message until it exists.
 """
 
 from __future__ import annotations
@@ -118,6 +118,19 @@ def run_classify(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path
     return TaskResult("classification", f"Fine-tune {suffix}", value, metrics, per_class)
 
 
+def run_detection(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
+    """`cebench transfer detect` (Fast R-CNN) with the task's preset and overrides: VOC07 11-point mAP."""
+    argv = ["--encoder", str(encoder), "--data", str(data.train), "--test-data", str(data.test),
+            "--train-split", data.train_split, "--test-split", data.test_split, "--preset", opts["preset"],
+            *_max_images(opts), *opts["overrides"], f"train.seed={seed}", "train.progress=false",
+            f"train.resume={'true' if (out / 'checkpoint.pt').exists() else 'false'}"]
+    m = _call("transfer.detect", argv, out)
+    per_class = {c: v["voc07_11pt"] for c, v in m["per_class"].items() if v.get("npos")}
+    metrics = {k: m[k] for k in ("map_voc07_11pt", "map_area", "steps", "train_seconds",
+                                  "inference_seconds_per_image")}
+    return TaskResult("detection", "Detection mAP (%)", float(m["map_voc07_11pt"]), metrics, per_class or None)
+
+
 def _probe(kind: str, label: str) -> Callable[..., TaskResult]:
     def run(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
         argv = [kind, "--encoder", str(encoder), "--layer", opts["layer"],
@@ -218,7 +231,8 @@ TASKS: dict[str, Task] = {
                        needs=("decoder",)),
     "nn_inpainting": Task("nn_inpainting", "inpainting", {"layer": "pool5", "hog": True, "max_images": None, "overlap": 4},
                           run_nn_inpainting),
-    "detection": Task("detection", "detection", {}, planned="Fast R-CNN detection is not implemented yet (issue 6)"),
+    "detection": Task("detection", "detection", {"preset": "detect_demo", "overrides": [], "max_images": None},
+                      run_detection),
     "segmentation": Task("segmentation", "segmentation", {},
                          planned="FCN segmentation is not implemented yet (issue 7)"),
 }

@@ -100,7 +100,8 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
 
 @pytest.mark.parametrize("override, message", [
     ("tasks.x={task: nonsense}", "unknown task 'nonsense'"),
-    ("tasks.detection={}", "Fast R-CNN detection is not implemented yet"),
+    ("tasks.segmentation={}", "FCN segmentation is not implemented yet"),
+    ("tasks.detection={overrides: [sample.fg_iou=2]}", "tasks.detection: .*fg_iou"),
     ("tasks.knn={kk: 3}", "unknown option.*kk for task knn"),
     ("nonsense=1", "unknown suite key 'nonsense'"),
     ("pretrainings.ce.overrides=[max_step=3]", "pretrainings.ce: .*unknown key 'max_step'"),

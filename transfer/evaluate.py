@@ -3,7 +3,12 @@
 `cebench evaluate classification --voc-root ROOT --split test --results DIR --out OUT_DIR` reads the labels
 of a VOC-format root (`transfer.voc`), the devkit results files `DIR/comp1_cls_<split>_<cls>.txt`, and writes
 `OUT_DIR/metrics.json` with the VOC07 11-point, area and sklearn (non-interpolated) mAPs in percent, per class
-and averaged over the classes that have positives. Bad input is one error line and exit code 2.
+and averaged over the classes that have positives.
+
+`cebench evaluate detection --voc-root ROOT --split test --results DIR --out OUT_DIR [--iou 0.5]` reads the boxes
+of `ROOT/Annotations/<id>.xml` and the devkit results files `DIR/comp4_det_<split>_<cls>.txt` and writes the VOC07
+11-point and area detection mAPs in percent (`transfer.detection_eval`, the devkit's matching rules).
+Bad input is one error line and exit code 2.
 """
 
 from __future__ import annotations
@@ -86,6 +91,19 @@ def format_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def format_detection_table(record: dict) -> str:
+    """Markdown table: per-class ground truth, detections and the two detection APs, then the means."""
+    lines = ["| class | ground truth | detections | true positives | VOC07 11-pt AP | area AP |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, m in record["per_class"].items():
+        lines.append(f"| {name} | {m['npos']} | {m['n_det']} | {m['tp']} | {_percent(m['voc07_11pt'])} "
+                     f"| {_percent(m['area'])} |")
+    total = {k: sum(m[k] for m in record["per_class"].values()) for k in ("npos", "n_det", "tp")}
+    lines.append(f"| **mean** | {total['npos']} | {total['n_det']} | {total['tp']} "
+                 f"| {_percent(record['map_voc07_11pt'])} | {_percent(record['map_area'])} |")
+    return "\n".join(lines)
+
+
 def class_list(text: str) -> list[str]:
     """--classes a,b,c -> ['a', 'b', 'c']."""
     names = [name.strip() for name in text.split(",")]
@@ -94,21 +112,63 @@ def class_list(text: str) -> list[str]:
     return names
 
 
+def iou_threshold(text: str) -> float:
+    """--iou: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
+    return value
+
+
+def _add_common_arguments(task: argparse.ArgumentParser, results_files: str) -> None:
+    task.add_argument("--voc-root", type=Path, required=True, metavar="ROOT",
+                      help="VOC-format root (ImageSets/Main, Annotations, optional classes.txt)")
+    task.add_argument("--split", default="test", help="image set scored: ImageSets/Main/<split>.txt (default: test)")
+    task.add_argument("--results", type=Path, required=True, metavar="DIR", help=f"directory of {results_files} files")
+    task.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="directory for metrics.json")
+    task.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
+                      help="comma-separated class list for roots without classes.txt (default: the 20 VOC classes)")
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the evaluate command; one subcommand per task."""
     parser = argparse.ArgumentParser(prog=prog, description="Score results files against ground-truth labels.")
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     cls = tasks.add_parser("classification", help="VOC classification mAP (VOC07 11-point, area, non-interpolated)",
                            description="Score devkit results files comp1_cls_<split>_<cls>.txt (`<image_id> <score>`).")
-    cls.add_argument("--voc-root", type=Path, required=True, metavar="ROOT",
-                     help="VOC-format root (ImageSets/Main, Annotations, optional classes.txt)")
-    cls.add_argument("--split", default="test", help="image set scored: ImageSets/Main/<split>.txt (default: test)")
-    cls.add_argument("--results", type=Path, required=True, metavar="DIR",
-                     help="directory of comp1_cls_<split>_<cls>.txt files")
-    cls.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="directory for metrics.json")
-    cls.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
-                     help="comma-separated class list for roots without classes.txt (default: the 20 VOC classes)")
+    _add_common_arguments(cls, "comp1_cls_<split>_<cls>.txt")
+    det = tasks.add_parser("detection", help="VOC detection mAP (VOC07 11-point and area, the devkit's matching)",
+                           description="Score devkit results files comp4_det_<split>_<cls>.txt "
+                                       "(`<image_id> <score> <x1> <y1> <x2> <y2>`, 1-based inclusive pixels).")
+    _add_common_arguments(det, "comp4_det_<split>_<cls>.txt")
+    det.add_argument("--iou", type=iou_threshold, default=0.5,
+                     help="IoU a detection needs with a ground-truth box, in (0, 1] (default: 0.5)")
     return parser
+
+
+def run_task(args: argparse.Namespace) -> dict:
+    """Score the chosen task and write its metrics.json; returns the record."""
+    if args.task == "classification":
+        return run_classification(args.voc_root, args.split, args.results, args.out, args.classes)
+    # Imported on use: detection_eval builds on json_safe / provenance above.
+    from .detection_eval import run_detection
+
+    return run_detection(args.voc_root, args.split, args.results, args.out, args.classes, args.iou)
+
+
+def summary(record: dict, out: Path) -> str:
+    """The printed result: a table, then the mean APs and where metrics.json went."""
+    if record["task"] == "voc_detection":
+        columns, table = (("voc07_11pt", "VOC07 11-pt"), ("area", "area")), format_detection_table(record)
+        scope = f"IoU >= {record['iou']:g}, "
+    else:
+        columns, table, scope = AP_COLUMNS, format_table(record), ""
+    return (f"{table}\n{record['n_images']} images, {len(record['classes'])} classes, {scope}mAP: "
+            + ", ".join(f"{title} {_percent(record['map_' + key])}" for key, title in columns)
+            + f" -> {out / 'metrics.json'}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -118,14 +178,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     setup_logging()
     args = build_parser(prog).parse_args(argv)
     try:
-        record = run_classification(args.voc_root, args.split, args.results, args.out, args.classes)
+        record = run_task(args)
     except (ValueError, OSError) as exc:  # missing or malformed label, list, XML or results files
         log.error("%s", exc)
         return 2
-    print(format_table(record))
-    print(f"{record['n_images']} images, {len(record['classes'])} classes, mAP: "
-          + ", ".join(f"{title} {_percent(record['map_' + key])}" for key, title in AP_COLUMNS)
-          + f" -> {args.out / 'metrics.json'}")
+    print(summary(record, args.out))
     return 0
 
 

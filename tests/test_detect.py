@@ -1,0 +1,148 @@
+"""Fast R-CNN detection: box coding, RoI sampling, post-processing, exact resume, and real short training runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from pretext.config import ConfigError
+from pretext.engine.checkpoint import load_checkpoint
+from pretext.engine.trainer import train
+from pretext.models.alexnet import AlexNetEncoder
+from transfer.detect import (DetTestConfig, Detector, SampleConfig, conv5_stride, decode_boxes, encode_boxes,
+                             flip_boxes, image_scale, load_config, main, postprocess, sample_rois)
+
+from .conftest import tiny_config
+from .test_probes import stripes
+
+TINY = ["model.fc_widths=[32,32]", "train.batch_size=2", "train.progress=false", "train.log_every=1",
+        "data.workers=0", "proposals.workers=0", "data.scales=[96]", "data.max_size=160", "test.scale=96",
+        "sample.rois_per_image=16", "optim.lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny context encoder (32 px input, conv5 at stride 4) trained for two steps."""
+    images = stripes(tmp_path_factory.mktemp("unlabelled"), 4, seed=9)
+    run = tmp_path_factory.mktemp("enc") / "ce"
+    train(tiny_config(images, "max_steps=2"), run)
+    return run
+
+
+def detect(encoder: Path, data: Path, out: Path, *extra: str, cache: Path | None = None) -> int:
+    cache = cache or out.parent / "proposal_cache"
+    return main(["--encoder", str(encoder), "--data", str(data), "--out", str(out), *TINY,
+                 f"proposals.cache_dir={cache}", *extra], prog="cebench transfer detect")
+
+
+def test_box_coding_round_trips() -> None:
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(50, 2, generator=gen) * 100
+    rois = torch.cat([xy, xy + 5 + torch.rand(50, 2, generator=gen) * 50], 1)
+    xy = torch.rand(50, 2, generator=gen) * 100
+    gt = torch.cat([xy, xy + 5 + torch.rand(50, 2, generator=gen) * 50], 1)
+    deltas = encode_boxes(rois, gt)
+    assert torch.allclose(decode_boxes(rois, deltas[:, None])[:, 0], gt, atol=1e-3)
+    # the identity: zero deltas decode to the RoI itself; a box twice as wide has dw = log 2
+    assert torch.allclose(decode_boxes(rois, torch.zeros(50, 1, 4))[:, 0], rois, atol=1e-4)
+    wide = torch.tensor([[0.0, 0.0, 20.0, 10.0]])
+    assert torch.allclose(encode_boxes(torch.tensor([[5.0, 0.0, 15.0, 10.0]]), wide),
+                          torch.tensor([[0.0, 0.0, float(np.log(2)), 0.0]]))
+
+
+def test_rois_are_sampled_by_overlap() -> None:
+    """One ground-truth box; proposals at known IoUs. Foreground (IoU >= 0.5) at most 25 % of the RoIs, the rest
+    background from [0.1, 0.5); nothing under 0.1; targets take each foreground RoI to the box."""
+    gt = np.array([[10, 10, 50, 50]], np.float32)
+    shifts = np.arange(0, 40, 1, dtype=np.float32)  # x-shifts: IoU falls from 1 to ~0
+    props = np.stack([10 + shifts, np.full_like(shifts, 10), 50 + shifts, np.full_like(shifts, 50)], 1)
+    cfg = SampleConfig(rois_per_image=16)
+    stds = [0.1, 0.1, 0.2, 0.2]
+    rois, labels, targets = sample_rois(props, gt, np.array([2]), cfg, stds, np.random.default_rng(0))
+    iou = box_iou(torch.from_numpy(rois), torch.from_numpy(gt))[:, 0].numpy()
+    fg = labels > 0
+    assert fg.sum() == 4 and (labels[fg] == 3).all() and (iou[fg] >= 0.5).all()
+    assert len(rois) == 16 and ((iou[~fg] >= 0.1) & (iou[~fg] < 0.5)).all() and (targets[~fg] == 0).all()
+    back = decode_boxes(torch.from_numpy(rois[fg]), torch.from_numpy(targets[fg] * np.float32(stds))[:, None])[:, 0]
+    assert torch.allclose(back, torch.from_numpy(gt).expand_as(back), atol=1e-3)
+    # too few candidates (the box and 3 proposals, all foreground): 4 of the 16, each candidate once
+    rois, labels, _ = sample_rois(props[1:4], gt, np.array([0]), cfg, stds, np.random.default_rng(0))
+    assert len(rois) == len(np.unique(rois, axis=0)) == 4 and (labels == 1).all()
+
+
+def test_postprocess_thresholds_suppresses_and_converts_to_voc_coordinates() -> None:
+    # 3 RoIs x 2 classes; RoIs 0 and 1 overlap (IoU 0.82), RoI 2 is apart
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 11.0], [30.0, 30.0, 40.0, 40.0]])
+    boxes = boxes[:, None].repeat(1, 2, 1)
+    scores = torch.tensor([[0.9, 0.04], [0.8, 0.6], [0.7, 0.5]])
+    out = postprocess(boxes, scores, 2, DetTestConfig(score_thresh=0.05, nms=0.3, max_per_image=100))
+    assert out[0][:, 4].tolist() == pytest.approx([0.9, 0.7])  # RoI 1 suppressed by RoI 0 in class 0
+    assert out[0][0, :4].tolist() == [1.0, 1.0, 10.0, 10.0]  # 0-based [0, 10) -> VOC 1..10
+    assert out[1][:, 4].tolist() == pytest.approx([0.6, 0.5])  # class 1: 0.04 under the threshold
+    capped = postprocess(boxes, scores, 2, DetTestConfig(max_per_image=2))
+    assert sorted(np.concatenate(capped)[:, 4].tolist()) == pytest.approx([0.7, 0.9])
+
+
+def test_scales_flips_and_strides() -> None:
+    assert image_scale(500, 375, 600, 1000) == pytest.approx(1.6)
+    assert image_scale(2000, 500, 600, 1000) == pytest.approx(0.5)  # the longer side caps it
+    assert flip_boxes(np.array([[0.0, 5.0, 10.0, 20.0]]), 100).tolist() == [[90.0, 5.0, 100.0, 20.0]]
+    assert conv5_stride(AlexNetEncoder()) == 16
+    assert conv5_stride(AlexNetEncoder(small=True, input_size=64, widths=(8, 8, 8, 8, 8))) == 8
+
+
+def test_config_rules() -> None:
+    with pytest.raises(ConfigError, match="bg_iou_high"):
+        load_config("detect_demo", ["sample.bg_iou_high=0.6"])
+    with pytest.raises(ConfigError, match="unknown key 'nonsense'"):
+        load_config("detect_demo", ["model.nonsense=1"])
+    paper = load_config("detect_paper")
+    assert (paper.data.scales, paper.data.max_size, paper.sample.rois_per_image, paper.train.batch_size) == \
+        ([600], 1000, 64, 2)
+    assert (paper.test.nms, paper.test.max_per_image, paper.optim.weight_decay, paper.proposals.min_size) == \
+        (0.3, 100, 0.0005, 20)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_repeats_the_uninterrupted_run(encoder_dir: Path, demo_root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    steps = ["train.max_steps=6", "train.ckpt_every=3"]
+    straight = tmp_path / "straight"
+    assert detect(encoder_dir, demo_root, straight, *steps) == 0
+    run, original = tmp_path / "resumed", Detector.train_step
+
+    def crashing(self, *args):
+        if self.step == 4:
+            raise Crash()
+        return original(self, *args)
+
+    monkeypatch.setattr(Detector, "train_step", crashing)
+    with pytest.raises(Crash):
+        detect(encoder_dir, demo_root, run, *steps)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    monkeypatch.setattr(Detector, "train_step", original)
+    assert detect(encoder_dir, demo_root, run, *steps, "resume=true", "optim.lr=0.02") == 2
+    assert "optim.lr (0.01 -> 0.02)" in caplog.text
+    assert detect(encoder_dir, demo_root, run, *steps, "resume=true") == 0
+    a, b = load_checkpoint(straight / "checkpoint.pt")["model"], load_checkpoint(run / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, run))
+    assert ma["map_area"] == mb["map_area"] and ma["per_class"] == mb["per_class"]
+    assert ma["test"]["n_images"] == 12 and ma["steps"] == 6 and ma["encoder_method"] == "context_encoder"
+    assert ma["inference_seconds_per_image"] > 0 and ma["proposals"]["train"]["selective_search"]["mode"] == "fast"
+
+
+def test_testing_on_the_training_split_is_refused(encoder_dir: Path, demo_root: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    assert detect(encoder_dir, demo_root, tmp_path / "x", "--test-split", "trainval") == 2
+    assert "test set is the training set" in caplog.text and not (tmp_path / "x").exists()

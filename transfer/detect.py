@@ -1,0 +1,803 @@
+"""`cebench transfer detect`: Fast R-CNN detection on an exported AlexNet encoder (Table 2's detection column).
+
+Girshick's Fast R-CNN as the context-encoder paper ran it (`../shared/PROTOCOLS.md`): the encoder up to conv5,
+RoI max pooling (`torchvision.ops.roi_pool`, which equals Caffe's) to the encoder's pool5 grid (6x6 for the
+227 px AlexNet), new fc6 -> fc7 with dropout, a (C+1)-way classifier and class-specific box regression.
+
+- Training images: shorter side a random choice of `data.scales` (longer side at most `data.max_size`), mirrored
+  at random; each minibatch holds `train.batch_size` images x `sample.rois_per_image` RoIs, `sample.fg_fraction`
+  of them foreground (IoU >= `sample.fg_iou` with a ground-truth box, which are added to the proposals), the
+  rest background (IoU in [`bg_iou_low`, `bg_iou_high`)). Difficult boxes are left out of training, as in
+  py-faster-rcnn; images without a usable box are skipped and counted.
+- Loss: softmax cross-entropy over the RoIs plus smooth L1 (beta 1) on the foreground RoIs' class-specific box
+  deltas, normalised by `model.bbox_stds`, summed and divided by the number of RoIs.
+- Inference: every proposal of a test image at `test.scale`, softmax scores, class-specific boxes clipped to the
+  image; per class score > `test.score_thresh` and NMS at `test.nms`, then at most `test.max_per_image`.
+- Proposals: selective search (fast mode; `transfer.proposals`, cached on disk) or precomputed files
+  (`--train-proposals` / `--test-proposals`: Fast R-CNN .mat, JSON or .npz).
+- Scores: the VOC07 detection AP (11-point and area; `transfer.detection_eval`) on the test images; on a whole
+  VOC split the devkit results files `comp4_det_<split>_<cls>.txt` are written too, which
+  `cebench evaluate detection` re-scores to the same numbers.
+
+Boxes inside are float [x1, y1, x2, y2] in 0-based pixel coordinates with exclusive x2/y2 (torchvision): a VOC
+box xmin..xmax (1-based, inclusive) is [xmin - 1, xmax). A run directory holds config.json, checkpoint.pt (atomic;
+`train.resume=true` continues exactly), metrics.csv (+ TensorBoard), detections and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_pool
+from tqdm import tqdm
+
+from pretext.config import ConfigError, ConfigRoot, _opt, apply_overrides, check_device, check_fields, load_raw
+from pretext.config import preset_names as config_preset_names
+from pretext.data.dataset import SampleKey, build_loader
+from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
+from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
+from pretext.engine.logger import RunLogger
+from pretext.engine.provenance import device_description
+from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
+from pretext.export import load_encoder
+from pretext.init import affine_layers, data_dependent_init
+from pretext.models.alexnet import _STAGE_INDEX
+
+from .arguments import max_images
+from .classify import FineTuneConfig, SGDConfig, build_optimizer, fc_block, lr_at
+from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
+from .evaluate import json_safe, provenance
+from .proposals import ProposalSettings, compute_proposals, load_precomputed
+from .voc import read_class_list, read_split_ids
+
+log = logging.getLogger("cebench")
+
+TRAINED_BLOCKS = {"fc8": ("cls_score", "bbox_pred"), "fc6-8": ("fc6", "fc7", "cls_score", "bbox_pred"),
+                  "all": ("encoder", "fc6", "fc7", "cls_score", "bbox_pred")}
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class DetDataConfig:
+    """Image scales, mirrors and loading."""
+
+    scales: list[int] = _opt([600], min=8, doc="training shorter sides, one drawn per image")
+    max_size: int = _opt(1000, min=8, doc="cap on the longer side")
+    flip: bool = _opt(True)
+    workers: int = _opt(2, min=0, doc="data loader processes")
+    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
+
+
+@dataclass
+class ProposalConfig:
+    """Selective search (when no precomputed proposals are given)."""
+
+    mode: str = _opt("fast", choices=("fast", "quality"))
+    min_size: int = _opt(20, min=1, doc="drop proposals narrower or lower than this (px)")
+    max_boxes: int = _opt(2000, min=1)
+    max_side: int | None = _opt(500, min=16, doc="run on a copy with the longer side at most this; null = full size")
+    workers: int = _opt(2, min=0, doc="processes computing missing proposals")
+    cache_dir: str | None = _opt(None, doc="null = $CEBENCH_CACHE/proposals or ~/.cache/cebench/proposals")
+
+
+@dataclass
+class DetModelConfig:
+    """The new layers."""
+
+    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths")
+    dropout: float = _opt(0.5, min=0.0, max=0.99)
+    roi_size: int | None = _opt(None, min=1, doc="RoI pooling grid; null = the encoder's pool5 grid")
+    init: str = _opt("gaussian", choices=("gaussian", "data_dependent"),
+                     doc="fc6/fc7 N(0, 0.01) (Fast R-CNN: the classifier's ImageNet fc layers; here new), or "
+                         "Krahenbuhl et al.'s data-dependent rescaling of them on training RoIs")
+    cls_std: float = _opt(0.01, min=0.0, doc="N(0, cls_std) of the classifier")
+    bbox_std: float = _opt(0.001, min=0.0, doc="N(0, bbox_std) of the box regressor")
+    rescale_encoder: bool = _opt(False, doc="with init=data_dependent, rescale the encoder's conv layers too")
+    init_images: int = _opt(8, min=1, doc="training images whose sampled RoIs drive the data-dependent init")
+    init_iterations: int = _opt(10, min=0)
+    bbox_stds: list[float] = _opt([0.1, 0.1, 0.2, 0.2], min=1e-6, doc="box-delta normalisation (dx, dy, dw, dh)")
+
+
+@dataclass
+class SampleConfig:
+    """RoIs of one training image."""
+
+    rois_per_image: int = _opt(64, min=1)
+    fg_fraction: float = _opt(0.25, min=0.0, max=1.0)
+    fg_iou: float = _opt(0.5, min=0.0, max=1.0, doc="foreground: IoU >= this with a ground-truth box")
+    bg_iou_low: float = _opt(0.1, min=0.0, max=1.0, doc="background: IoU in [bg_iou_low, bg_iou_high)")
+    bg_iou_high: float = _opt(0.5, min=0.0, max=1.0)
+
+
+@dataclass
+class DetTestConfig:
+    """Inference and scoring."""
+
+    scale: int | None = _opt(None, min=8, doc="test shorter side; null = the largest of data.scales")
+    score_thresh: float = _opt(0.05, min=0.0, max=1.0)
+    nms: float = _opt(0.3, min=0.0, max=1.0)
+    max_per_image: int = _opt(100, min=1)
+    roi_batch: int = _opt(1000, min=1, doc="RoIs per forward pass of the head")
+    iou: float = _opt(0.5, min=0.01, max=1.0, doc="IoU of a true positive (VOC: 0.5)")
+
+
+@dataclass
+class DetectConfig(ConfigRoot):
+    """Everything `cebench transfer detect` needs besides its inputs."""
+
+    data: DetDataConfig = field(default_factory=DetDataConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    model: DetModelConfig = field(default_factory=DetModelConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    optim: SGDConfig = field(default_factory=SGDConfig)
+    train: FineTuneConfig = field(default_factory=FineTuneConfig)
+    test: DetTestConfig = field(default_factory=DetTestConfig)
+
+    def test_scale(self) -> int:
+        """The test shorter side."""
+        return self.test.scale or max(self.data.scales)
+
+    def check(self) -> None:
+        """Per-field ranges and choices, then the rules that tie fields together."""
+        check_fields(self)
+        if not self.data.scales:
+            raise ConfigError("data.scales must list at least one shorter side")
+        s = self.sample
+        if s.bg_iou_low > s.bg_iou_high or s.bg_iou_high > s.fg_iou:
+            raise ConfigError(f"need sample.bg_iou_low ({s.bg_iou_low}) <= bg_iou_high ({s.bg_iou_high}) <= fg_iou "
+                              f"({s.fg_iou})")
+        if len(self.model.fc_widths) != 2 or len(self.model.bbox_stds) != 4:
+            raise ConfigError("model.fc_widths must list 2 widths and model.bbox_stds 4 numbers")
+        if self.model.rescale_encoder and self.model.init != "data_dependent":
+            raise ConfigError(f"model.rescale_encoder=true needs model.init=data_dependent, got {self.model.init!r}")
+        check_device(self.train.device)
+
+
+def preset_names() -> list[str]:
+    """Names of the detection presets shipped in transfer/presets."""
+    return [n for n in config_preset_names("transfer") if n.startswith("detect_")]
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> DetectConfig:
+    """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
+    raw = apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), DetectConfig)
+    return DetectConfig.from_dict(raw)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DetectionSet:
+    """Images of one VOC-format split with their ground truth (0-based, exclusive boxes) and proposals."""
+
+    root: Path
+    split: str
+    ids: tuple[str, ...]
+    paths: tuple[Path, ...]
+    gt: dict[str, ImageObjects]  # as read: 1-based inclusive boxes
+    classes: tuple[str, ...]
+
+    def describe(self, max_images: int | None) -> dict:
+        """Root, split and size, as metrics.json records an image set."""
+        return {"root": str(self.root), "split": self.split, "kind": "voc", "n_images": len(self.ids),
+                "max_images": max_images}
+
+
+def open_detection_set(root: Path, split: str, classes: list[str], max_images: int | None, seed: int) -> DetectionSet:
+    """A VOC-format split (ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/<id>.jpg), optionally the
+    seed's fixed subset of `max_images` images."""
+    from pretext.data.sources import fixed_subset
+
+    root = Path(root)
+    ids = read_split_ids(root, split)
+    ids = [ids[i] for i in fixed_subset(len(ids), max_images, seed)]
+    paths = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{root}: {len(missing)} image(s) of split {split} missing, e.g. {missing[0]}")
+    gt = read_detection_annotations(root, split, classes)
+    return DetectionSet(root, split, tuple(ids), tuple(paths), {i: gt[i] for i in ids}, tuple(classes))
+
+
+def gt_boxes(objects: ImageObjects, keep_difficult: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes 0-based exclusive float32, labels) of an image's objects, difficult ones left out by default."""
+    keep = np.ones(len(objects.labels), bool) if keep_difficult else ~objects.difficult
+    boxes = objects.boxes[keep].astype(np.float32).copy()
+    boxes[:, :2] -= 1  # 1-based inclusive -> 0-based with exclusive ends
+    return boxes, objects.labels[keep].astype(np.int64)
+
+
+def image_scale(width: int, height: int, target: int, max_size: int) -> float:
+    """Fast R-CNN's factor: shorter side to `target`, unless the longer side would pass `max_size`."""
+    s = target / min(width, height)
+    return min(s, max_size / max(width, height))
+
+
+def resize(img: Image.Image, s: float) -> Image.Image:
+    """Bilinear resize by `s` (at least 1 px a side)."""
+    w, h = img.size
+    return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def flip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
+    """Mirror 0-based exclusive boxes in an image `width` wide."""
+    out = boxes.copy()
+    out[:, 0], out[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return out
+
+
+# --- box coding and RoI sampling ---------------------------------------------------------------------
+
+def encode_boxes(rois: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """R-CNN deltas (dx, dy, dw, dh) taking `rois` to `gt`, both (N, 4) xyxy."""
+    pw, ph = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
+    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
+    dx = (gt[:, 0] + 0.5 * gw - rois[:, 0] - 0.5 * pw) / pw
+    dy = (gt[:, 1] + 0.5 * gh - rois[:, 1] - 0.5 * ph) / ph
+    return torch.stack([dx, dy, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
+
+
+def decode_boxes(rois: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """Inverse of `encode_boxes` for (N, 4) rois and (N, K, 4) deltas -> (N, K, 4) boxes."""
+    pw, ph = (rois[:, 2] - rois[:, 0])[:, None], (rois[:, 3] - rois[:, 1])[:, None]
+    cx, cy = rois[:, 0, None] + 0.5 * pw, rois[:, 1, None] + 0.5 * ph
+    clamp = math.log(1000.0 / 16)  # as torchvision: no exp overflow from a wild prediction
+    w = pw * torch.exp(deltas[..., 2].clamp(max=clamp))
+    h = ph * torch.exp(deltas[..., 3].clamp(max=clamp))
+    x, y = cx + deltas[..., 0] * pw, cy + deltas[..., 1] * ph
+    return torch.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], dim=-1)
+
+
+def sample_rois(proposals: np.ndarray, gt: np.ndarray, labels: np.ndarray, cfg: SampleConfig, stds: list[float],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rois, labels with 0 = background, normalised regression targets) of one image; ground truth joins the
+    candidates; foreground first."""
+    boxes = np.concatenate([gt, proposals]).astype(np.float32)
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    iou = box_iou(torch.from_numpy(boxes), torch.from_numpy(gt))  # (N, G); G >= 1 for a training image
+    best, match = iou.max(1)
+    best, match = best.numpy(), match.numpy()
+    fg = np.flatnonzero(best >= cfg.fg_iou)
+    fg = rng.choice(fg, min(len(fg), round(cfg.fg_fraction * cfg.rois_per_image)), replace=False)
+    bg = np.flatnonzero((best < cfg.bg_iou_high) & (best >= cfg.bg_iou_low))
+    bg = rng.choice(bg, min(len(bg), cfg.rois_per_image - len(fg)), replace=False)
+    keep = np.concatenate([fg, bg]).astype(np.int64)
+    roi_labels = labels[match[keep]] + 1
+    roi_labels[len(fg):] = 0
+    targets = encode_boxes(torch.from_numpy(boxes[keep]), torch.from_numpy(gt[match[keep]])).numpy()
+    targets = targets / np.asarray(stds, dtype=np.float32)
+    targets[len(fg):] = 0
+    return boxes[keep], roi_labels.astype(np.int64), targets.astype(np.float32)
+
+
+class TrainImages(Dataset):
+    """Training items keyed by the resumable sampler: a rescaled, maybe mirrored image with its sampled RoIs."""
+
+    def __init__(self, data: DetectionSet, proposals: dict[str, np.ndarray], cfg: DetectConfig) -> None:
+        self.data, self.proposals, self.cfg = data, proposals, cfg
+        self.usable = [i for i, k in enumerate(data.ids) if len(gt_boxes(data.gt[k], False)[0])]
+
+    def __len__(self) -> int:
+        return len(self.usable)
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        index, aug = key
+        i, d = self.usable[index], self.cfg.data
+        rng = np.random.default_rng(list(aug))
+        img = load_rgb(self.data.paths[i], d.max_image_pixels)
+        s = image_scale(*img.size, int(rng.choice(d.scales)), d.max_size)
+        gt, labels = gt_boxes(self.data.gt[self.data.ids[i]], False)
+        props = self.proposals[self.data.ids[i]]
+        if d.flip and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            gt, props = flip_boxes(gt, img.size[0]), flip_boxes(props, img.size[0])
+        rois, roi_labels, targets = sample_rois(props * s, gt * s, labels, self.cfg.sample, self.cfg.model.bbox_stds,
+                                                rng)
+        return to_tensor(resize(img, s)), rois, roi_labels, targets
+
+
+def pad_batch(images: list[torch.Tensor], fill: tuple[int, int, int]) -> torch.Tensor:
+    """(B, 3, H, W) uint8 of images of different sizes, top-left aligned, padded with the encoder's mean colour."""
+    h, w = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
+    out = torch.tensor(fill, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images), 1, h, w)
+    for k, img in enumerate(images):
+        out[k, :, : img.shape[1], : img.shape[2]] = img
+    return out
+
+
+class Collate:
+    """Minibatch: padded images, (R, 5) RoIs [image index, x1, y1, x2, y2], labels, targets."""
+
+    def __init__(self, fill: tuple[int, int, int]) -> None:
+        self.fill = fill
+
+    def __call__(self, items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rois = [np.concatenate([np.full((len(r), 1), k, np.float32), r], 1) for k, (_, r, _, _) in enumerate(items)]
+        return (pad_batch([it[0] for it in items], self.fill), torch.from_numpy(np.concatenate(rois)),
+                torch.from_numpy(np.concatenate([it[2] for it in items])),
+                torch.from_numpy(np.concatenate([it[3] for it in items])))
+
+
+# --- model --------------------------------------------------------------------------------------
+
+def conv5_stride(encoder: nn.Module) -> int:
+    """Product of the strides up to conv5 (16 for the 227 px AlexNet)."""
+    stride = 1
+    for layer in encoder.features[: _STAGE_INDEX["conv5"] + 1]:
+        s = getattr(layer, "stride", 1)
+        stride *= s[0] if isinstance(s, tuple) else s
+    return stride
+
+
+class FastRCNN(nn.Module):
+    """encoder conv5 -> RoI max pooling -> fc6 -> fc7 -> (C+1) scores and (C+1) x 4 box deltas."""
+
+    BLOCKS = ("encoder", "fc6", "fc7", "cls_score", "bbox_pred")
+
+    def __init__(self, encoder: nn.Module, roi_size: int, widths: list[int], classes: int, dropout: float) -> None:
+        super().__init__()
+        self.encoder, self.roi_size, self.stride = encoder, roi_size, conv5_stride(encoder)
+        self.fc6 = fc_block(encoder.out_channels * roi_size * roi_size, widths[0], dropout)
+        self.fc7 = fc_block(widths[0], widths[1], dropout)
+        self.cls_score = nn.Linear(widths[1], classes + 1)
+        self.bbox_pred = nn.Linear(widths[1], 4 * (classes + 1))
+        self.trained: tuple[str, ...] = self.BLOCKS
+
+    def freeze(self, layers: str) -> None:
+        """Gradients only for the blocks of `layers` (fc8 = the two output layers | fc6-8 | all)."""
+        self.trained = TRAINED_BLOCKS[layers]
+        for name in self.BLOCKS:
+            getattr(self, name).requires_grad_(name in self.trained)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FastRCNN":
+        """Like nn.Module.train, but frozen blocks always evaluate."""
+        super().train(mode)
+        for name in self.BLOCKS:
+            if name not in self.trained:
+                getattr(self, name).eval()
+        return self
+
+    def head_layers(self) -> list[nn.Linear]:
+        """fc6, fc7 and the two output layers."""
+        return [self.fc6.fc, self.fc7.fc, self.cls_score, self.bbox_pred]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """conv5 of normalised (B, 3, H, W) images."""
+        return self.encoder(images, out="conv5")
+
+    def head(self, conv5: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, C+1) logits and (R, 4(C+1)) deltas of (R, 5) RoIs in image pixels (exclusive ends)."""
+        # Caffe's RoI pooling takes inclusive pixel ends; torchvision's roi_pool reproduces it given the same boxes.
+        boxes = torch.cat([rois[:, :3], rois[:, 3:] - 1], dim=1)
+        pooled = roi_pool(conv5, boxes.to(conv5.dtype), self.roi_size, 1.0 / self.stride)
+        h = self.fc7(self.fc6(pooled.flatten(1)))
+        return self.cls_score(h), self.bbox_pred(h)
+
+    def forward(self, images: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and deltas of `rois` in `images`."""
+        return self.head(self.features(images), rois)
+
+
+def detection_loss(logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(classification, box) losses: mean softmax cross-entropy; smooth L1 of the foreground RoIs' deltas for their
+    class, summed and divided by the number of RoIs (Fast R-CNN)."""
+    cls = F.cross_entropy(logits.float(), labels)
+    fg = torch.nonzero(labels > 0).squeeze(1)
+    pred = deltas.float().view(len(labels), -1, 4)[fg, labels[fg]]
+    box = F.smooth_l1_loss(pred, targets[fg], beta=1.0, reduction="sum") / max(len(labels), 1)
+    return cls, box
+
+
+# --- the fine-tuning run -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DetectInputs:
+    """The encoder, the training and test sets with their proposals, the run directory."""
+
+    encoder: Path
+    train: DetectionSet
+    test: DetectionSet
+    train_proposals: dict[str, np.ndarray]
+    test_proposals: dict[str, np.ndarray]
+    proposal_source: dict
+    out: Path
+    max_images: tuple[int | None, int | None] = (None, None)
+
+
+RESUME_FREE = {"train": ("max_steps", "resume", "progress", "ckpt_every", "log_every", "device", "ddp_timeout_s"),
+               "data": ("workers",), "proposals": ("workers", "cache_dir")}
+
+
+def _resume_relevant(config: dict) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, sec in config.items() if s != "test" for k, v in sec.items()
+            if k not in RESUME_FREE.get(s, ())}
+
+
+class Detector(Engine):
+    """Fine-tunes one encoder for detection into `inputs.out`, resumably, on the shared engine."""
+
+    def __init__(self, cfg: DetectConfig, inputs: DetectInputs, env: DistEnv) -> None:
+        super().__init__(cfg.train, inputs.out, env)
+        self.cfg, self.inputs = cfg, inputs
+        encoder, self.meta = load_encoder(inputs.encoder)
+        if self.meta.get("arch") != "alexnet":
+            raise ValueError(f"{inputs.encoder}: detection needs an AlexNet encoder, got arch {self.meta.get('arch')!r}")
+        self.fill = tuple(int(round(255 * m)) for m in self.meta["normalization"]["mean"])
+        self.train_set = TrainImages(inputs.train, inputs.train_proposals, cfg)
+        if len(self.train_set) == 0:
+            raise ValueError(f"{inputs.train.root} (split {inputs.train.split}): no training image has a "
+                             f"non-difficult box")
+        skipped = len(inputs.train.ids) - len(self.train_set)
+        if skipped:
+            log.warning("%d training image(s) without a non-difficult box skipped", skipped)
+        self.state = self.open_checkpoint(self._mismatches)
+        self.model = self._build_model(encoder)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        if self.state is not None:
+            self.model.load_state_dict(self.state["model"])
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.load_engine_state(self.state)
+        self.net = wrap_ddp(self.model, env)
+
+    def _record(self) -> dict:
+        """What a checkpoint must share with the run that continues it."""
+        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0]),
+                "proposals": self.inputs.proposal_source.get("train"), "world_size": self.env.world_size}
+
+    def _mismatches(self, state: dict) -> list[str]:
+        if "record" not in state or state.get("task") != "detection":
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a detection checkpoint; choose another --out")
+        old, new = _resume_relevant(state["config"]), _resume_relevant(self.cfg.to_dict())
+        changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
+                   if old.get(k) != new.get(k)]
+        return changed + [f"{k} ({state['record'].get(k)} -> {v})" for k, v in self._record().items()
+                          if state["record"].get(k) != v]
+
+    def _build_model(self, encoder: nn.Module) -> FastRCNN:
+        m = self.cfg.model
+        torch.manual_seed(self.cfg.train.seed)
+        roi = m.roi_size or int(encoder.feature_shapes()["pool5"][1])
+        model = FastRCNN(encoder, roi, m.fc_widths, len(self.inputs.train.classes), m.dropout)
+        for layer, std in zip(model.head_layers(), (0.01, 0.01, m.cls_std, m.bbox_std)):
+            nn.init.normal_(layer.weight, 0.0, std)
+            nn.init.zeros_(layer.bias)
+        model.to(self.env.device)
+        if m.init == "data_dependent" and self.state is None:
+            self._data_dependent_init(model)
+        model.freeze(self.cfg.train.layers)
+        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+
+    def _data_dependent_init(self, model: FastRCNN) -> None:
+        """Krahenbuhl et al.'s rescaling of fc6/fc7 (and the encoder) on the RoIs of a few training images."""
+        n = min(self.cfg.model.init_images, len(self.train_set))
+        items = [self.train_set[(i, (self.cfg.train.seed, 0, i))] for i in range(n)]
+        images, rois, _, _ = Collate(self.fill)(items)
+        rois = rois.to(self.env.device)
+        layers = (affine_layers(model.encoder) if self.cfg.model.rescale_encoder else []) + [model.fc6.fc, model.fc7.fc]
+        data_dependent_init(model, self._normalise(images), forward=lambda x: model(x, rois)[0], layers=layers,
+                            iterations=self.cfg.model.init_iterations, seed=self.cfg.train.seed)
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        from .features import _normalise_input
+
+        x = _normalise_input(images, self.meta, self.env.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        """One SGD step at the schedule's lr; a non-finite loss stops the run."""
+        images, rois, labels, targets = batch
+        torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
+        lr = lr_at(self.cfg.optim, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        dev = self.env.device
+        with self.autocast():
+            logits, deltas = self.net(self._normalise(images), rois.to(dev))
+        cls, box = detection_loss(logits, deltas, labels.to(dev), targets.to(dev))
+        self.optimizer_step(self.optimizer, cls + box, self.cfg.optim.grad_clip)
+        if self.scaler:
+            self.scaler.update()
+        self.step += 1
+        return {"loss": float((cls + box).detach()), "loss_cls": float(cls.detach()), "loss_box": float(box.detach())}
+
+    def save(self) -> None:
+        """Atomic checkpoint (rank 0) with everything an exact resume needs."""
+        if not self.env.is_main:
+            return
+        state = {**self.engine_state(), "task": "detection", "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(), "record": self._record()}
+        save_checkpoint(state, self.run_dir / CHECKPOINT)
+
+    def fit(self) -> float:
+        """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
+        t = self.cfg.train
+        loader = build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,
+                              self.env.world_size, self.step, pin_memory=self.env.device.type == "cuda",
+                              collate_fn=Collate(self.fill))
+        logger, bar = self.begin(self.cfg.to_dict(), "detect")
+        self.model.train()
+        last = {"time": self.t_start, "step": self.step}
+        try:
+            for batch in loader if self.step < t.max_steps else ():
+                values = self.train_step(batch)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    self._log(values, logger, bar, last)
+                if self.step % t.ckpt_every == 0:
+                    self.save()
+                if self.step >= t.max_steps:
+                    break
+            if self.step % t.ckpt_every or self.step == 0:
+                self.save()
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; stopping. {self.last_good()}") from exc
+        finally:
+            bar.close()
+            logger.close()
+        return self.elapsed()
+
+    def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
+        now = time.perf_counter()
+        t = self.cfg.train
+        extra = {"lr": lr_at(self.cfg.optim, self.step - 1),
+                 "images_per_s": (self.step - last["step"]) * t.batch_size * self.env.world_size
+                 / max(now - last["time"], 1e-9)}
+        last.update(time=now, step=self.step)
+        loss = values.pop("loss")
+        self.report({"loss": loss}, {**values, **extra}, logger, bar)
+
+    @torch.no_grad()
+    def detect(self, data: DetectionSet, proposals: dict[str, np.ndarray]) -> tuple[dict[str, list[np.ndarray]], float]:
+        """Per image id, per class (K, 5) [x1, y1, x2, y2, score] in 1-based inclusive VOC coordinates; and the
+        seconds per image."""
+        self.model.eval()
+        loader = DataLoader(TestImages(data, self.cfg), batch_size=None, num_workers=self.cfg.data.workers)
+        out: dict[str, list[np.ndarray]] = {}
+        t0 = time.perf_counter()
+        for index, image, s, size in tqdm(loader, desc="detect", disable=not self.cfg.train.progress,
+                                          dynamic_ncols=True):
+            image_id = data.ids[index]
+            out[image_id] = self._detect_one(image, float(s), tuple(size), proposals[image_id])
+        self.model.train()
+        return out, (time.perf_counter() - t0) / max(len(data.ids), 1)
+
+    def _detect_one(self, image: torch.Tensor, s: float, size: tuple[int, int], props: np.ndarray) -> list[np.ndarray]:
+        t, classes = self.cfg.test, len(self.inputs.train.classes)
+        rois = torch.from_numpy(props.astype(np.float32) * s).to(self.env.device)
+        rois = torch.cat([torch.zeros(len(rois), 1, device=rois.device), rois], 1)
+        with self.autocast():
+            conv5 = self.model.features(self._normalise(image[None]))
+            parts = [self.model.head(conv5, rois[i: i + t.roi_batch]) for i in range(0, len(rois), t.roi_batch)]
+        scores = torch.cat([p[0] for p in parts]).float().softmax(1)[:, 1:]  # (R, C)
+        deltas = torch.cat([p[1] for p in parts]).float().view(len(rois), -1, 4)[:, 1:]
+        deltas = deltas * torch.tensor(self.cfg.model.bbox_stds, device=deltas.device)
+        boxes = decode_boxes(rois[:, 1:], deltas) / s  # (R, C, 4) in original pixels
+        boxes = clip_boxes_to_image(boxes, (size[1], size[0]))
+        return postprocess(boxes.cpu(), scores.cpu(), classes, t)
+
+
+def postprocess(boxes: torch.Tensor, scores: torch.Tensor, classes: int, t: DetTestConfig) -> list[np.ndarray]:
+    """Score threshold, per-class NMS and the per-image cap; per class (K, 5) arrays in VOC 1-based coordinates."""
+    cls = torch.arange(classes).expand_as(scores)
+    valid = (scores > t.score_thresh) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    b, sc, c = boxes[valid], scores[valid], cls[valid]
+    kept = batched_nms(b, sc, c, t.nms)[: t.max_per_image]  # sorted by score, best first
+    b, sc, c = b[kept], sc[kept], c[kept]
+    voc = torch.cat([b[:, :2] + 1, b[:, 2:], sc[:, None]], 1).double().numpy()  # 0-based exclusive -> 1-based
+    return [voc[(c == k).numpy()] for k in range(classes)]
+
+
+class TestImages(Dataset):
+    """Item i: (i, (3, H, W) uint8 at the test scale, the scale, the original (width, height))."""
+
+    def __init__(self, data: DetectionSet, cfg: DetectConfig) -> None:
+        self.data, self.cfg = data, cfg
+
+    def __len__(self) -> int:
+        return len(self.data.ids)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, float, tuple[int, int]]:
+        img = load_rgb(self.data.paths[i], self.cfg.data.max_image_pixels)
+        s = image_scale(*img.size, self.cfg.test_scale(), self.cfg.data.max_size)
+        return i, to_tensor(resize(img, s)), s, img.size
+
+
+# --- scoring and results --------------------------------------------------------------------------
+
+def score_detections(data: DetectionSet, detections: dict[str, list[np.ndarray]], iou: float) -> dict:
+    """VOC07 AP per class (11-point and area, percent) on the tested images, and their means over classes with
+    ground truth."""
+    per_class, ap11, area = {}, [], []
+    for k, name in enumerate(data.classes):
+        rows = [(i, d) for i in data.ids for d in detections[i][k]]
+        ids = np.asarray([i for i, _ in rows], dtype=object)
+        dets = np.asarray([d for _, d in rows], dtype=np.float64).reshape(-1, 5)
+        r = voc_detection_ap(data.gt, k, ids, dets[:, 4], dets[:, :4], iou=iou)
+        per_class[name] = {"voc07_11pt": 100 * r["ap_11pt"], "area": 100 * r["ap_area"], "npos": int(r["npos"]),
+                           "n_det": int(r["n_det"])}
+        if r["npos"] > 0:
+            ap11.append(100 * r["ap_11pt"])
+            area.append(100 * r["ap_area"])
+    if not ap11:
+        raise ValueError(f"{data.root} (split {data.split}): no test image has a non-difficult box; nothing to score")
+    return {"map_voc07_11pt": float(np.mean(ap11)), "map_area": float(np.mean(area)), "per_class": per_class,
+            "iou": iou}
+
+
+def write_results(out: Path, data: DetectionSet, detections: dict[str, list[np.ndarray]]) -> str | None:
+    """Devkit comp4_det_<split>_<cls>.txt files for a whole split; None (and why) otherwise."""
+    ids = read_split_ids(data.root, data.split)
+    if len(ids) != len(data.ids):
+        log.warning("results files not written: the test set is a subset (%d of %d images of split %s)",
+                    len(data.ids), len(ids), data.split)
+        return None
+    write_det_results(out / "results", data.split, list(data.classes), detections)
+    return str(out / "results")
+
+
+def build_record(cfg: DetectConfig, det: Detector, result: dict, seconds: dict[str, float]) -> dict:
+    """metrics.json: the test results with everything needed to reproduce and compare them."""
+    i, meta = det.inputs, det.meta
+    return {"task": "detection", "layers": cfg.train.layers, "encoder": str(i.encoder),
+            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
+            "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
+            "classes": list(i.train.classes), "proposals": i.proposal_source, "steps": det.step,
+            "seed": cfg.train.seed, "config_hash": cfg.hash(), "config": cfg.to_dict(), **result,
+            **{k: round(v, 4) for k, v in seconds.items()}, "device": device_description(det.env.device),
+            "world_size": det.env.world_size, **provenance()}
+
+
+def run_detect(cfg: DetectConfig, inputs: DetectInputs) -> dict | None:
+    """Fine-tune, detect and score on rank 0, write metrics.json (+ devkit files); the record (None off rank 0)."""
+    t0 = time.perf_counter()
+    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
+    try:
+        det = Detector(cfg, inputs, env)
+        train_seconds = det.fit()
+        record = None
+        if env.is_main:
+            t1 = time.perf_counter()
+            detections, per_image = det.detect(inputs.test, inputs.test_proposals)
+            seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1,
+                       "inference_seconds_per_image": per_image, "wall_seconds": time.perf_counter() - t0,
+                       **inputs.proposal_source.get("seconds", {})}
+            result = {**score_detections(inputs.test, detections, cfg.test.iou),
+                      "results_files": write_results(inputs.out, inputs.test, detections)}
+            record = build_record(cfg, det, result, seconds)
+            atomic_write_text(inputs.out / "metrics.json", json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+        barrier(env)
+        return record
+    finally:
+        shutdown(env)
+
+
+# --- inputs and the command line ----------------------------------------------------------------------
+
+def default_cache() -> Path:
+    """$CEBENCH_CACHE/proposals, else ~/.cache/cebench/proposals."""
+    import os
+
+    base = os.environ.get("CEBENCH_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "cebench") / "proposals"
+
+
+def proposals_for(data: DetectionSet, given: Path | None, cfg: ProposalConfig, progress: bool) -> tuple[dict, dict]:
+    """Proposals of every image (original pixels, 0-based exclusive): from a file, or selective search (cached);
+    and how they were made, for metrics.json."""
+    if given is not None:
+        return load_precomputed(given, list(data.ids)), {"file": str(given)}
+    settings = ProposalSettings(cfg.mode, cfg.min_size, cfg.max_boxes, cfg.max_side)
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache()
+    t0 = time.perf_counter()
+    props = compute_proposals(list(data.paths), list(data.ids), cache, settings, workers=cfg.workers, progress=progress)
+    return props, {"selective_search": {"mode": cfg.mode, "min_size": cfg.min_size, "max_boxes": cfg.max_boxes,
+                                        "max_side": cfg.max_side, "cache_key": settings.key()},
+                   "wall_seconds": time.perf_counter() - t0}
+
+
+def open_inputs(args: argparse.Namespace, cfg: DetectConfig) -> DetectInputs:
+    """Training and test splits with their proposals; testing on the training split is refused."""
+    test_root = args.test_data or args.data
+    if Path(test_root).resolve() == Path(args.data).resolve() and args.test_split == args.train_split:
+        raise ValueError(f"{args.data}: the test set is the training set (split {args.train_split}); "
+                         f"give another --test-split or --test-data")
+    classes = read_class_list(args.data, args.classes)
+    seed = cfg.train.seed
+    train = open_detection_set(args.data, args.train_split, classes, args.max_images[0], seed)
+    test = open_detection_set(test_root, args.test_split, classes, args.max_images[1], seed)
+    p = cfg.train.progress
+    train_props, train_src = proposals_for(train, args.train_proposals, cfg.proposals, p)
+    test_props, test_src = proposals_for(test, args.test_proposals, cfg.proposals, p)
+    seconds = {f"proposal_seconds_{k}": v.pop("wall_seconds") for k, v in (("train", train_src), ("test", test_src))
+               if "wall_seconds" in v}
+    return DetectInputs(args.encoder, train, test, train_props, test_props,
+                        {"train": train_src, "test": test_src, "seconds": seconds}, args.out, args.max_images)
+
+
+def summary(record: dict) -> str:
+    """One line: the test numbers."""
+    return (f"{record['layers']} fine-tuned {record['steps']} steps on {record['train']['n_images']} images, "
+            f"tested on {record['test']['n_images']}: mAP VOC07 11-pt {record['map_voc07_11pt']:.2f}, "
+            f"area {record['map_area']:.2f} ({record['inference_seconds_per_image']:.3f} s per test image)")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the detect command."""
+    from .evaluate import class_list
+
+    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an exported encoder for Fast R-CNN detection.")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
+    p.add_argument("--encoder", type=Path, metavar="RUN_DIR", help="run directory or encoder.json")
+    p.add_argument("--data", type=Path, metavar="ROOT", help="VOC-format root: ImageSets/Main, Annotations, JPEGImages")
+    p.add_argument("--test-data", type=Path, metavar="ROOT", help="test root (default: --data)")
+    p.add_argument("--train-split", default="trainval", help="split to train on (default: trainval)")
+    p.add_argument("--test-split", default="test", help="split to test on (default: test)")
+    p.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
+                   help="class list for roots without classes.txt (default: the 20 VOC classes)")
+    p.add_argument("--train-proposals", type=Path, default=None, metavar="FILE",
+                   help="precomputed proposals (.mat as Fast R-CNN's, .json, .npz) instead of selective search")
+    p.add_argument("--test-proposals", type=Path, default=None, metavar="FILE")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory: checkpoint, curves, metrics.json")
+    p.add_argument("--preset", default="detect_demo", help="a preset (see --list-presets) or a YAML file")
+    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
+                   help="a fixed random subset of N training (M test) images, drawn by train.seed (default: all)")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse, resolve the config, fine-tune, detect and score, print a summary."""
+    from pretext.cli import setup_logging
+    from pretext.pretrain import _last_line
+
+    setup_logging()
+    parser = build_parser(prog)
+    args = parser.parse_intermixed_args(argv)
+    if args.list_presets:
+        print("\n".join(preset_names()))
+        return 0
+    try:
+        cfg = load_config(args.preset, args.overrides)
+        if args.print_config:
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        if None in (args.encoder, args.data, args.out):
+            parser.error("--encoder, --data and --out are required")
+        record = run_detect(cfg, open_inputs(args, cfg))
+    except NonFiniteLossError as exc:
+        log.error("%s", exc)
+        return 3
+    except (ValueError, OSError, RuntimeError) as exc:  # configs, roots, XML, images, encoders, checkpoints, devices
+        log.error("%s", _last_line(exc))
+        return 2
+    if record is not None:
+        print(f"{summary(record)}\n-> {args.out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
