@@ -131,8 +131,8 @@ def test_shipped_suites_validate_and_the_paper_suite_dry_runs_on_a_fake_voc_tree
     (imagenet / "n01").mkdir(parents=True)
     assert main(["paper", f"data.root={voc}", f"data.pretrain={imagenet}", "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "4 pretrainings x 2 tasks x 1 seeds" in text and "8 cells" in text
-    assert "ce_alexnet_paper" in text and "80000 steps x 16" in text
+    assert "4 pretrainings x 3 tasks x 1 seeds" in text and "12 cells" in text
+    assert "ce_alexnet_paper" in text and "80000 steps x 16" in text and "40000 steps x 2" in text
     assert main(["paper", f"data.root={tmp_path / 'nowhere'}", "--dry-run"]) == 2
 
 
