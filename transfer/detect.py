@@ -15,9 +15,12 @@ RoI max pooling (`torchvision.ops.roi_pool`, which equals Caffe's) to the encode
   image; per class score > `test.score_thresh` and NMS at `test.nms`, then at most `test.max_per_image`.
 - Proposals: selective search (fast mode; `transfer.proposals`, cached on disk) or precomputed files
   (`--train-proposals` / `--test-proposals`: Fast R-CNN .mat, JSON or .npz).
+- Data: a VOC-format root, or a COCO root (`annotations/instances_<split>.json`, images in `<split>/`; classes are
+  its categories, crowd regions count as difficult; `transfer.coco.read_coco_detection`).
 - Scores: the VOC07 detection AP (11-point and area; `transfer.detection_eval`) on the test images; on a whole
   VOC split the devkit results files `comp4_det_<split>_<cls>.txt` are written too, which
-  `cebench evaluate detection` re-scores to the same numbers.
+  `cebench evaluate detection` re-scores to the same numbers. On COCO data also COCO's AP@[.5:.95], AP50 and
+  AP75 (pycocotools' COCOeval on the tested images) and the results file coco_results.json.
 
 Boxes inside are float [x1, y1, x2, y2] in 0-based pixel coordinates with exclusive x2/y2 (torchvision): a VOC
 box xmin..xmax (1-based, inclusive) is [xmin - 1, xmax). A run directory holds config.json, checkpoint.pt (atomic;
@@ -60,8 +63,10 @@ from pretext.models.alexnet import _STAGE_INDEX
 
 from .arguments import max_images
 from .classify import FineTuneConfig, SGDConfig, build_optimizer, fc_block, lr_at
+from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_coco_results
 from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
 from .evaluate import json_safe, provenance
+from .features import is_voc_root
 from .proposals import ProposalSettings, compute_proposals, load_precomputed
 from .voc import read_class_list, read_split_ids
 
@@ -184,7 +189,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Detect
 
 @dataclass(frozen=True)
 class DetectionSet:
-    """Images of one VOC-format split with their ground truth (0-based, exclusive boxes) and proposals."""
+    """Images of one VOC-format or COCO split with their ground truth (1-based inclusive boxes)."""
 
     root: Path
     split: str
@@ -192,27 +197,50 @@ class DetectionSet:
     paths: tuple[Path, ...]
     gt: dict[str, ImageObjects]  # as read: 1-based inclusive boxes
     classes: tuple[str, ...]
+    kind: str = "voc"  # "voc" or "coco"
+    coco_ids: dict[str, int] | None = None  # COCO: image id of each id
+    category_ids: tuple[int, ...] = ()  # COCO: category id of each class
 
     def describe(self, max_images: int | None) -> dict:
         """Root, split and size, as metrics.json records an image set."""
-        return {"root": str(self.root), "split": self.split, "kind": "voc", "n_images": len(self.ids),
+        return {"root": str(self.root), "split": self.split, "kind": self.kind, "n_images": len(self.ids),
                 "max_images": max_images}
 
 
 def open_detection_set(root: Path, split: str, classes: list[str], max_images: int | None, seed: int) -> DetectionSet:
-    """A VOC-format split (ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/<id>.jpg), optionally the
-    seed's fixed subset of `max_images` images."""
+    """A VOC-format split (ImageSets/Main/<split>.txt, Annotations/<id>.xml, JPEGImages/<id>.jpg) or a COCO split
+    (annotations/instances_<split>.json, <split>/<file_name>; its categories are the classes and `classes` is not
+    used), optionally the seed's fixed subset of `max_images` images."""
     from pretext.data.sources import fixed_subset
 
     root = Path(root)
+    if is_coco_root(root) and not is_voc_root(root):  # a root with both layouts is read as VOC, as probes do
+        return _open_coco_set(root, split, max_images, seed)
     ids = read_split_ids(root, split)
     ids = [ids[i] for i in fixed_subset(len(ids), max_images, seed)]
     paths = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
+    _check_images(root, split, paths)
+    gt = read_detection_annotations(root, split, classes)
+    return DetectionSet(root, split, tuple(ids), tuple(paths), {i: gt[i] for i in ids}, tuple(classes))
+
+
+def _open_coco_set(root: Path, split: str, max_images: int | None, seed: int) -> DetectionSet:
+    """A COCO split (`transfer.coco.read_coco_detection`), optionally the seed's fixed subset."""
+    from pretext.data.sources import fixed_subset
+
+    ids, paths, gt, classes, coco_ids, category_ids = read_coco_detection(root, split)
+    keep = fixed_subset(len(ids), max_images, seed)
+    ids, paths = [ids[i] for i in keep], [paths[i] for i in keep]
+    _check_images(root, split, paths)
+    return DetectionSet(root, split, tuple(ids), tuple(paths), {i: gt[i] for i in ids}, tuple(classes), "coco",
+                        {i: coco_ids[i] for i in ids}, tuple(category_ids))
+
+
+def _check_images(root: Path, split: str, paths: list[Path]) -> None:
+    """Every image file of the (subset of the) split must exist."""
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"{root}: {len(missing)} image(s) of split {split} missing, e.g. {missing[0]}")
-    gt = read_detection_annotations(root, split, classes)
-    return DetectionSet(root, split, tuple(ids), tuple(paths), {i: gt[i] for i in ids}, tuple(classes))
 
 
 def gt_boxes(objects: ImageObjects, keep_difficult: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -629,7 +657,7 @@ class TestImages(Dataset):
 
 def score_detections(data: DetectionSet, detections: dict[str, list[np.ndarray]], iou: float) -> dict:
     """VOC07 AP per class (11-point and area, percent) on the tested images, and their means over classes with
-    ground truth."""
+    ground truth; on COCO data also COCOeval's coco_map (AP@[.5:.95]), coco_ap50 and coco_ap75 on those images."""
     per_class, ap11, area = {}, [], []
     for k, name in enumerate(data.classes):
         rows = [(i, d) for i in data.ids for d in detections[i][k]]
@@ -643,12 +671,20 @@ def score_detections(data: DetectionSet, detections: dict[str, list[np.ndarray]]
             area.append(100 * r["ap_area"])
     if not ap11:
         raise ValueError(f"{data.root} (split {data.split}): no test image has a non-difficult box; nothing to score")
-    return {"map_voc07_11pt": float(np.mean(ap11)), "map_area": float(np.mean(area)), "per_class": per_class,
+    coco = {} if data.kind != "coco" else coco_detection_metrics(
+        data.root, data.split, to_coco_results(detections, data.coco_ids, data.category_ids),
+        [data.coco_ids[i] for i in data.ids])
+    return {"map_voc07_11pt": float(np.mean(ap11)), "map_area": float(np.mean(area)), **coco, "per_class": per_class,
             "iou": iou}
 
 
 def write_results(out: Path, data: DetectionSet, detections: dict[str, list[np.ndarray]]) -> str | None:
-    """Devkit comp4_det_<split>_<cls>.txt files for a whole split; None (and why) otherwise."""
+    """COCO data: OUT/coco_results.json (COCO's results format, the tested images). VOC: devkit
+    comp4_det_<split>_<cls>.txt files for a whole split; None (and why) otherwise."""
+    if data.kind == "coco":
+        path = out / "coco_results.json"
+        atomic_write_text(path, json.dumps(to_coco_results(detections, data.coco_ids, data.category_ids)) + "\n")
+        return str(path)
     ids = read_split_ids(data.root, data.split)
     if len(ids) != len(data.ids):
         log.warning("results files not written: the test set is a subset (%d of %d images of split %s)",
@@ -671,7 +707,11 @@ def build_record(cfg: DetectConfig, det: Detector, result: dict, seconds: dict[s
 
 
 def run_detect(cfg: DetectConfig, inputs: DetectInputs) -> dict | None:
-    """Fine-tune, detect and score on rank 0, write metrics.json (+ devkit files); the record (None off rank 0)."""
+    """Fine-tune, detect and score on rank 0, write metrics.json (+ devkit files or coco_results.json); the record
+    (None off rank 0)."""
+    if inputs.test.classes != inputs.train.classes:  # a COCO root brings its own categories
+        raise ValueError(f"{inputs.test.root} (split {inputs.test.split}) has classes {list(inputs.test.classes)} "
+                         f"but {inputs.train.root} (split {inputs.train.split}) {list(inputs.train.classes)}")
     t0 = time.perf_counter()
     env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
     try:
@@ -724,6 +764,11 @@ def open_inputs(args: argparse.Namespace, cfg: DetectConfig) -> DetectInputs:
     if Path(test_root).resolve() == Path(args.data).resolve() and args.test_split == args.train_split:
         raise ValueError(f"{args.data}: the test set is the training set (split {args.train_split}); "
                          f"give another --test-split or --test-data")
+    from .coco import is_coco_root
+
+    if args.classes is not None and is_coco_root(Path(args.data)):
+        raise ValueError(f"{args.data}: a COCO root brings its own categories; --classes is for VOC roots without "
+                         f"classes.txt")
     classes = read_class_list(args.data, args.classes)
     seed = cfg.train.seed
     train = open_detection_set(args.data, args.train_split, classes, args.max_images[0], seed)
@@ -741,7 +786,9 @@ def summary(record: dict) -> str:
     """One line: the test numbers."""
     return (f"{record['layers']} fine-tuned {record['steps']} steps on {record['train']['n_images']} images, "
             f"tested on {record['test']['n_images']}: mAP VOC07 11-pt {record['map_voc07_11pt']:.2f}, "
-            f"area {record['map_area']:.2f} ({record['inference_seconds_per_image']:.3f} s per test image)")
+            f"area {record['map_area']:.2f}"
+            + (f", COCO AP@[.5:.95] {record['coco_map']:.2f}" if "coco_map" in record else "")
+            + f" ({record['inference_seconds_per_image']:.3f} s per test image)")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -751,7 +798,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Fine-tune an exported encoder for Fast R-CNN detection.")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
     p.add_argument("--encoder", type=Path, metavar="RUN_DIR", help="run directory or encoder.json")
-    p.add_argument("--data", type=Path, metavar="ROOT", help="VOC-format root: ImageSets/Main, Annotations, JPEGImages")
+    p.add_argument("--data", type=Path, metavar="ROOT",
+                   help="VOC-format root (ImageSets/Main, Annotations, JPEGImages) or COCO root (annotations/"
+                        "instances_<split>.json, <split>/ images)")
     p.add_argument("--test-data", type=Path, metavar="ROOT", help="test root (default: --data)")
     p.add_argument("--train-split", default="trainval", help="split to train on (default: trainval)")
     p.add_argument("--test-split", default="test", help="split to test on (default: test)")
