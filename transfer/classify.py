@@ -385,9 +385,19 @@ RESUME_FREE = {"train": ("max_steps", "resume", "progress", "ckpt_every", "log_e
                "data": ("workers",)}
 
 
-def _resume_relevant(config: dict) -> dict[str, Any]:
+def _resume_relevant(config: dict, free: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sec in config.items() if s != "test" for k, v in sec.items()
-            if k not in RESUME_FREE.get(s, ())}
+            if k not in free.get(s, ())}
+
+
+def resume_changes(state: dict, config: dict, record: dict, free: dict[str, tuple[str, ...]] = RESUME_FREE) -> list[str]:
+    """Result-changing settings (all but `free` and test) and record entries that differ between a fine-tuning
+    checkpoint and this run, as 'key (old -> new)'."""
+    old, new = _resume_relevant(state["config"], free), _resume_relevant(config, free)
+    changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k)]
+    return changed + [f"{k} ({state['record'].get(k)} -> {v})" for k, v in record.items()
+                      if state["record"].get(k) != v]
 
 
 class FineTuner(Engine):
@@ -425,11 +435,7 @@ class FineTuner(Engine):
         if "record" not in state:
             raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a classification fine-tuning checkpoint; "
                                   f"choose another --out")
-        old, new = _resume_relevant(state["config"]), _resume_relevant(self.cfg.to_dict())
-        changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
-                   if old.get(k) != new.get(k)]
-        return changed + [f"{k} ({state['record'].get(k)} -> {v})" for k, v in self._record().items()
-                          if state["record"].get(k) != v]
+        return resume_changes(state, self.cfg.to_dict(), self._record())
 
     def _build_model(self, encoder: nn.Module) -> FineTuneClassifier:
         h = self.cfg.model

@@ -36,7 +36,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +61,8 @@ from pretext.init import affine_layers, data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
 
 from .arguments import max_images
-from .classify import FineTuneConfig, SGDConfig, build_optimizer, fc_block, lr_at
+from .classify import RESUME_FREE as CLASSIFY_RESUME_FREE
+from .classify import FineTuneConfig, SGDConfig, build_optimizer, fc_block, lr_at, resume_changes
 from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_coco_results
 from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
 from .evaluate import json_safe, provenance
@@ -455,13 +455,7 @@ class DetectInputs:
     max_images: tuple[int | None, int | None] = (None, None)
 
 
-RESUME_FREE = {"train": ("max_steps", "resume", "progress", "ckpt_every", "log_every", "device", "ddp_timeout_s"),
-               "data": ("workers",), "proposals": ("workers", "cache_dir")}
-
-
-def _resume_relevant(config: dict) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, sec in config.items() if s != "test" for k, v in sec.items()
-            if k not in RESUME_FREE.get(s, ())}
+RESUME_FREE = {**CLASSIFY_RESUME_FREE, "proposals": ("workers", "cache_dir")}
 
 
 class Detector(Engine):
@@ -498,11 +492,7 @@ class Detector(Engine):
     def _mismatches(self, state: dict) -> list[str]:
         if "record" not in state or state.get("task") != "detection":
             raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a detection checkpoint; choose another --out")
-        old, new = _resume_relevant(state["config"]), _resume_relevant(self.cfg.to_dict())
-        changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
-                   if old.get(k) != new.get(k)]
-        return changed + [f"{k} ({state['record'].get(k)} -> {v})" for k, v in self._record().items()
-                          if state["record"].get(k) != v]
+        return resume_changes(state, self.cfg.to_dict(), self._record(), RESUME_FREE)
 
     def _build_model(self, encoder: nn.Module) -> FastRCNN:
         m = self.cfg.model
