@@ -135,12 +135,15 @@ def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:
                        tuple(overrides), tasks=tasks)
 
 
+# Tasks that train, with the module whose `load_config` resolves their preset and overrides.
+TRAINING_TASKS = {"classify": "transfer.classify", "detection": "transfer.detect", "segmentation": "transfer.segment"}
+
+
 def _task_config(kind: str, opts: dict) -> Any:
-    """The resolved config of a task that trains (classify, detection) from its preset and overrides."""
+    """The resolved config of a task that trains (TRAINING_TASKS) from its preset and overrides."""
     import importlib
 
-    module = importlib.import_module("transfer.classify" if kind == "classify" else "transfer.detect")
-    return module.load_config(opts["preset"], opts["overrides"])
+    return importlib.import_module(TRAINING_TASKS[kind]).load_config(opts["preset"], opts["overrides"])
 
 
 def _task(name: str, spec: Any) -> tuple[Task, dict]:
@@ -152,13 +155,11 @@ def _task(name: str, spec: Any) -> tuple[Task, dict]:
     if kind not in TASKS:
         raise ConfigError(f"{where}: unknown task {kind!r}; registered: {', '.join(TASKS)}")
     task = TASKS[kind]
-    if task.planned:
-        raise ConfigError(f"{where}: {task.planned}")
     try:
         opts = resolve_options(task, spec, where)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if kind in ("classify", "detection"):
+    if kind in TRAINING_TASKS:
         try:
             _task_config(kind, opts)
         except ConfigError as exc:
@@ -338,7 +339,7 @@ def cell_hash(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path, pre
     p = suite.pretrainings[cell.pretraining]
     pretrained = pretrained or pretraining_hash(p, suite, data, pretrain_root)
     resolved = None
-    if task.name in ("classify", "detection"):
+    if task.name in TRAINING_TASKS:
         resolved = _resolved(_task_config(task.name, opts).to_dict())
     return _hash({"pretraining": pretrained, "task": task.name,
                   "options": opts, "resolved": resolved, "seed": cell.seed,
@@ -468,6 +469,9 @@ def dry_run(suite: Suite) -> str:
     for p in suite.pretrainings.values():
         if p.weights is not None and not p.weights.is_file():
             raise ConfigError(f"pretrainings.{p.name}.import: file not found: {p.weights}")
+    for name, (_, opts) in suite.tasks.items():  # a task with its own data root (segmentation)
+        if opts.get("root") is not None and not Path(opts["root"]).is_dir():
+            raise ConfigError(f"tasks.{name}.root: directory not found: {opts['root']}")
     lines = [f"suite {suite.name}: {len(suite.pretrainings)} pretrainings x {len(suite.tasks)} tasks x "
              f"{len(suite.seeds)} seeds", f"labelled data: {data.train} -> {data.test}"
              f" (splits {data.train_split} -> {data.test_split})", f"pretraining images: {pretrain_root}"]
@@ -485,7 +489,7 @@ def dry_run(suite: Suite) -> str:
                      f"{cfg.train.batch_size} = {n:,} images per seed")
     for name, (task, opts) in suite.tasks.items():
         extra = ""
-        if task.name in ("classify", "detection"):
+        if task.name in TRAINING_TASKS:
             c = _task_config(task.name, opts)
             extra = f", {c.train.max_steps} steps x {c.train.batch_size}"
             images += c.train.max_steps * c.train.batch_size * len(suite.pretrainings) * len(suite.seeds)

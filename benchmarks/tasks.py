@@ -2,8 +2,7 @@
 
 A task gets the encoder's run directory, the suite's datasets, its own options (from the suite file), the
 seed and a work directory; it returns the cell's numbers: a headline (the Table 2 column), all metrics and,
-where the command has them, per-class numbers. Segmentation is registered as planned: a suite naming it fails
-validation with a clear message until it exists.
+where the command has them, per-class numbers.
 """
 
 from __future__ import annotations
@@ -53,7 +52,6 @@ class Task:
     options: dict[str, Any]  # option -> default
     run: Callable[..., TaskResult] | None = None
     needs: tuple[str, ...] = field(default_factory=tuple)  # encoder capabilities: "decoder"
-    planned: str | None = None  # why the task is not available yet
 
 
 @contextlib.contextmanager
@@ -129,6 +127,23 @@ def run_detection(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pat
     metrics = {k: m[k] for k in ("map_voc07_11pt", "map_area", "steps", "train_seconds",
                                   "inference_seconds_per_image")}
     return TaskResult("detection", "Detection mAP (%)", float(m["map_voc07_11pt"]), metrics, per_class or None)
+
+
+def run_segmentation(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
+    """`cebench transfer segment` (FCN-32s) with the task's preset and overrides: mIoU. The task's `root`,
+    `train_split` and `test_split` options replace the suite's (segmentation data is VOC2012 or SBD, train -> val,
+    beside a VOC2007 classification root)."""
+    train, test = (Path(opts["root"]), Path(opts["root"])) if opts["root"] else (data.train, data.test)
+    argv = ["--encoder", str(encoder), "--data", str(train), "--test-data", str(test),
+            "--train-split", opts["train_split"] or data.train_split,
+            "--test-split", opts["test_split"] or data.test_split, "--preset", opts["preset"],
+            *_max_images(opts), *opts["overrides"], f"train.seed={seed}", "train.progress=false",
+            f"train.resume={'true' if (out / 'checkpoint.pt').exists() else 'false'}"]
+    m = _call("transfer.segment", argv, out)
+    per_class = {c: v for c, v in m["per_class_iou"].items() if v is not None}
+    metrics = {k: m[k] for k in ("miou", "pixel_acc", "mean_acc", "steps", "train_seconds", "train_seconds_per_image",
+                                  "inference_seconds_per_image")}
+    return TaskResult("segmentation", "Segmentation mIoU (%)", float(m["miou"]), metrics, per_class or None)
 
 
 def _probe(kind: str, label: str) -> Callable[..., TaskResult]:
@@ -233,8 +248,8 @@ TASKS: dict[str, Task] = {
                           run_nn_inpainting),
     "detection": Task("detection", "detection", {"preset": "detect_demo", "overrides": [], "max_images": None},
                       run_detection),
-    "segmentation": Task("segmentation", "segmentation", {},
-                         planned="FCN segmentation is not implemented yet (issue 7)"),
+    "segmentation": Task("segmentation", "segmentation", {"preset": "segment_demo", "overrides": [], "max_images": None,
+                                                          "root": None, "train_split": None, "test_split": None}, run_segmentation),
 }
 
 

@@ -148,33 +148,38 @@ def test_testing_on_the_training_split_is_refused(encoder_dir: Path, demo_root: 
     assert "test set is the training set" in caplog.text and not (tmp_path / "x").exists()
 
 
-def shapes_voc(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
+def shapes_voc(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0, size: tuple[int, int] = (110, 150),
+               side: tuple[int, int] = (30, 50)) -> Path:
     """A VOC root of noisy grey scenes, 110-150 px, with one or two red squares ('square') or blue discs ('disc')
-    of 30-50 px: detection a tiny network learns in a few dozen steps."""
+    of 30-50 px: detection (Annotations, ImageSets/Main) and segmentation (SegmentationClass,
+    ImageSets/Segmentation) a tiny network learns in a few dozen steps. Splits trainval and test."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
-    for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
+    for d in ("JPEGImages", "Annotations", "ImageSets/Main", "SegmentationClass", "ImageSets/Segmentation"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("square\ndisc\n")
     ids: dict[str, list[str]] = {"trainval": [], "test": []}
     for i in range(n_train + n_test):
-        w, h = (int(v) for v in rng.integers(110, 150, 2))
+        w, h = (int(v) for v in rng.integers(*size, 2))
         img = Image.fromarray(rng.normal(128, 20, (h, w, 3)).clip(0, 255).astype(np.uint8))
+        labels = Image.new("L", (w, h), 0)
         draw, objects = ImageDraw.Draw(img), []
         for _ in range(int(rng.integers(1, 3))):
-            s = int(rng.integers(30, 50))
+            s = int(rng.integers(*side))
             x, y, c = int(rng.integers(0, w - s)), int(rng.integers(0, h - s)), int(rng.integers(0, 2))
-            shape = draw.rectangle if c == 0 else draw.ellipse
-            shape([x, y, x + s - 1, y + s - 1], fill=[(220, 40, 40), (40, 40, 220)][c])
+            for canvas, fill in ((draw, [(220, 40, 40), (40, 40, 220)][c]), (ImageDraw.Draw(labels), c + 1)):
+                (canvas.rectangle if c == 0 else canvas.ellipse)([x, y, x + s - 1, y + s - 1], fill=fill)
             objects.append(f"<object><name>{['square', 'disc'][c]}</name><difficult>0</difficult><bndbox><xmin>{x + 1}"
                            f"</xmin><ymin>{y + 1}</ymin><xmax>{x + s}</xmax><ymax>{y + s}</ymax></bndbox></object>")
         image_id = f"{i:06d}"
         img.save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        labels.save(root / "SegmentationClass" / f"{image_id}.png")
         (root / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{''.join(objects)}</annotation>")
         ids["trainval" if i < n_train else "test"].append(image_id)
     for split, values in ids.items():
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(values) + "\n")
+        for d in ("Main", "Segmentation"):
+            (root / "ImageSets" / d / f"{split}.txt").write_text("\n".join(values) + "\n")
     return root
 
 

@@ -100,7 +100,7 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
 
 @pytest.mark.parametrize("override, message", [
     ("tasks.x={task: nonsense}", "unknown task 'nonsense'"),
-    ("tasks.segmentation={}", "FCN segmentation is not implemented yet"),
+    ("tasks.segmentation={overrides: [loss.reduction=max]}", "tasks.segmentation: .*reduction"),
     ("tasks.detection={overrides: [sample.fg_iou=2]}", "tasks.detection: .*fg_iou"),
     ("tasks.knn={kk: 3}", "unknown option.*kk for task knn"),
     ("nonsense=1", "unknown suite key 'nonsense'"),
@@ -129,10 +129,15 @@ def test_shipped_suites_validate_and_the_paper_suite_dry_runs_on_a_fake_voc_tree
     (voc / "JPEGImages").mkdir()
     (voc / "Annotations").mkdir()
     (imagenet / "n01").mkdir(parents=True)
-    assert main(["paper", f"data.root={voc}", f"data.pretrain={imagenet}", "--dry-run"]) == 0
+    voc12 = tmp_path / "VOC2012"
+    (voc12 / "SegmentationClass").mkdir(parents=True)
+    assert main(["paper", f"data.root={voc}", f"data.pretrain={imagenet}", "--dry-run",
+                 f"tasks.segmentation.root={voc12}"]) == 0
     text = capsys.readouterr().out
-    assert "4 pretrainings x 3 tasks x 1 seeds" in text and "12 cells" in text
+    assert "4 pretrainings x 4 tasks x 1 seeds" in text and "16 cells" in text
     assert "ce_alexnet_paper" in text and "80000 steps x 16" in text and "40000 steps x 2" in text
+    assert "100000 steps x 20" in text  # segment_paper
+    assert main(["paper", f"data.root={voc}", f"data.pretrain={imagenet}", "--dry-run"]) == 2  # no VOC2012 here
     assert main(["paper", f"data.root={tmp_path / 'nowhere'}", "--dry-run"]) == 2
 
 
@@ -213,3 +218,29 @@ def test_fixed_subset_is_the_same_for_every_command(folder: Path) -> None:
     assert fixed_subset(4, None, 0) == fixed_subset(4, 9, 0) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match=">= 1"):
         fixed_subset(4, 0, 0)
+
+
+@pytest.mark.slow
+def test_detection_and_segmentation_columns(tmp_path: Path) -> None:
+    """A suite on a VOC root with boxes and masks: the detection and segmentation tasks fill their Table 2
+    columns through the registry."""
+    from .test_detect import shapes_voc
+
+    root = shapes_voc(tmp_path / "voc", n_train=8, n_test=4, size=(60, 80), side=(16, 30))
+    raw = {"name": "dense", "seeds": [0], "data": {"root": str(root)},
+           "pretrainings": {"random": {"preset": "demo_random", "overrides": [*TINY, "mask.region_bank=null"]}},
+           "tasks": {"detection": {"overrides": ["model.fc_widths=[16,16]", "train.max_steps=2", "data.workers=0",
+                                                 "proposals.workers=0", "data.scales=[64]", "test.scale=64",
+                                                 f"proposals.cache_dir={tmp_path / 'cache'}"]},
+                     "segmentation": {"overrides": ["model.fc_widths=[16,16]", "train.max_steps=2", "data.workers=0",
+                                                    "data.scale=48"]}}}
+    path = tmp_path / "dense.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "results"
+    assert main([str(path), "--out", str(out)]) == 0
+    got = cells(out)
+    assert got["random__segmentation__seed0"]["headline"]["name"] == "Segmentation mIoU (%)"
+    assert set(got["random__segmentation__seed0"]["per_class"]) <= {"background", "square", "disc"}
+    assert got["random__detection__seed0"]["headline"]["name"] == "Detection mAP (%)"
+    table = (out / "table2.md").read_text()
+    assert "Detection mAP (%)" in table and "Segmentation mIoU (%)" in table

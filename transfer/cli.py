@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# task -> (module with main(argv, prog), one-line help). Segmentation joins here.
+# task -> (module with main(argv, prog), one-line help).
 TASKS: dict[str, tuple[str, str]] = {
     "classify": ("transfer.classify", "image classification fine-tuning (VOC / COCO mAP, ImageFolder top-1)"),
     "detect": ("transfer.detect", "Fast R-CNN detection fine-tuning (VOC07 AP@0.5)"),
+    "segment": ("transfer.segment", "FCN-32s semantic segmentation fine-tuning (mIoU)"),
 }
 
 

@@ -8,6 +8,10 @@ and averaged over the classes that have positives.
 `cebench evaluate detection --voc-root ROOT --split test --results DIR --out OUT_DIR [--iou 0.5]` reads the boxes
 of `ROOT/Annotations/<id>.xml` and the devkit results files `DIR/comp4_det_<split>_<cls>.txt` and writes the VOC07
 11-point and area detection mAPs in percent (`transfer.detection_eval`, the devkit's matching rules).
+
+`cebench evaluate segmentation --voc-root ROOT --split val --results DIR --out OUT_DIR` scores `DIR/<image_id>.png`
+label maps with one confusion matrix over the split: mIoU, pixel and mean accuracy, per-class IoU in percent
+(`transfer.segmentation_eval`).
 Bad input is one error line and exit code 2.
 """
 
@@ -146,6 +150,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_common_arguments(det, "comp4_det_<split>_<cls>.txt")
     det.add_argument("--iou", type=iou_threshold, default=0.5,
                      help="IoU a detection needs with a ground-truth box, in (0, 1] (default: 0.5)")
+    seg = tasks.add_parser("segmentation", help="semantic segmentation mIoU, pixel and mean accuracy (one confusion "
+                                                "matrix over the split, 255 ignored)",
+                           description="Score a folder of <image_id>.png label maps (palette or grey PNGs of class "
+                                       "indices, the size of their images).")
+    seg.add_argument("--voc-root", type=Path, required=True, metavar="ROOT",
+                     help="segmentation root: VOC (ImageSets/Segmentation, SegmentationClass), SBD (cls/, img/), "
+                          "COCO (annotations/instances_<split>.json) or a folder pair (images/, masks/)")
+    seg.add_argument("--split", default="val", help="split scored (default: val)")
+    seg.add_argument("--results", type=Path, required=True, metavar="DIR", help="directory of <image_id>.png files")
+    seg.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="directory for metrics.json")
+    seg.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
+                     help="class list for roots without classes.txt (background first or added; default for VOC "
+                          "and SBD roots: the 20 VOC classes)")
     return parser
 
 
@@ -153,14 +170,24 @@ def run_task(args: argparse.Namespace) -> dict:
     """Score the chosen task and write its metrics.json; returns the record."""
     if args.task == "classification":
         return run_classification(args.voc_root, args.split, args.results, args.out, args.classes)
-    # Imported on use: detection_eval builds on json_safe / provenance above.
+    # Imported on use: detection_eval and segmentation_eval build on json_safe / provenance above.
+    if args.task == "segmentation":
+        from .segmentation_eval import run_segmentation
+
+        return run_segmentation(args.voc_root, args.split, args.results, args.out, args.classes)
     from .detection_eval import run_detection
 
     return run_detection(args.voc_root, args.split, args.results, args.out, args.classes, args.iou)
 
 
 def summary(record: dict, out: Path) -> str:
-    """The printed result: a table, then the mean APs and where metrics.json went."""
+    """The printed result: a table, then the mean APs (or IoU) and where metrics.json went."""
+    if record["task"] == "segmentation":
+        from .segmentation_eval import format_segmentation_table
+
+        return (f"{format_segmentation_table(record)}\n{record['n_images']} images, {len(record['classes'])} classes: "
+                f"mIoU {record['miou']:.2f}, pixel accuracy {record['pixel_acc']:.2f}, mean accuracy "
+                f"{record['mean_acc']:.2f} -> {out / 'metrics.json'}")
     if record["task"] == "voc_detection":
         columns, table = (("voc07_11pt", "VOC07 11-pt"), ("area", "area")), format_detection_table(record)
         scope = f"IoU >= {record['iou']:g}, "

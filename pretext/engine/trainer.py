@@ -113,10 +113,19 @@ class Engine:
         """Backward, optional clipping (max global norm) and the step; a non-finite loss stops the run.
 
         With fp16 the caller runs `self.scaler.update()` once all of a step's optimisers have stepped."""
+        opt.zero_grad(set_to_none=True)
+        self.backward(loss, what)
+        self.clip_and_step(opt, grad_clip)
+
+    def backward(self, loss: torch.Tensor, what: str = "") -> None:
+        """Add `loss`'s gradients (scaled with fp16); a non-finite loss stops the run. Several calls before one
+        `clip_and_step` accumulate gradients over sub-batches."""
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(f"{what + ' ' if what else ''}loss became {loss.item()} at step {self.step + 1}")
-        opt.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def clip_and_step(self, opt: torch.optim.Optimizer, grad_clip: float) -> None:
+        """Optional clipping of the accumulated gradients (max global norm), then the optimiser step."""
         if grad_clip > 0:
             if self.scaler:
                 self.scaler.unscale_(opt)

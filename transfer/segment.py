@@ -1,0 +1,651 @@
+"""`cebench transfer segment`: FCN-32s semantic segmentation on an exported AlexNet encoder (Table 2's third column).
+
+Long et al.'s FCN-32s on AlexNet, as the context-encoder paper ran it (`../shared/PROTOCOLS.md`):
+
+- The encoder with conv1 padded by 100 px (`model.conv1_pad`; the 64 px small variant gets the equivalent padding,
+  half its pool5 receptive grid in pixels) and every max pooling in ceil mode; fc6 as a k x k convolution over
+  pool5 (k = the encoder's pool5 grid: 6 for the 227 px AlexNet), fc7 as 1 x 1, both ReLU + dropout; a 1 x 1
+  score layer (C classes, background included; zero-initialised as FCN); a fixed bilinear up-convolution (kernel
+  2S, stride S, S = the encoder's total stride: 64/32 for AlexNet) and the crop back to the input size at the
+  offset that aligns output and input pixels (computed from the layers: 18 for AlexNet, rounded as FCN's
+  coord_map). fc6/fc7 are new (N(0, `model.fc_std`)) or converted from a classifier's fully connected weights
+  (`model.fc_from`: a `cebench transfer classify` run, or a torchvision AlexNet state dict).
+- Loss: per-pixel softmax cross-entropy, label 255 ignored, summed over pixels (`loss.reduction=sum`, FCN's
+  unnormalised loss) or averaged (`mean`; the learning rate must then be larger, by about the pixels per image);
+  each update averages the gradients of `train.batch_size` images (gradient accumulation: images of any size,
+  one at a time). SGD with momentum; Caffe's 2x bias learning rate in the paper preset.
+- Training images at their size (FCN) or with the shorter side at `data.scale` (the CPU presets), mirrored at
+  random; label maps resized with nearest neighbours.
+- Test: every image at the test scale; scores upsampled (bilinear) to the original size where it was rescaled,
+  argmax; one confusion matrix over the split gives mIoU, pixel accuracy, mean accuracy and per-class IoU
+  (`transfer.segmentation_eval`); the predictions are written as VOC-palette PNGs that `cebench evaluate
+  segmentation` re-scores to the same numbers.
+
+Data: any layout of `transfer.segmentation_data` (VOC SegmentationClass, SBD, COCO masks, images/ + masks/).
+A run directory holds config.json, checkpoint.pt (atomic; `train.resume=true` continues exactly), metrics.csv
+(+ TensorBoard), predictions/ and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pretext.config import ConfigError, ConfigRoot, _opt, apply_overrides, check_device, check_fields, load_raw
+from pretext.config import preset_names as config_preset_names
+from pretext.data.dataset import SampleKey, build_loader
+from pretext.data.images import DEFAULT_MAX_PIXELS
+from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
+from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
+from pretext.engine.logger import RunLogger
+from pretext.engine.provenance import device_description
+from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
+from pretext.export import load_encoder
+
+from .arguments import max_images
+from .classify import RESUME_FREE, FineTuneConfig, SGDConfig, build_optimizer, lr_at, resume_changes
+from .evaluate import json_safe, provenance
+from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
+from .segmentation_eval import confusion, segmentation_scores
+
+log = logging.getLogger("cebench")
+
+TRAINED_BLOCKS = {"fc8": ("score",), "fc6-8": ("fc6", "fc7", "score"), "all": ("encoder", "fc6", "fc7", "score")}
+PAPER_CONV1_PAD = 100  # FCN's padding of conv1 for the 227 px AlexNet
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class SegDataConfig:
+    """Image scale, mirrors and loading."""
+
+    scale: int | None = _opt(None, min=8, doc="shorter side of training images; null = their own size (FCN)")
+    max_size: int = _opt(1000, min=8, doc="with data.scale: cap on the longer side")
+    flip: bool = _opt(True)
+    workers: int = _opt(2, min=0, doc="data loader processes")
+    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
+
+
+@dataclass
+class SegModelConfig:
+    """The new layers."""
+
+    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths (as convolutions)")
+    dropout: float = _opt(0.5, min=0.0, max=0.99)
+    fc_std: float = _opt(0.01, min=0.0, doc="N(0, fc_std) of new fc6/fc7")
+    fc_from: str | None = _opt(None, doc="fc6/fc7 converted from a classifier: a `transfer classify` run directory "
+                                         "(or its checkpoint.pt) or a torchvision AlexNet state dict (.pth)")
+    conv1_pad: int | None = _opt(None, min=0, doc="conv1 padding; null = 100 (227 px AlexNet) or the small "
+                                                   "variant's equivalent")
+
+
+@dataclass
+class SegLossConfig:
+    """Per-pixel softmax cross-entropy."""
+
+    reduction: str = _opt("sum", choices=("sum", "mean"), doc="over an image's labelled pixels; images of an update "
+                                                              "are averaged")
+
+
+@dataclass
+class SegTestConfig:
+    """Inference."""
+
+    scale: int | None = _opt(None, min=8, doc="test shorter side; null = data.scale")
+    save_predictions: bool = _opt(True, doc="write predictions/<id>.png (VOC palette)")
+
+
+@dataclass
+class SegmentConfig(ConfigRoot):
+    """Everything `cebench transfer segment` needs besides its inputs."""
+
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    loss: SegLossConfig = field(default_factory=SegLossConfig)
+    optim: SGDConfig = field(default_factory=SGDConfig)
+    train: FineTuneConfig = field(default_factory=FineTuneConfig)
+    test: SegTestConfig = field(default_factory=SegTestConfig)
+
+    def test_scale(self) -> int | None:
+        """The test shorter side (None = original size)."""
+        return self.test.scale if self.test.scale is not None else self.data.scale
+
+    def check(self) -> None:
+        """Per-field ranges and choices, then the rules that tie fields together."""
+        check_fields(self)
+        if len(self.model.fc_widths) != 2:
+            raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7), got {self.model.fc_widths}")
+        check_device(self.train.device)
+
+
+def preset_names() -> list[str]:
+    """Names of the segmentation presets shipped in transfer/presets."""
+    return [n for n in config_preset_names("transfer") if n.startswith("segment_")]
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> SegmentConfig:
+    """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
+    raw = apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), SegmentConfig)
+    return SegmentConfig.from_dict(raw)
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """(size, size) bilinear interpolation weights of an up-convolution (FCN's upsample_filt)."""
+    factor = (size + 1) // 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float64)
+    w = 1 - (og - centre).abs() / factor
+    return (w[:, None] * w[None, :]).float()
+
+
+def _kernel_stride_pad(layer: nn.Module) -> tuple[int, int, int] | None:
+    """(kernel, stride, padding) of a conv or pooling layer; None for pointwise layers (ReLU, LRN)."""
+    if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+        k, s, p = (v[0] if isinstance(v, tuple) else v for v in (layer.kernel_size, layer.stride, layer.padding))
+        return int(k), int(s), int(p)
+    return None
+
+
+def coord_map(layers: list[tuple[int, int, int]]) -> tuple[int, float]:
+    """(a, b) with input pixel = a * output pixel + b through a chain of (kernel, stride, padding) layers, the
+    centre of each receptive field (FCN's coord_map)."""
+    a, b = 1, 0.0
+    for k, s, p in layers:
+        b += a * ((k - 1) / 2 - p)
+        a *= s
+    return a, b
+
+
+class FCN(nn.Module):
+    """FCN-32s on an AlexNet encoder: conv1..pool5 (padded, ceil-mode pools) -> fc6 (k x k conv) -> fc7 (1 x 1)
+    -> score (1 x 1) -> fixed bilinear up-convolution -> crop to the input size."""
+
+    BLOCKS = ("encoder", "fc6", "fc7", "score")
+
+    def __init__(self, encoder: nn.Module, widths: list[int], classes: int, dropout: float,
+                 conv1_pad: int | None = None) -> None:
+        super().__init__()
+        grid = int(encoder.feature_shapes()["pool5"][1])  # at the encoder's own input size, before padding
+        conv1 = encoder.features[0]
+        if conv1_pad is None:
+            if encoder.spec.small:
+                a, _ = coord_map([t for t in map(_kernel_stride_pad, encoder.features) if t])
+                conv1_pad = a * grid // 2 + (conv1.kernel_size[0] - 1) // 2
+            else:
+                conv1_pad = PAPER_CONV1_PAD
+        conv1.padding = (conv1_pad, conv1_pad)
+        for layer in encoder.features:
+            if isinstance(layer, nn.MaxPool2d):
+                layer.ceil_mode = True
+        self.encoder, self.classes, self.conv1_pad = encoder, classes, conv1_pad
+        self.fc6 = nn.Sequential(nn.Conv2d(encoder.out_channels, widths[0], grid), nn.ReLU(inplace=True),
+                                 nn.Dropout(dropout))
+        self.fc7 = nn.Sequential(nn.Conv2d(widths[0], widths[1], 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.score = nn.Conv2d(widths[1], classes, 1)
+        chain = [t for t in map(_kernel_stride_pad, encoder.features) if t] + [(grid, 1, 0), (1, 1, 0), (1, 1, 0)]
+        self.stride, b = coord_map(chain)
+        self.up_kernel = 2 * self.stride
+        # Output pixel y of the up-convolution sits at input pixel y - (kernel - 1) / 2 + b: crop by the rest.
+        self.offset = int(np.round((self.up_kernel - 1) / 2 - b))
+        if self.offset < 0:
+            raise ValueError(f"conv1 padding {conv1_pad} is too small for this encoder (crop offset {self.offset})")
+        self.register_buffer("up_weight", bilinear_kernel(self.up_kernel).expand(classes, 1, -1, -1).contiguous(),
+                             persistent=False)
+        self.trained: tuple[str, ...] = self.BLOCKS
+
+    def freeze(self, layers: str) -> None:
+        """Gradients only for the blocks of `layers` (fc8 = the score layer | fc6-8 | all)."""
+        self.trained = TRAINED_BLOCKS[layers]
+        for name in self.BLOCKS:
+            getattr(self, name).requires_grad_(name in self.trained)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FCN":
+        """Like nn.Module.train, but frozen blocks always evaluate."""
+        super().train(mode)
+        for name in self.BLOCKS:
+            if name not in self.trained:
+                getattr(self, name).eval()
+        return self
+
+    def coarse(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at stride S (before the up-convolution)."""
+        return self.score(self.fc7(self.fc6(self.encoder(x, out="pool5"))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) class scores of (B, 3, H, W) normalised images."""
+        s = self.coarse(x)
+        up = F.conv_transpose2d(s, self.up_weight.to(s.dtype), stride=self.stride, groups=self.classes)
+        h, w = x.shape[-2:]
+        o = self.offset
+        if up.shape[-2] < o + h or up.shape[-1] < o + w:
+            raise ValueError(f"an input of {w}x{h} px gives {up.shape[-1]}x{up.shape[-2]} scores, too few for the crop "
+                             f"at offset {o}: raise model.conv1_pad")
+        return up[:, :, o: o + h, o: o + w]
+
+
+def fc_as_conv(weight: torch.Tensor, in_channels: int, kernel: int) -> torch.Tensor:
+    """A fully connected layer's (out, in_channels * k * k) weights as a (out, in_channels, k, k) convolution over
+    a k x k map flattened channel-major (torch's flatten of (C, k, k)): the same function of the input."""
+    if weight.shape[1] != in_channels * kernel * kernel:
+        raise ValueError(f"fc weights of {weight.shape[1]} inputs cannot be a {kernel}x{kernel} convolution over "
+                         f"{in_channels} channels ({in_channels * kernel * kernel} inputs)")
+    return weight.reshape(weight.shape[0], in_channels, kernel, kernel)
+
+
+def read_fc_weights(path: Path) -> dict[str, torch.Tensor]:
+    """fc6/fc7 weights and biases of a classifier: a `transfer classify` run (checkpoint.pt) or a torchvision
+    AlexNet state dict; loaded with weights_only=True."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"model.fc_from: {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
+        raise ValueError(f"model.fc_from: cannot load {path} with weights_only=True: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    sd = state.get("model", state) if isinstance(state, dict) else {}
+    names = [("fc6.fc", "fc7.fc"), ("classifier.1", "classifier.4"), ("module.classifier.1", "module.classifier.4")]
+    for six, seven in names:
+        keys = {f"fc6.{k}": f"{six}.{k}" for k in ("weight", "bias")} | {f"fc7.{k}": f"{seven}.{k}"
+                                                                         for k in ("weight", "bias")}
+        if all(v in sd for v in keys.values()):
+            return {k: sd[v] for k, v in keys.items()}
+    raise ValueError(f"model.fc_from: {path} has no fc6/fc7 weights (looked for fc6.fc.*/fc7.fc.* of a classify "
+                     f"checkpoint and classifier.1/.4 of a torchvision AlexNet)")
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-pixel softmax cross-entropy, 255 ignored, summed over the labelled pixels or averaged over them (0 for
+    an image with none)."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
+    if reduction == "sum":
+        return total
+    return total / (labels != IGNORE).sum().clamp(min=1)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def scale_factor(width: int, height: int, target: int | None, max_size: int) -> float:
+    """Shorter side to `target` unless the longer side would pass `max_size`; 1 when `target` is None."""
+    if target is None:
+        return 1.0
+    return min(target / min(width, height), max_size / max(width, height))
+
+
+def _resized(img: Image.Image, labels: np.ndarray | None, s: float) -> tuple[Image.Image, np.ndarray | None]:
+    if s == 1.0:
+        return img, labels
+    size = (max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s)))
+    lab = None if labels is None else np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
+    return img.resize(size, Image.BILINEAR), lab
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+class TrainPairs(Dataset):
+    """Training items keyed by the resumable sampler: (3, H, W) uint8 image and (H, W) int64 labels, rescaled and
+    mirrored by the key's augmentation seed."""
+
+    def __init__(self, data: SegmentationSet, cfg: SegmentConfig) -> None:
+        self.data, self.cfg = data, cfg
+
+    def __len__(self) -> int:
+        return len(self.data.ids)
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        index, aug = key
+        d = self.cfg.data
+        rng = np.random.default_rng(list(aug))
+        img, labels = self.data.pair(index, d.max_image_pixels)
+        img, labels = _resized(img, labels, scale_factor(*img.size, d.scale, d.max_size))
+        if d.flip and rng.random() < 0.5:
+            img, labels = img.transpose(Image.FLIP_LEFT_RIGHT), labels[:, ::-1]
+        return _tensor(img), torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
+
+
+def as_list(items: list) -> list:
+    """Collate that keeps a minibatch's images of different sizes apart."""
+    return items
+
+
+class TestImages(Dataset):
+    """Item i: (i, (3, H, W) uint8 at the test scale, (H0, W0) uint8 labels at the original size)."""
+
+    def __init__(self, data: SegmentationSet, cfg: SegmentConfig) -> None:
+        self.data, self.cfg = data, cfg
+
+    def __len__(self) -> int:
+        return len(self.data.ids)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        d = self.cfg.data
+        img, labels = self.data.pair(i, d.max_image_pixels)
+        img, _ = _resized(img, None, scale_factor(*img.size, self.cfg.test_scale(), d.max_size))
+        return i, _tensor(img), torch.from_numpy(labels)
+
+
+# --- the fine-tuning run -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmentInputs:
+    """The encoder, the training and test sets, the run directory."""
+
+    encoder: Path
+    train: SegmentationSet
+    test: SegmentationSet
+    out: Path
+    max_images: tuple[int | None, int | None] = (None, None)
+
+
+class Segmenter(Engine):
+    """Fine-tunes one encoder for segmentation into `inputs.out`, resumably, on the shared engine."""
+
+    def __init__(self, cfg: SegmentConfig, inputs: SegmentInputs, env: DistEnv) -> None:
+        super().__init__(cfg.train, inputs.out, env)
+        self.cfg, self.inputs = cfg, inputs
+        encoder, self.meta = load_encoder(inputs.encoder)
+        if self.meta.get("arch") != "alexnet":
+            raise ValueError(f"{inputs.encoder}: FCN segmentation needs an AlexNet encoder, got arch "
+                             f"{self.meta.get('arch')!r}")
+        self.train_set = TrainPairs(inputs.train, cfg)
+        self.state = self.open_checkpoint(self._mismatches)
+        self.model = self._build_model(encoder)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        if self.state is not None:
+            self.model.load_state_dict(self.state["model"])
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.load_engine_state(self.state)
+        self.net = wrap_ddp(self.model, env)
+
+    def _record(self) -> dict:
+        """What a checkpoint must share with the run that continues it."""
+        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0]),
+                "classes": list(self.inputs.train.classes), "world_size": self.env.world_size}
+
+    def _mismatches(self, state: dict) -> list[str]:
+        if "record" not in state or state.get("task") != "segmentation":
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a segmentation checkpoint; choose another --out")
+        return resume_changes(state, self.cfg.to_dict(), self._record(), RESUME_FREE)
+
+    def _build_model(self, encoder: nn.Module) -> FCN:
+        m = self.cfg.model
+        torch.manual_seed(self.cfg.train.seed)
+        model = FCN(encoder, m.fc_widths, len(self.inputs.train.classes), m.dropout, m.conv1_pad)
+        for block, std in ((model.fc6[0], m.fc_std), (model.fc7[0], m.fc_std)):
+            nn.init.normal_(block.weight, 0.0, std)
+            nn.init.zeros_(block.bias)
+        nn.init.zeros_(model.score.weight)  # FCN: the score layer starts at zero
+        nn.init.zeros_(model.score.bias)
+        if m.fc_from and self.state is None:
+            self._convert_fc(model, Path(m.fc_from))
+        model.to(self.env.device)
+        model.freeze(self.cfg.train.layers)
+        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+
+    def _convert_fc(self, model: FCN, path: Path) -> None:
+        fc = read_fc_weights(path)
+        conv6, conv7 = model.fc6[0], model.fc7[0]
+        w6 = fc_as_conv(fc["fc6.weight"], conv6.in_channels, conv6.kernel_size[0])
+        w7 = fc_as_conv(fc["fc7.weight"], conv7.in_channels, 1)
+        if w6.shape != conv6.weight.shape or w7.shape != conv7.weight.shape:
+            raise ValueError(f"model.fc_from: {path} has fc6/fc7 of shapes {tuple(w6.shape)}, {tuple(w7.shape)} but "
+                             f"model.fc_widths={self.cfg.model.fc_widths} needs {tuple(conv6.weight.shape)}, "
+                             f"{tuple(conv7.weight.shape)}")
+        with torch.no_grad():
+            conv6.weight.copy_(w6)
+            conv6.bias.copy_(fc["fc6.bias"])
+            conv7.weight.copy_(w7)
+            conv7.bias.copy_(fc["fc7.bias"])
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        from .features import _normalise_input
+
+        x = _normalise_input(images, self.meta, self.env.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def train_step(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """One SGD update from the averaged gradients of the batch's images (one forward/backward each)."""
+        torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
+        lr = lr_at(self.cfg.optim, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        self.optimizer.zero_grad(set_to_none=True)
+        total, labelled = 0.0, 0
+        for k, (image, labels) in enumerate(batch):
+            last = k == len(batch) - 1
+            sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
+            with sync:
+                with self.autocast():
+                    logits = self.net(self._normalise(image[None]))
+                labels = labels[None].to(self.env.device)
+                loss = segmentation_loss(logits, labels, self.cfg.loss.reduction) / len(batch)
+                self.backward(loss)
+            total += float(loss.detach())
+            labelled += int((labels != IGNORE).sum())
+        self.clip_and_step(self.optimizer, self.cfg.optim.grad_clip)
+        if self.scaler:
+            self.scaler.update()
+        self.step += 1
+        return {"loss": total, "labelled_pixels": labelled}
+
+    def save(self) -> None:
+        """Atomic checkpoint (rank 0) with everything an exact resume needs."""
+        if not self.env.is_main:
+            return
+        state = {**self.engine_state(), "task": "segmentation", "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(), "record": self._record()}
+        save_checkpoint(state, self.run_dir / CHECKPOINT)
+
+    def fit(self) -> float:
+        """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
+        t = self.cfg.train
+        loader = build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,
+                              self.env.world_size, self.step, pin_memory=self.env.device.type == "cuda",
+                              collate_fn=as_list)
+        logger, bar = self.begin(self.cfg.to_dict(), "segment")
+        self.model.train()
+        last = {"time": self.t_start, "step": self.step}
+        try:
+            for batch in loader if self.step < t.max_steps else ():
+                values = self.train_step(batch)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    self._log(values, logger, bar, last)
+                if self.step % t.ckpt_every == 0:
+                    self.save()
+                if self.step >= t.max_steps:
+                    break
+            if self.step % t.ckpt_every or self.step == 0:
+                self.save()
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; stopping. {self.last_good()}") from exc
+        finally:
+            bar.close()
+            logger.close()
+        return self.elapsed()
+
+    def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
+        now = time.perf_counter()
+        t = self.cfg.train
+        extra = {"lr": lr_at(self.cfg.optim, self.step - 1), "labelled_pixels": values["labelled_pixels"],
+                 "images_per_s": (self.step - last["step"]) * t.batch_size * self.env.world_size
+                 / max(now - last["time"], 1e-9)}
+        last.update(time=now, step=self.step)
+        self.report({"loss": values["loss"]}, extra, logger, bar)
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """(H0, W0) uint8 class indices of one (3, H, W) uint8 image; scores resized to `size` (H0, W0)."""
+        with self.autocast():
+            logits = self.model(self._normalise(image[None]))
+        logits = logits.float()
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+    @torch.no_grad()
+    def evaluate(self, data: SegmentationSet, predictions: Path | None) -> tuple[np.ndarray, float]:
+        """Confusion matrix over `data` (and the predictions as PNGs under `predictions`); seconds per image."""
+        self.model.eval()
+        n = len(self.inputs.train.classes)
+        conf = np.zeros((n, n), dtype=np.int64)
+        if predictions is not None:
+            predictions.mkdir(parents=True, exist_ok=True)
+        loader = DataLoader(TestImages(data, self.cfg), batch_size=None, num_workers=self.cfg.data.workers)
+        t0 = time.perf_counter()
+        for index, image, labels in tqdm(loader, desc="segment", disable=not self.cfg.train.progress,
+                                         dynamic_ncols=True):
+            gt = labels.numpy()
+            pred = self.predict(image, gt.shape)
+            confusion(gt, pred, n, conf)
+            if predictions is not None:
+                write_label_png(predictions / f"{data.ids[int(index)]}.png", pred)
+        self.model.train()
+        return conf, (time.perf_counter() - t0) / max(len(data.ids), 1)
+
+
+def build_record(cfg: SegmentConfig, seg: Segmenter, result: dict, seconds: dict[str, float]) -> dict:
+    """metrics.json: the test results with everything needed to reproduce and compare them."""
+    i, meta = seg.inputs, seg.meta
+    images = max(seg.step, 1) * cfg.train.batch_size * seg.env.world_size
+    return {"task": "segmentation", "layers": cfg.train.layers, "encoder": str(i.encoder),
+            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
+            "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
+            "classes": list(i.train.classes), "steps": seg.step, "seed": cfg.train.seed,
+            "config_hash": cfg.hash(), "config": cfg.to_dict(), "conv1_pad": seg.model.conv1_pad,
+            "crop_offset": seg.model.offset, "stride": seg.model.stride, **result,
+            **{k: round(v, 4) for k, v in seconds.items()},
+            "train_seconds_per_image": round(seconds["train_seconds"] / images, 5) if seg.step else None,
+            "device": device_description(seg.env.device), "world_size": seg.env.world_size, **provenance()}
+
+
+def run_segment(cfg: SegmentConfig, inputs: SegmentInputs) -> dict | None:
+    """Fine-tune, predict and score on rank 0, write metrics.json (+ predictions/); the record (None off rank 0)."""
+    if inputs.test.classes != inputs.train.classes:
+        raise ValueError(f"{inputs.test.root} (split {inputs.test.split}) has classes {list(inputs.test.classes)} "
+                         f"but {inputs.train.root} (split {inputs.train.split}) {list(inputs.train.classes)}")
+    t0 = time.perf_counter()
+    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
+    try:
+        seg = Segmenter(cfg, inputs, env)
+        train_seconds = seg.fit()
+        record = None
+        if env.is_main:
+            t1 = time.perf_counter()
+            pred_dir = inputs.out / "predictions" if cfg.test.save_predictions else None
+            conf, per_image = seg.evaluate(inputs.test, pred_dir)
+            seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1,
+                       "inference_seconds_per_image": per_image, "wall_seconds": time.perf_counter() - t0}
+            result = {**segmentation_scores(conf, inputs.test.classes), "confusion": conf.tolist(),
+                      "predictions": str(pred_dir) if pred_dir else None}
+            record = build_record(cfg, seg, result, seconds)
+            atomic_write_text(inputs.out / "metrics.json", json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+        barrier(env)
+        return record
+    finally:
+        shutdown(env)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+def open_inputs(args: argparse.Namespace, cfg: SegmentConfig) -> SegmentInputs:
+    """Training and test splits; testing on the training split is refused."""
+    test_root = args.test_data or args.data
+    if Path(test_root).resolve() == Path(args.data).resolve() and args.test_split == args.train_split:
+        raise ValueError(f"{args.data}: the test set is the training set (split {args.train_split}); "
+                         f"give another --test-split or --test-data")
+    seed = cfg.train.seed
+    train = open_segmentation_set(args.data, args.train_split, args.classes, args.max_images[0], seed)
+    test = open_segmentation_set(test_root, args.test_split, args.classes, args.max_images[1], seed)
+    return SegmentInputs(args.encoder, train, test, args.out, args.max_images)
+
+
+def summary(record: dict) -> str:
+    """One line: the test numbers."""
+    per_image = record.get("train_seconds_per_image")
+    return (f"{record['layers']} fine-tuned {record['steps']} steps on {record['train']['n_images']} images"
+            + (f" ({per_image:.3f} s per training image)" if per_image is not None else "")
+            + f", tested on {record['test']['n_images']}: mIoU {record['miou']:.2f}, pixel accuracy "
+              f"{record['pixel_acc']:.2f}, mean accuracy {record['mean_acc']:.2f} "
+              f"({record['inference_seconds_per_image']:.3f} s per test image)")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the segment command."""
+    from .evaluate import class_list
+
+    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an exported encoder for FCN-32s segmentation.")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
+    p.add_argument("--encoder", type=Path, metavar="RUN_DIR", help="run directory or encoder.json")
+    p.add_argument("--data", type=Path, metavar="ROOT",
+                   help="segmentation root: VOC (ImageSets/Segmentation, SegmentationClass, JPEGImages), SBD "
+                        "(cls/, img/), COCO (annotations/instances_<split>.json) or images/ + masks/")
+    p.add_argument("--test-data", type=Path, metavar="ROOT", help="test root (default: --data)")
+    p.add_argument("--train-split", default="train", help="split to train on (default: train)")
+    p.add_argument("--test-split", default="val", help="split to test on (default: val)")
+    p.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
+                   help="class list for roots without classes.txt, in label-value order (background first or "
+                        "added; default for VOC and SBD roots: the 20 VOC classes)")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory: checkpoint, curves, metrics.json")
+    p.add_argument("--preset", default="segment_demo", help="a preset (see --list-presets) or a YAML file")
+    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
+                   help="a fixed random subset of N training (M test) images, drawn by train.seed (default: all)")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse, resolve the config, fine-tune, segment and score, print a summary."""
+    from pretext.cli import setup_logging
+    from pretext.pretrain import _last_line
+
+    setup_logging()
+    parser = build_parser(prog)
+    args = parser.parse_intermixed_args(argv)
+    if args.list_presets:
+        print("\n".join(preset_names()))
+        return 0
+    try:
+        cfg = load_config(args.preset, args.overrides)
+        if args.print_config:
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        if None in (args.encoder, args.data, args.out):
+            parser.error("--encoder, --data and --out are required")
+        record = run_segment(cfg, open_inputs(args, cfg))
+    except NonFiniteLossError as exc:
+        log.error("%s", exc)
+        return 3
+    except (ValueError, OSError, RuntimeError) as exc:  # configs, roots, masks, images, encoders, checkpoints
+        log.error("%s", _last_line(exc))
+        return 2
+    if record is not None:
+        print(f"{summary(record)}\n-> {args.out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
