@@ -469,9 +469,10 @@ def dry_run(suite: Suite) -> str:
     for p in suite.pretrainings.values():
         if p.weights is not None and not p.weights.is_file():
             raise ConfigError(f"pretrainings.{p.name}.import: file not found: {p.weights}")
-    for name, (_, opts) in suite.tasks.items():  # a task with its own data root (segmentation)
-        if opts.get("root") is not None and not Path(opts["root"]).is_dir():
-            raise ConfigError(f"tasks.{name}.root: directory not found: {opts['root']}")
+    for name, (_, opts) in suite.tasks.items():  # a task with its own data roots (segmentation)
+        for key in ("root", "test_root"):
+            if opts.get(key) is not None and not Path(opts[key]).is_dir():
+                raise ConfigError(f"tasks.{name}.{key}: directory not found: {opts[key]}")
     lines = [f"suite {suite.name}: {len(suite.pretrainings)} pretrainings x {len(suite.tasks)} tasks x "
              f"{len(suite.seeds)} seeds", f"labelled data: {data.train} -> {data.test}"
              f" (splits {data.train_split} -> {data.test_split})", f"pretraining images: {pretrain_root}"]

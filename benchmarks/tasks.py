@@ -131,9 +131,10 @@ def run_detection(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pat
 
 def run_segmentation(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
     """`cebench transfer segment` (FCN-32s) with the task's preset and overrides: mIoU. The task's `root`,
-    `train_split` and `test_split` options replace the suite's (segmentation data is VOC2012 or SBD, train -> val,
-    beside a VOC2007 classification root)."""
-    train, test = (Path(opts["root"]), Path(opts["root"])) if opts["root"] else (data.train, data.test)
+    `test_root`, `train_split` and `test_split` options replace the suite's (segmentation data is SBD or VOC2012,
+    train -> val, beside a VOC2007 classification root)."""
+    train = Path(opts["root"]) if opts["root"] else data.train
+    test = Path(opts["test_root"]) if opts["test_root"] else (train if opts["root"] else data.test)
     argv = ["--encoder", str(encoder), "--data", str(train), "--test-data", str(test),
             "--train-split", opts["train_split"] or data.train_split,
             "--test-split", opts["test_split"] or data.test_split, "--preset", opts["preset"],
@@ -249,7 +250,8 @@ TASKS: dict[str, Task] = {
     "detection": Task("detection", "detection", {"preset": "detect_demo", "overrides": [], "max_images": None},
                       run_detection),
     "segmentation": Task("segmentation", "segmentation", {"preset": "segment_demo", "overrides": [], "max_images": None,
-                                                          "root": None, "train_split": None, "test_split": None}, run_segmentation),
+                                                          "root": None, "test_root": None, "train_split": None,
+                                                          "test_split": None}, run_segmentation),
 }
 
 

@@ -87,3 +87,27 @@ def test_classification_fine_tuning_under_ddp(demo_root: Path, tmp_path: Path) -
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_segmentation_fine_tuning_under_ddp(demo_root: Path, tmp_path: Path) -> None:
+    """Two processes, 2 images each per update (gradients accumulated with no_sync, synchronised on the last)."""
+    from pretext.engine.trainer import train
+
+    from .conftest import tiny_config
+
+    encoder = tmp_path / "enc"
+    train(tiny_config(demo_root, "max_steps=1"), encoder)
+    run = tmp_path / "seg"
+    args = ["--encoder", str(encoder), "--data", str(demo_root), "--out", str(run), "--train-split", "trainval",
+            "--test-split", "test", "model.fc_widths=[16,16]", "train.batch_size=2", "data.workers=0",
+            "data.scale=48", "train.progress=false", "train.log_every=1", "train.ckpt_every=2"]
+    first = torchrun(2, [*args, "train.max_steps=2"], module="transfer.segment")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun(2, [*args, "train.max_steps=3", "train.resume=true"], module="transfer.segment")
+    assert second.returncode == 0, second.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 3 and 0 <= m["miou"] <= 100
+    assert m["train_seconds_per_image"] > 0  # 3 updates x 2 images x 2 processes
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["step"] == 3 and not any(k.startswith("module.") for k in state["model"])

@@ -163,6 +163,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     seg.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
                      help="class list for roots without classes.txt (background first or added; default for VOC "
                           "and SBD roots: the 20 VOC classes)")
+    seg.add_argument("--ids", type=Path, default=None, metavar="FILE",
+                     help="score only these ids of the split (one per line), e.g. a segment run's predictions/ids.txt")
     return parser
 
 
@@ -174,7 +176,7 @@ def run_task(args: argparse.Namespace) -> dict:
     if args.task == "segmentation":
         from .segmentation_eval import run_segmentation
 
-        return run_segmentation(args.voc_root, args.split, args.results, args.out, args.classes)
+        return run_segmentation(args.voc_root, args.split, args.results, args.out, args.classes, args.ids)
     from .detection_eval import run_detection
 
     return run_detection(args.voc_root, args.split, args.results, args.out, args.classes, args.iou)

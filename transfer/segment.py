@@ -5,21 +5,24 @@ Long et al.'s FCN-32s on AlexNet, as the context-encoder paper ran it (`../share
 - The encoder with conv1 padded by 100 px (`model.conv1_pad`; the 64 px small variant gets the equivalent padding,
   half its pool5 receptive grid in pixels) and every max pooling in ceil mode; fc6 as a k x k convolution over
   pool5 (k = the encoder's pool5 grid: 6 for the 227 px AlexNet), fc7 as 1 x 1, both ReLU + dropout; a 1 x 1
-  score layer (C classes, background included; zero-initialised as FCN); a fixed bilinear up-convolution (kernel
-  2S, stride S, S = the encoder's total stride: 64/32 for AlexNet) and the crop back to the input size at the
-  offset that aligns output and input pixels (computed from the layers: 18 for AlexNet, rounded as FCN's
-  coord_map). fc6/fc7 are new (N(0, `model.fc_std`)) or converted from a classifier's fully connected weights
+  score layer (C classes, background included; zero-initialised as FCN); a fixed bilinear up-convolution (stride
+  S, the encoder's total stride, 32 for AlexNet; kernel 2S - 1 = 63 as FCN's released AlexNet net, which makes the
+  offset whole, where "64" in the protocol text would leave output and input half a pixel apart) and the crop
+  back to the input size at the offset that aligns output and input pixels (computed from the layers as FCN's
+  coord_map: 18 for AlexNet). fc6/fc7 are new (N(0, `model.fc_std`)) or converted from a classifier's fully connected weights
   (`model.fc_from`: a `cebench transfer classify` run, or a torchvision AlexNet state dict).
-- Loss: per-pixel softmax cross-entropy, label 255 ignored, summed over pixels (`loss.reduction=sum`, FCN's
-  unnormalised loss) or averaged (`mean`; the learning rate must then be larger, by about the pixels per image);
+- Loss: per-pixel softmax cross-entropy, label 255 ignored, averaged over an image's labelled pixels
+  (`loss.reduction=mean`, as FCN's released AlexNet net) or summed (`sum`, FCN's later unnormalised loss, which
+  needs a learning rate smaller by about the pixels per image);
   each update averages the gradients of `train.batch_size` images (gradient accumulation: images of any size,
   one at a time). SGD with momentum; Caffe's 2x bias learning rate in the paper preset.
 - Training images at their size (FCN) or with the shorter side at `data.scale` (the CPU presets), mirrored at
   random; label maps resized with nearest neighbours.
 - Test: every image at the test scale; scores upsampled (bilinear) to the original size where it was rescaled,
   argmax; one confusion matrix over the split gives mIoU, pixel accuracy, mean accuracy and per-class IoU
-  (`transfer.segmentation_eval`); the predictions are written as VOC-palette PNGs that `cebench evaluate
-  segmentation` re-scores to the same numbers.
+  (`transfer.segmentation_eval`); the predictions are written as VOC-palette PNGs, with the scored ids in
+  predictions/ids.txt, that `cebench evaluate segmentation --ids predictions/ids.txt` re-scores to the same
+  numbers. Test images that are also training images (by id) are dropped and counted.
 
 Data: any layout of `transfer.segmentation_data` (VOC SegmentationClass, SBD, COCO masks, images/ + masks/).
 A run directory holds config.json, checkpoint.pt (atomic; `train.resume=true` continues exactly), metrics.csv
@@ -98,8 +101,8 @@ class SegModelConfig:
 class SegLossConfig:
     """Per-pixel softmax cross-entropy."""
 
-    reduction: str = _opt("sum", choices=("sum", "mean"), doc="over an image's labelled pixels; images of an update "
-                                                              "are averaged")
+    reduction: str = _opt("mean", choices=("mean", "sum"), doc="over an image's labelled pixels; images of an update "
+                                                               "are averaged")
 
 
 @dataclass
@@ -173,6 +176,18 @@ def coord_map(layers: list[tuple[int, int, int]]) -> tuple[int, float]:
     return a, b
 
 
+def up_geometry(stride: int, b: float) -> tuple[int, int]:
+    """(kernel, crop offset) of the up-convolution for scores whose cell j is centred on input pixel stride * j + b.
+    Up-convolution pixel y sits at input pixel y - (kernel - 1) / 2 + b, so the crop is (kernel - 1) / 2 - b: the
+    odd kernel 2S - 1 when that is a whole number (FCN-AlexNet's 63: offset 18, exactly aligned), else 2S; a
+    fractional offset left by unusual layers is rounded (half a pixel off)."""
+    for kernel in (2 * stride - 1, 2 * stride):
+        offset = (kernel - 1) / 2 - b
+        if offset == int(offset):
+            return kernel, int(offset)
+    return 2 * stride, int(np.floor(offset + 0.5))
+
+
 class FCN(nn.Module):
     """FCN-32s on an AlexNet encoder: conv1..pool5 (padded, ceil-mode pools) -> fc6 (k x k conv) -> fc7 (1 x 1)
     -> score (1 x 1) -> fixed bilinear up-convolution -> crop to the input size."""
@@ -201,9 +216,7 @@ class FCN(nn.Module):
         self.score = nn.Conv2d(widths[1], classes, 1)
         chain = [t for t in map(_kernel_stride_pad, encoder.features) if t] + [(grid, 1, 0), (1, 1, 0), (1, 1, 0)]
         self.stride, b = coord_map(chain)
-        self.up_kernel = 2 * self.stride
-        # Output pixel y of the up-convolution sits at input pixel y - (kernel - 1) / 2 + b: crop by the rest.
-        self.offset = int(np.round((self.up_kernel - 1) / 2 - b))
+        self.up_kernel, self.offset = up_geometry(self.stride, b)
         if self.offset < 0:
             raise ValueError(f"conv1 padding {conv1_pad} is too small for this encoder (crop offset {self.offset})")
         self.register_buffer("up_weight", bilinear_kernel(self.up_kernel).expand(classes, 1, -1, -1).contiguous(),
@@ -231,9 +244,11 @@ class FCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) class scores of (B, 3, H, W) normalised images."""
-        s = self.coarse(x)
+        return self.upsample(self.coarse(x), *x.shape[-2:])
+
+    def upsample(self, s: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Coarse scores -> the fixed bilinear up-convolution -> the (h, w) crop aligned with the input."""
         up = F.conv_transpose2d(s, self.up_weight.to(s.dtype), stride=self.stride, groups=self.classes)
-        h, w = x.shape[-2:]
         o = self.offset
         if up.shape[-2] < o + h or up.shape[-1] < o + w:
             raise ValueError(f"an input of {w}x{h} px gives {up.shape[-1]}x{up.shape[-2]} scores, too few for the crop "
@@ -357,6 +372,7 @@ class SegmentInputs:
     test: SegmentationSet
     out: Path
     max_images: tuple[int | None, int | None] = (None, None)
+    test_dropped: int = 0  # test images left out because they are training images
 
 
 class Segmenter(Engine):
@@ -522,6 +538,8 @@ class Segmenter(Engine):
             confusion(gt, pred, n, conf)
             if predictions is not None:
                 write_label_png(predictions / f"{data.ids[int(index)]}.png", pred)
+        if predictions is not None:  # the scored ids: `cebench evaluate segmentation --ids` re-scores exactly these
+            atomic_write_text(predictions / "ids.txt", "\n".join(data.ids) + "\n")
         self.model.train()
         return conf, (time.perf_counter() - t0) / max(len(data.ids), 1)
 
@@ -532,7 +550,8 @@ def build_record(cfg: SegmentConfig, seg: Segmenter, result: dict, seconds: dict
     images = max(seg.step, 1) * cfg.train.batch_size * seg.env.world_size
     return {"task": "segmentation", "layers": cfg.train.layers, "encoder": str(i.encoder),
             "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
-            "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
+            "train": i.train.describe(i.max_images[0]),
+            "test": {**i.test.describe(i.max_images[1]), "dropped_training_images": i.test_dropped},
             "classes": list(i.train.classes), "steps": seg.step, "seed": cfg.train.seed,
             "config_hash": cfg.hash(), "config": cfg.to_dict(), "conv1_pad": seg.model.conv1_pad,
             "crop_offset": seg.model.offset, "stride": seg.model.stride, **result,
@@ -579,7 +598,24 @@ def open_inputs(args: argparse.Namespace, cfg: SegmentConfig) -> SegmentInputs:
     seed = cfg.train.seed
     train = open_segmentation_set(args.data, args.train_split, args.classes, args.max_images[0], seed)
     test = open_segmentation_set(test_root, args.test_split, args.classes, args.max_images[1], seed)
-    return SegmentInputs(args.encoder, train, test, args.out, args.max_images)
+    test, dropped = drop_training_images(train, test)
+    return SegmentInputs(args.encoder, train, test, args.out, args.max_images, dropped)
+
+
+def drop_training_images(train: SegmentationSet, test: SegmentationSet) -> tuple[SegmentationSet, int]:
+    """The test set without the images (by id) that are also training images, and how many were dropped (e.g. SBD
+    train against VOC2012 val, as FCN's seg11valid); a test set made only of training images is an error."""
+    seen = set(train.ids)
+    keep = [i for i, k in enumerate(test.ids) if k not in seen]
+    dropped = len(test.ids) - len(keep)
+    if not keep:
+        raise ValueError(f"{test.root} (split {test.split}): every test image is also a training image "
+                         f"({train.root}, split {train.split})")
+    if dropped:
+        example = next(k for k in test.ids if k in seen)
+        log.warning("%d test image(s) of %s (split %s) are also training images and are not tested, e.g. %s",
+                    dropped, test.root, test.split, example)
+    return test.subset(keep), dropped
 
 
 def summary(record: dict) -> str:

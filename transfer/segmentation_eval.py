@@ -11,7 +11,7 @@ ground-truth 255; `segmentation_scores` turns the matrix into, in percent:
 
 `cebench evaluate segmentation --voc-root ROOT --split val --results DIR --out OUT_DIR` scores a folder of
 `<image_id>.png` label maps (palette or grey PNGs, the size of their images) against ROOT's split (any layout of
-`transfer.segmentation_data`) and writes OUT_DIR/metrics.json.
+`transfer.segmentation_data`), or against the ids listed by `--ids FILE`, and writes OUT_DIR/metrics.json.
 """
 
 from __future__ import annotations
@@ -95,15 +95,35 @@ def score_folder(data: SegmentationSet, results: Path) -> tuple[np.ndarray, int]
     return conf, len(data.ids)
 
 
+def select_ids(data: SegmentationSet, ids_file: Path) -> SegmentationSet:
+    """The images of `data` named in `ids_file` (one id per line, e.g. a segment run's predictions/ids.txt); an id
+    outside the split is an error naming it."""
+    from pretext.data.sources import read_id_list
+
+    wanted = read_id_list(ids_file)
+    index = {k: i for i, k in enumerate(data.ids)}
+    unknown = [k for k in wanted if k not in index]
+    if unknown:
+        raise ValueError(f"{ids_file}: id {unknown[0]!r} is not in {data.root} split {data.split} "
+                         f"({len(unknown)} unknown)")
+    if not wanted:
+        raise ValueError(f"{ids_file}: no image ids")
+    return data.subset([index[k] for k in wanted])
+
+
 def run_segmentation(voc_root: Path, split: str, results: Path, out: Path,
-                     classes: Sequence[str] | None = None) -> dict:
-    """Score a folder of label maps against ROOT's split, write OUT/metrics.json, return the record."""
+                     classes: Sequence[str] | None = None, ids_file: Path | None = None) -> dict:
+    """Score a folder of label maps against ROOT's split (or the ids of `ids_file` in it), write OUT/metrics.json,
+    return the record."""
     from .evaluate import json_safe, provenance
 
     t0 = time.perf_counter()
     data = open_segmentation_set(voc_root, split, classes)
+    if ids_file is not None:
+        data = select_ids(data, ids_file)
     conf, n = score_folder(data, results)
     record = {"task": "segmentation", "root": str(voc_root), "split": split, "kind": data.kind,
+              "ids": str(ids_file) if ids_file else None,
               "results": str(results), "n_images": n, "classes": list(data.classes),
               **segmentation_scores(conf, data.classes), "confusion": conf.tolist(),
               "wall_seconds": round(time.perf_counter() - t0, 3), **provenance()}
