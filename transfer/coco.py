@@ -90,7 +90,7 @@ class _Split:
     paths: list[Path]
 
 
-def _open_split(root: Path, split: str) -> _Split:
+def open_split(root: Path, split: str) -> _Split:
     """Load and check ROOT/annotations/instances_<split>.json: references, class names, image file names."""
     path = annotation_path(root, split)
     coco = _load(path)
@@ -106,7 +106,7 @@ def _open_split(root: Path, split: str) -> _Split:
 
 def read_coco_classification(root: str | Path, split: str) -> tuple[list[Path], np.ndarray, list[str]]:
     """(image paths, (N, C) labels in {1, 0 crowd only, -1}, class names) of one COCO split, images in id order."""
-    s = _open_split(Path(root), split)
+    s = open_split(Path(root), split)
     column = {c: j for j, c in enumerate(s.cat_ids)}
     row = {i: r for r, i in enumerate(s.img_ids)}
     labels = np.full((len(s.img_ids), len(s.cat_ids)), -1, dtype=np.int8)
@@ -159,7 +159,7 @@ def read_coco_detection(root: str | Path, split: str) -> tuple[list[str], list[P
     as pycocotools reads the file). Crowd regions (iscrowd=1) are difficult. Image ids must be integers; a bbox
     that is not 4 finite numbers, a negative size, a missing area or iscrowd are errors naming the annotation.
     """
-    s = _open_split(Path(root), split)
+    s = open_split(Path(root), split)
     bad = [i for i in s.img_ids if not isinstance(i, int) or isinstance(i, bool)]
     if bad:
         raise ValueError(f"{s.path}: image ids must be integers, got {bad[0]!r}")

@@ -42,8 +42,8 @@ from pretext.engine.checkpoint import atomic_write_text
 from .evaluate import json_safe, provenance
 from .metrics import VOC07_RECALLS
 from .voc import (
-    _check_split,
-    _read_lines,
+    check_split,
+    read_lines,
     check_class_names,
     read_class_list,
     read_objects,
@@ -77,7 +77,7 @@ def read_detection_annotations(root: str | Path, split: str, classes: Sequence[s
     for image_id in read_split_ids(root, split):
         path = root / "Annotations" / f"{image_id}.xml"
         objects = read_objects(path)  # (name, difficult), validated as for classification
-        boxes = _read_boxes(path)  # (N, 4), same <object> order
+        boxes = read_boxes(path)  # (N, 4), same <object> order
         keep = []
         for n, (name, _) in enumerate(objects):
             if name in column:
@@ -94,7 +94,7 @@ def read_detection_annotations(root: str | Path, split: str, classes: Sequence[s
     return gt
 
 
-def _read_boxes(path: Path) -> np.ndarray:
+def read_boxes(path: Path) -> np.ndarray:
     """(N, 4) <bndbox> of each <object>; missing, non-numeric or inverted coordinates are errors."""
     try:
         objects = ET.parse(path).getroot().findall("object")
@@ -119,7 +119,7 @@ def _read_boxes(path: Path) -> np.ndarray:
 
 def det_results_path(results_dir: Path, split: str, name: str) -> Path:
     """The devkit results file comp4_det_<split>_<cls>.txt of one class."""
-    return Path(results_dir) / f"{RESULTS_PREFIX}{_check_split(split)}_{safe_class_name(name)}.txt"
+    return Path(results_dir) / f"{RESULTS_PREFIX}{check_split(split)}_{safe_class_name(name)}.txt"
 
 
 def write_det_results(out_dir: str | Path, split: str, classes: Sequence[str],
@@ -165,7 +165,7 @@ def read_det_results(results_dir: str | Path, split: str, classes: Sequence[str]
 
 def _check_results_classes(results_dir: Path, split: str, classes: Sequence[str]) -> None:
     # A results file of a class outside the list would be silently ignored: refuse it instead.
-    prefix, known = f"{RESULTS_PREFIX}{_check_split(split)}_", {safe_class_name(name) for name in classes}
+    prefix, known = f"{RESULTS_PREFIX}{check_split(split)}_", {safe_class_name(name) for name in classes}
     for path in sorted(results_dir.glob(f"{prefix}*.txt")):
         if path.name[len(prefix):-4] not in known:
             raise ValueError(f"{path}: results for unknown class {path.name[len(prefix):-4]!r} "
@@ -174,7 +174,7 @@ def _check_results_classes(results_dir: Path, split: str, classes: Sequence[str]
 
 def _read_det_file(path: Path, name: str, known: set[str] | None) -> dict[str, np.ndarray]:
     image_ids, values = [], []
-    for n, line in enumerate(_read_lines(path, f"results file of class {name!r}"), 1):
+    for n, line in enumerate(read_lines(path, f"results file of class {name!r}"), 1):
         fields = line.split()
         if not fields:
             continue

@@ -33,7 +33,7 @@ from PIL import Image
 from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
 from pretext.data.sources import DataSourceError, check_id, fixed_subset, read_id_list
 
-from .voc import BACKGROUND_NAMES, VOC_CLASSES, _read_lines, check_class_names
+from .voc import BACKGROUND_NAMES, VOC_CLASSES, read_lines, check_class_names
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -261,7 +261,7 @@ def segmentation_classes(root: Path, kind: str, classes: Sequence[str] | None = 
     """Class names with background first: ROOT/classes.txt, else `classes`, else (VOC, SBD) the 20 VOC classes."""
     path = root / "classes.txt"
     if path.is_file():
-        names = [line.strip() for line in _read_lines(path, "class list") if line.strip()]
+        names = [line.strip() for line in read_lines(path, "class list") if line.strip()]
         names = names[1:] if names and names[0] in BACKGROUND_NAMES else names
         names = check_class_names(names, str(path))
         if classes is not None and [c for c in classes if c not in BACKGROUND_NAMES] != names:
@@ -352,9 +352,9 @@ def _folder_pair(root: Path, split: str) -> tuple[list[str], list[Path], list[Pa
 
 
 def _open_coco(root: Path, split: str, classes: Sequence[str] | None) -> SegmentationSet:
-    from .coco import _open_split
+    from .coco import open_split
 
-    s = _open_split(root, split)
+    s = open_split(root, split)
     if classes is not None:
         raise ValueError(f"{root}: a COCO root brings its own categories; --classes is for roots without classes.txt")
     if len(s.classes) + 1 > IGNORE:

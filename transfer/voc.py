@@ -56,7 +56,7 @@ def read_class_list(root: str | Path, classes: Sequence[str] | None = None) -> l
     path = Path(root) / "classes.txt"
     if not path.is_file():
         return check_class_names(classes, "--classes") if classes is not None else list(VOC_CLASSES)
-    names = [line.strip() for line in _read_lines(path, "class list") if line.strip()]
+    names = [line.strip() for line in read_lines(path, "class list") if line.strip()]
     if names and names[0] in BACKGROUND_NAMES:
         names = names[1:]
     names = check_class_names(names, str(path))
@@ -65,7 +65,8 @@ def read_class_list(root: str | Path, classes: Sequence[str] | None = None) -> l
     return names
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
+def read_lines(path: Path, what: str) -> list[str]:
+    """Lines of a UTF-8 text file; a missing file or bad encoding is a ValueError naming it (`what` it is)."""
     if not path.is_file():
         raise ValueError(f"{what} not found: {path}")
     try:
@@ -74,8 +75,8 @@ def _read_lines(path: Path, what: str) -> list[str]:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _check_split(split: str) -> str:
-    # The split becomes part of file names: it must not reach outside ImageSets/Main.
+def check_split(split: str) -> str:
+    """`split` unchanged, or a ValueError when it could reach outside ImageSets/ (it becomes part of file names)."""
     if not split or "/" in split or "\\" in split or split in (".", "..") or "\x00" in split:
         raise ValueError(f"invalid split name {split!r}")
     return split
@@ -83,7 +84,7 @@ def _check_split(split: str) -> str:
 
 def read_split_ids(root: str | Path, split: str) -> list[str]:
     """Image ids of ImageSets/Main/<split>.txt; missing file, duplicate or path-like ids are errors."""
-    list_file = Path(root) / "ImageSets" / "Main" / f"{_check_split(split)}.txt"
+    list_file = Path(root) / "ImageSets" / "Main" / f"{check_split(split)}.txt"
     ids = read_id_list(list_file)  # refuses ids with separators or '..' and duplicates
     if not ids:
         raise ValueError(f"{list_file}: no image ids")
@@ -100,7 +101,7 @@ def _row_index(ids: Sequence[str]) -> dict[str, int]:
 def _read_table(path: Path, index: dict[str, int], parse: Callable[[str], float], what: str) -> np.ndarray:
     """(N,) values from `<image_id> <value>` lines, one per split image; other, repeated or missing ids are errors."""
     values, seen = np.zeros(len(index)), np.zeros(len(index), dtype=bool)
-    for n, line in enumerate(_read_lines(path, what), 1):
+    for n, line in enumerate(read_lines(path, what), 1):
         fields = line.split()
         if not fields:
             continue
@@ -199,7 +200,7 @@ def read_objects(path: Path) -> list[tuple[str, bool]]:
 
 def results_path(results_dir: Path, split: str, name: str) -> Path:
     """The devkit results file comp1_cls_<split>_<cls>.txt of one class."""
-    return results_dir / f"{RESULTS_PREFIX}{_check_split(split)}_{safe_class_name(name)}.txt"
+    return results_dir / f"{RESULTS_PREFIX}{check_split(split)}_{safe_class_name(name)}.txt"
 
 
 def write_cls_results(out_dir: str | Path, split: str, class_names: Sequence[str], ids: Sequence[str],
@@ -231,7 +232,7 @@ def read_cls_results(results_dir: str | Path, split: str, class_names: Sequence[
 
 
 def _check_results_classes(results_dir: Path, split: str, class_names: Sequence[str]) -> None:
-    known, prefix = {safe_class_name(n) for n in class_names}, f"{RESULTS_PREFIX}{_check_split(split)}_"
+    known, prefix = {safe_class_name(n) for n in class_names}, f"{RESULTS_PREFIX}{check_split(split)}_"
     for path in sorted(results_dir.iterdir()):
         if path.name.startswith(prefix) and path.name.endswith(".txt") and path.name[len(prefix):-4] not in known:
             raise ValueError(f"{path}: results for unknown class {path.name[len(prefix):-4]!r} "

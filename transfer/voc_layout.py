@@ -37,8 +37,8 @@ from PIL import Image, UnidentifiedImageError
 from pretext.data.sources import IMAGE_EXTS, check_id
 from pretext.engine.checkpoint import atomic_write_text
 
-from .detection_eval import _read_boxes
-from .voc import BACKGROUND_NAMES, _check_split, check_class_names, read_objects
+from .detection_eval import read_boxes
+from .voc import BACKGROUND_NAMES, check_split, check_class_names, read_objects
 
 log = logging.getLogger("cebench")
 
@@ -191,7 +191,7 @@ def _read_sample(image: Path, index: AnnotationIndex, copy: bool) -> Sample:
         raise ValueError(f"{image}: not a JPEG; the detection reader expects JPEGImages/<id>.jpg to be JPEG "
                          "(--copy converts it)")
     objects = read_objects(annotation)  # names and <difficult>, as the reader checks them
-    _read_boxes(annotation)  # every <bndbox>, as the reader checks them
+    read_boxes(annotation)  # every <bndbox>, as the reader checks them
     return Sample(image, annotation, is_jpeg, tuple(objects))
 
 
@@ -204,7 +204,7 @@ def plan_tree(images: Path, annotations: Path, splits: Mapping[str, Path | str],
     samples: dict[str, Sample] = {}
     split_ids = {}
     for name, source in splits.items():
-        _check_split(name)
+        check_split(name)
         ids = _all_ids(found, index) if str(source) == ALL else _split_ids(Path(source), found, images)
         for image_id in ids:
             if image_id not in samples:
@@ -307,7 +307,7 @@ def _read_manifest(out: Path) -> dict:
     for image_id in manifest["ids"]:
         check_voc_id(image_id, str(path))
     for split in manifest["splits"]:
-        _check_split(split)
+        check_split(split)
     return manifest
 
 
@@ -398,7 +398,7 @@ def parse_splits(values: Sequence[str]) -> dict[str, str]:
         name, sep, source = value.partition("=")
         if not sep or not source:
             raise ValueError(f"--split {value!r}: expected NAME=FILE or NAME=all")
-        if _check_split(name) in splits:
+        if check_split(name) in splits:
             raise ValueError(f"--split {value!r}: split {name!r} given twice")
         splits[name] = source
     return splits
