@@ -1,9 +1,10 @@
-"""One table from the output directories of the transfer commands: fine-tuning, probes, retrieval, NN inpainting.
+"""One table from the output directories of the transfer commands: fine-tuning, detection, segmentation, probes,
+retrieval, NN inpainting.
 
 python -m benchmarks.transfer_summary OUT_DIR [OUT_DIR ...] [--out results/NAME]  (writes NAME.json and NAME.md)
 
-Each OUT_DIR holds the `metrics.json` of `cebench transfer classify`, `cebench probe`, `cebench retrieve` or
-`cebench nn-inpaint`. A kNN probe gives one row per k, a low-shot SVM probe one row per shot count (mean +- std
+Each OUT_DIR holds the `metrics.json` of `cebench transfer classify|detect|segment`, `cebench probe`,
+`cebench retrieve` or `cebench nn-inpaint`. A kNN probe gives one row per k, a low-shot SVM probe one row per shot count (mean +- std
 over its draws). Columns: the encoder (run directory name and method), the task, the training / test image
 counts, and the task's numbers: top-1 (%), the three VOC mAPs (%), precision@k (%), or mean L1 / L2 (%) and
 PSNR (dB) with mean fill's PSNR on the same holes.
@@ -65,7 +66,25 @@ def rows_of(out_dir: Path) -> list[dict]:
         return [{**head, "method": f"nn-{m['features']}", "task": task, **_sizes(m, "database", "images"),
                  "mean_l1": m["mean_l1"], "mean_l2": m["mean_l2"], "psnr": m["psnr"],
                  "psnr_mean_fill": m["baseline_mean_fill"]["psnr"]}]
+    if m.get("task") == "detection":
+        task = f"Fast R-CNN {m['layers']} ({m['steps']} steps)"
+        return [{**head, "task": task, **_sizes(m), "map_voc07_11pt": round(m["map_voc07_11pt"], 2),
+                 "map_area": round(m["map_area"], 2), "train_s": m.get("train_seconds"),
+                 "proposal_s_per_image": _per_image(m, "proposal_seconds_test", "test"),
+                 "inference_s_per_image": round(m["inference_seconds_per_image"], 3)}]
+    if m.get("task") == "segmentation" and "layers" in m:
+        task = f"FCN-32s {m['layers']} ({m['steps']} steps)"
+        return [{**head, "task": task, **_sizes(m), "miou": round(m["miou"], 2), "pixel_acc": round(m["pixel_acc"], 2),
+                 "mean_acc": round(m["mean_acc"], 2), "train_s": m.get("train_seconds"),
+                 "train_s_per_image": m.get("train_seconds_per_image"),
+                 "inference_s_per_image": round(m["inference_seconds_per_image"], 3)}]
     raise ValueError(f"{path}: not the metrics of a transfer command (no task or probe key)")
+
+
+def _per_image(m: dict, key: str, split: str) -> float | None:
+    """Seconds per image of a whole-split timing, when the run measured it (None when it came from a cache)."""
+    n = m.get(split, {}).get("n_images")
+    return round(m[key] / n, 3) if isinstance(m.get(key), (int, float)) and n else None
 
 
 def summarise(out_dirs: list[Path]) -> pd.DataFrame:

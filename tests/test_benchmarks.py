@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,23 @@ def test_pretrain_summary_tables_runs_of_different_methods(image_folder: Path, t
     assert out.with_suffix(".md").read_text() == capsys.readouterr().out
     with pytest.raises(SystemExit):
         summary_main([str(tmp_path / "missing")])
+
+
+def test_transfer_summary_rows_of_detection_and_segmentation_runs(tmp_path: Path) -> None:
+    from benchmarks.transfer_summary import rows_of
+
+    det, seg = tmp_path / "det", tmp_path / "seg"
+    det.mkdir()
+    seg.mkdir()
+    (det / "metrics.json").write_text(json.dumps({
+        "task": "detection", "layers": "all", "steps": 300, "encoder": "runs/demo", "encoder_method": "context_encoder",
+        "train": {"n_images": 160}, "test": {"n_images": 40}, "map_voc07_11pt": 12.345, "map_area": 10.0,
+        "train_seconds": 100.0, "proposal_seconds_test": 52.0, "inference_seconds_per_image": 0.2104}))
+    (seg / "metrics.json").write_text(json.dumps({
+        "task": "segmentation", "layers": "all", "steps": 600, "encoder": "runs/random_dd", "encoder_method": "random",
+        "train": {"n_images": 1500}, "test": {"n_images": 750}, "miou": 12.281, "pixel_acc": 88.9, "mean_acc": 15.66,
+        "train_seconds": 800.0, "train_seconds_per_image": 0.333, "inference_seconds_per_image": 0.12}))
+    (d,), (s,) = rows_of(det), rows_of(seg)
+    assert d["task"] == "Fast R-CNN all (300 steps)" and d["map_voc07_11pt"] == 12.35 and d["proposal_s_per_image"] == 1.3
+    assert (d["encoder"], d["n_train"], d["n_test"], d["inference_s_per_image"]) == ("demo", 160, 40, 0.21)
+    assert s["task"] == "FCN-32s all (600 steps)" and s["miou"] == 12.28 and s["train_s_per_image"] == 0.333
