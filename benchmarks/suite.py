@@ -11,11 +11,13 @@ rest goes on; the exit code is 1 when any cell failed. Then the tables and figur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -387,8 +389,47 @@ def failed_cell(suite: Suite, cell: Cell, error: str, spec: str) -> dict:
             "error": error, "headline": None, "metrics": {}, "spec_hash": spec}
 
 
+class SuiteLockedError(ConfigError):
+    """Another run holds the results directory."""
+
+
+@contextlib.contextmanager
+def results_lock(out: Path) -> Iterator[None]:
+    """Hold OUT/.lock (an exclusive, non-blocking flock) while a suite writes into OUT: a second run on the same
+    directory stops at once with a message naming the holder, instead of interleaving cells. The lock goes with
+    the process, so a killed run never leaves it behind."""
+    import fcntl
+    import os
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise SuiteLockedError(f"{out} is in use by another suite run ({holder}); wait for it to finish or "
+                                   f"choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
-    """Pretrain, run every cell not yet done, rebuild the tables; 0 when every cell is ok, 1 otherwise."""
+    """Pretrain, run every cell not yet done, rebuild the tables; 0 when every cell is ok, 1 otherwise. Holds
+    the results directory's lock throughout."""
+    with results_lock(out):
+        return _run_locked(suite, out, force)
+
+
+def _run_locked(suite: Suite, out: Path, force: bool) -> int:
     data, pretrain_root = datasets(suite, create=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     cells = plan(suite)

@@ -244,3 +244,31 @@ def test_detection_and_segmentation_columns(tmp_path: Path) -> None:
     assert got["random__detection__seed0"]["headline"]["name"] == "Detection mAP (%)"
     table = (out / "table2.md").read_text()
     assert "Detection mAP (%)" in table and "Segmentation mIoU (%)" in table
+
+
+def test_a_second_run_on_the_same_results_directory_is_refused(folder: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The lock is held by another process (a child holding OUT/.lock), so this run stops with a clear message."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "results"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write('pid 1234 on elsewhere since then'); f.flush(); print('held', flush=True); time.sleep(60)"),
+        str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        path = write_suite(tmp_path / "s.yaml", folder)
+        assert main([str(path), "--out", str(out)]) == 2
+        assert "is in use by another suite run (pid 1234 on elsewhere since then)" in caplog.text
+        assert not (out / "cells").exists()  # nothing was written
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the holder is gone (killed: no stale lock), the lock is free again
+    from benchmarks.suite import results_lock
+
+    with results_lock(out):
+        assert "pid" in (out / ".lock").read_text()
