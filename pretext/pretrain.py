@@ -63,6 +63,14 @@ def run(cfg, out: Path) -> int:
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         return 3
+    except RuntimeError as exc:
+        from .engine.distributed import peer_failure
+
+        message = peer_failure(exc)
+        if message is None:
+            raise
+        log.error("%s", message)
+        return 4
     log.info("done: %d steps, %d images in %.1f s; encoder: %s", result.step, result.images_seen,
              result.wall_seconds, out / "encoder.safetensors")
     if result.skipped_images:

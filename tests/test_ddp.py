@@ -111,3 +111,47 @@ def test_segmentation_fine_tuning_under_ddp(demo_root: Path, tmp_path: Path) -> 
     assert m["train_seconds_per_image"] > 0  # 3 updates x 2 images x 2 processes
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["step"] == 3 and not any(k.startswith("module.") for k in state["model"])
+
+
+def _launch(rank: int, port: int, args: list[str]) -> subprocess.Popen:
+    """One process of a 2-process job started by hand (as a second machine's agent would), not by torchrun,
+    which would itself stop the others when one fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    worker = Path(__file__).with_name("ddp_crash_worker.py")
+    return subprocess.Popen([sys.executable, str(worker), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["raise", "stall"])
+def test_a_failed_rank_stops_the_others_with_a_clear_error(mode: str, demo_root: Path, tmp_path: Path) -> None:
+    """Rank 1 raises (or hangs) at step 2 of a gloo pretraining; rank 0 exits with code 4 and one line saying
+    another process failed, within train.ddp_timeout_s, instead of hanging; the checkpoint it had is intact."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    args = [mode, "1", "2", "demo", "--out", str(run), f"data.root={demo_root}", *TINY, "max_steps=40",
+            "ckpt_every=1", "mask.kind=central", "train.ddp_timeout_s=15"]
+    t0 = time.monotonic()
+    procs = [_launch(rank, port, args) for rank in (0, 1)]
+    try:
+        _, err0 = procs[0].communicate(timeout=240)
+        elapsed = time.monotonic() - t0
+    finally:
+        for p in procs:
+            p.kill()
+        _, err1 = procs[1].communicate()
+    assert procs[0].returncode == 4, err0[-3000:]
+    assert "rank 0 of 2: a collective operation failed" in err0 and "another process of this job" in err0
+    assert "Traceback" not in err0
+    assert elapsed < 200
+    if mode == "raise":
+        assert "injected fault on rank 1 at step 2" in err1
+    else:
+        assert "no answer within train.ddp_timeout_s" in err0
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2

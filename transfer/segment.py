@@ -675,7 +675,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         return 3
-    except (ValueError, OSError, RuntimeError) as exc:  # configs, roots, masks, images, encoders, checkpoints
+    except RuntimeError as exc:
+        from pretext.engine.distributed import peer_failure
+
+        if (message := peer_failure(exc)) is None:
+            log.error("%s", _last_line(exc))
+            return 2
+        log.error("%s", message)
+        return 4
+    except (ValueError, OSError) as exc:  # configs, roots, masks, images, encoders, checkpoints
         log.error("%s", _last_line(exc))
         return 2
     if record is not None:

@@ -60,6 +60,26 @@ def init_distributed(device_setting: str = "auto", timeout_s: int = 600) -> Dist
     return DistEnv(rank, world, local_rank, device)
 
 
+# What gloo and NCCL say when a collective fails because another process of the job died or stopped answering.
+_PEER_SIGNS = {"closed by peer": "the other side closed the connection", "reset by peer": "the connection was reset",
+               "Broken pipe": "the connection broke", "Timed out": "no answer within train.ddp_timeout_s",
+               "timed out": "no answer within train.ddp_timeout_s", "NCCL": "NCCL reported an error"}
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """One clear line when `exc` is a collective operation of a multi-process job (WORLD_SIZE > 1) that failed
+    because another process crashed or stalled; None for any other error."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    reason = next((why for sign, why in _PEER_SIGNS.items() if sign in text), None)
+    if reason is None:
+        return None
+    return (f"rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']}: a collective operation failed "
+            f"({reason}): another process of this job crashed or stalled, and its own log names the cause. "
+            f"Stopped; the last checkpoint is intact (resume with train.resume=true)")
+
+
 def shutdown(env: DistEnv) -> None:
     """Leave the process group (if any)."""
     if env.distributed and dist.is_initialized():
