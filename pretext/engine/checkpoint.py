@@ -34,6 +34,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             raise CheckpointError(f"could not write {path}: {exc.strerror or exc}; the previous file is untouched") from exc
         raise
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
