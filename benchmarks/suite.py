@@ -35,7 +35,7 @@ log = logging.getLogger("cebench")
 
 SUITE_DIR = "suites"
 TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tasks", "reference"}
-DATA_KEYS = {"root", "pretrain", "train_split", "test_split"}
+DATA_KEYS = {"root", "pretrain", "train_split", "test_split", "check_images"}
 PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "tasks"}
 SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
                "context_prediction": "relative position", "random": "none", "supervised": "labels"}
@@ -68,6 +68,7 @@ class Suite:
     pretrainings: dict[str, Pretraining]
     tasks: dict[str, tuple[Task, dict]]
     reference: tuple[dict, ...] = ()
+    check_images: int | None = 200  # images decoded by the pre-flight data check; None = all, 0 = no check
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,15 @@ def build_suite(raw: dict, name: str) -> Suite:
                  _path(data.get("pretrain"), "data.pretrain"), str(data.get("train_split", "trainval")),
                  str(data.get("test_split", "test")),
                  {str(n): _pretraining(str(n), s, "seeds") for n, s in pre.items()},
-                 {str(n): _task(str(n), s) for n, s in tasks.items()}, tuple(reference))
+                 {str(n): _task(str(n), s) for n, s in tasks.items()}, tuple(reference),
+                 _check_images(data.get("check_images", 200), name))
+
+
+def _check_images(value: Any, name: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigError(f"suite {name}: data.check_images must be an integer >= 0 (0 = no check) or null (all "
+                          f"images), got {value!r}")
+    return value
 
 
 def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
@@ -429,8 +438,29 @@ def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
         return _run_locked(suite, out, force)
 
 
+def preflight(suite: Suite, data: Datasets, pretrain_root: Path) -> None:
+    """`cebench data check` on the suite's data (a seeded sample of `data.check_images` images of each root)
+    before anything trains; a ConfigError listing the problems when there are any."""
+    from transfer.data_check import check_dataset
+
+    if suite.check_images == 0:
+        return
+    roots = list(dict.fromkeys([data.train, data.test, pretrain_root]))
+    for root in roots:
+        report = check_dataset(root, max_images=suite.check_images)
+        log.info("data check %s (%s): %d image(s) decoded, %d problem(s)", root, report.format, report.checked,
+                 len(report.problems))
+        if report.problems:
+            for problem in report.problems[:20]:
+                log.error("  %s", problem)
+            raise ConfigError(f"data check: {len(report.problems)} problem(s) in {root} (first: "
+                              f"{report.problems[0]}); fix them, or run `cebench data check {root}` for the full "
+                              f"report (data.check_images=0 skips the check)")
+
+
 def _run_locked(suite: Suite, out: Path, force: bool) -> int:
     data, pretrain_root = datasets(suite, create=True)
+    preflight(suite, data, pretrain_root)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     cells = plan(suite)
     pretrained = {name: pretraining_hash(p, suite, data, pretrain_root) for name, p in suite.pretrainings.items()}

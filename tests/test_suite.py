@@ -272,3 +272,18 @@ def test_a_second_run_on_the_same_results_directory_is_refused(folder: Path, tmp
 
     with results_lock(out):
         assert "pid" in (out / ".lock").read_text()
+
+
+def test_the_suite_checks_its_data_first(folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    broken = next((bad / "train").rglob("*.png"))
+    broken.write_bytes(b"not an image")
+    path = write_suite(tmp_path / "s.yaml", bad)
+    assert main([str(path), "--out", str(tmp_path / "out"), "data.check_images=null"]) == 2
+    assert f"data check: 1 problem(s) in {bad / 'train'}" in caplog.text and broken.name in caplog.text
+    assert not (tmp_path / "out" / "cells").exists()  # nothing ran
+    with pytest.raises(ConfigError, match="check_images must be"):
+        load_suite(str(path), ["data.check_images=-1"])
