@@ -287,3 +287,35 @@ def test_the_suite_checks_its_data_first(folder: Path, tmp_path: Path, caplog: p
     assert not (tmp_path / "out" / "cells").exists()  # nothing ran
     with pytest.raises(ConfigError, match="check_images must be"):
         load_suite(str(path), ["data.check_images=-1"])
+
+
+@pytest.mark.slow
+def test_a_suite_killed_mid_run_resumes_to_the_same_tables(folder: Path, tmp_path: Path) -> None:
+    """kill -9 once the first cell is stored; the resumed run's Table 2 numbers equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    path = write_suite(tmp_path / "s.yaml", folder, tasks={"knn": {"k": 5}, "classify": {
+        "preset": "classify_demo", "overrides": TINY_CLASSIFY}})
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main([str(path), "--out", str(straight)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.suite", str(path), "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while not list((killed / "cells").glob("*.json")) and time.monotonic() - t0 < 240:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((killed / "cells").glob("*.json")))
+    assert 1 <= done < 4  # interrupted mid-suite
+    assert main([str(path), "--out", str(killed)]) == 0  # the lock died with the killed run
+    a, b = (pd.read_csv(d / "table2.csv") for d in (straight, killed))
+    cols = ["pretraining", "Fine-tune top-1 (%)", "kNN top-1 (%)"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
