@@ -27,8 +27,24 @@ from ..export import export_encoder
 from ..methods import PretextMethod, StepContext, get_method
 from ..models import timm_name
 from ..models.alexnet import AlexNetEncoder
-from .checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, load_checkpoint, prune_step_checkpoints, save_checkpoint
-from .distributed import DistEnv, all_reduce_mean, barrier, init_distributed, no_sync, shutdown, wrap_ddp
+from .checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    prune_step_checkpoints,
+    save_checkpoint,
+)
+from .distributed import (
+    DistEnv,
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    no_sync,
+    shutdown,
+    wrap_ddp,
+)
+from .health import DiscriminatorMonitor
 from .logger import RunLogger
 from .provenance import device_description, git_commit, versions
 
@@ -213,6 +229,7 @@ class Trainer(Engine):
             torch.use_deterministic_algorithms(True)
         self.images_seen = 0
         self.skipped: set[str] = set()
+        self.discriminator_monitor = DiscriminatorMonitor()
         self.dataset = self._build_dataset()  # first: it may resolve mask.region_bank=data, which resume compares
         self.state = self.open_checkpoint(self._mismatches)
         self.fill_mean = self._fill_mean()
@@ -335,6 +352,8 @@ class Trainer(Engine):
         enc, arch, spec = self.method.encoder_export()
         record = {"wall_seconds": round(result.wall_seconds, 3), "steps": self.step, "images_seen": self.images_seen,
                   "device": device_description(self.env.device), "world_size": self.env.world_size}
+        if self.discriminator_monitor.episodes:
+            record["discriminator_collapses"] = self.discriminator_monitor.episodes
         meta = {"method": self.cfg.method, "pretrain": record, "config_hash": self.cfg.hash(),
                 "fill_mean": self.fill_mean, "git_commit": git_commit(), "versions": versions()}
         if isinstance(enc, AlexNetEncoder):
@@ -397,6 +416,10 @@ class Trainer(Engine):
                  "skipped_images": len(self.skipped)}
         last.update(time=now, images=self.images_seen)
         metrics = self.report({k: float(v) for k, v in values.items()}, extra, logger, bar)
+        if "d_real" in metrics and self.env.is_main:
+            warning = self.discriminator_monitor.update(self.step, metrics["d_real"], metrics["d_fake"])
+            if warning:
+                log.warning("%s", warning)
         return metrics
 
     @torch.no_grad()

@@ -111,12 +111,13 @@ class ContextEncoderMethod(PretextMethod):
         if self.discriminator is None:
             ctx.optimize("generator", rec)
             return {"loss": rec.detach(), "rec": rec.detach()}
-        d_loss = self._discriminator_step(target, pred, region, ctx)
+        d_loss, d_real, d_fake = self._discriminator_step(target, pred, region, ctx)
         with ctx.autocast(), ctx.no_sync(self.discriminator):
             adv = generator_adversarial_loss(self.discriminator(self._disc_view(pred, region)))
         loss = joint_loss(rec, adv, self.cfg.loss.adversarial_weight)
         ctx.optimize("generator", loss)
-        return {"loss": loss.detach(), "rec": rec.detach(), "adv": adv.detach(), "disc": d_loss.detach()}
+        return {"loss": loss.detach(), "rec": rec.detach(), "adv": adv.detach(), "disc": d_loss.detach(),
+                "d_real": d_real, "d_fake": d_fake}
 
     @torch.no_grad()
     def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -126,13 +127,14 @@ class ContextEncoderMethod(PretextMethod):
         return {"rec": reconstruction_loss(self.generator(x), self._crop(images), weights, self.cfg.loss.reconstruction)}
 
     def _discriminator_step(self, target: torch.Tensor, pred: torch.Tensor, region: torch.Tensor,
-                            ctx: StepContext) -> torch.Tensor:
+                            ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One discriminator update; its loss and mean outputs (probabilities) on real and predicted content."""
         with ctx.autocast():
             real = self.discriminator(self._disc_view(target, region))
             fake = self.discriminator(self._disc_view(pred.detach(), region))
         d_loss = discriminator_loss(real, fake)
         ctx.optimize("discriminator", d_loss)
-        return d_loss
+        return d_loss, real.detach().float().sigmoid().mean(), fake.detach().float().sigmoid().mean()
 
     def encoder_export(self) -> tuple[nn.Module, str, dict]:
         enc = unwrap(self.generator).encoder
