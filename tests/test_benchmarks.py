@@ -69,3 +69,17 @@ def test_transfer_summary_rows_of_detection_and_segmentation_runs(tmp_path: Path
     assert d["task"] == "Fast R-CNN all (300 steps)" and d["map_voc07_11pt"] == 12.35 and d["proposal_s_per_image"] == 1.3
     assert (d["encoder"], d["n_train"], d["n_test"], d["inference_s_per_image"]) == ("demo", 160, 40, 0.21)
     assert s["task"] == "FCN-32s all (600 steps)" and s["miou"] == 12.28 and s["train_s_per_image"] == 0.333
+
+
+def test_init_scale_reports_each_start(tmp_path: Path) -> None:
+    from benchmarks.init_scale import VARIANTS, logit_scales
+
+    from .test_probes import stripes
+
+    stripes(tmp_path / "train", 6, seed=0)
+    stripes(tmp_path / "test", 2, seed=1)
+    train(tiny_config(tmp_path / "train", "max_steps=2", "data.fine_size=32"), tmp_path / "enc")
+    scales = logit_scales(tmp_path / "enc", tmp_path / "train", tmp_path / "test", "classify_demo", 8)
+    assert list(scales) == list(VARIANTS)
+    assert all(std > 0 and peak >= std for std, peak in scales.values())
+    assert 0.3 < scales["data-dependent head, within-layer only"][0] < 3  # unit-variance logits by construction
