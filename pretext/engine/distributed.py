@@ -63,7 +63,8 @@ def init_distributed(device_setting: str = "auto", timeout_s: int = 600) -> Dist
 # What gloo and NCCL say when a collective fails because another process of the job died or stopped answering.
 _PEER_SIGNS = {"closed by peer": "the other side closed the connection", "reset by peer": "the connection was reset",
                "Broken pipe": "the connection broke", "Timed out": "no answer within train.ddp_timeout_s",
-               "timed out": "no answer within train.ddp_timeout_s", "NCCL": "NCCL reported an error"}
+               "timed out": "no answer within train.ddp_timeout_s", "timeout": "no answer within train.ddp_timeout_s",
+               "Connection refused": "the other side is gone", "NCCL": "NCCL reported an error"}
 
 
 def peer_failure(exc: BaseException) -> str | None:
