@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-inpainting": ("pretext.eval_inpainting", "mean L1 / L2 / PSNR on the hole (Table 1 of the paper)"),
     "evaluate": ("transfer.evaluate",
                  "score results files: VOC classification mAP, VOC07 detection AP, segmentation mIoU"),
-    "transfer": ("transfer.cli", "fine-tune an encoder on a labelled task: `cebench transfer classify|detect ...`"),
+    "transfer": ("transfer.cli", "fine-tune an encoder on a labelled task: `cebench transfer classify|detect|segment ...`"),
     "probe": ("transfer.probe", "linear / SVM probe or weighted kNN on frozen encoder features"),
     "retrieve": ("transfer.retrieve", "FAISS nearest-neighbour retrieval of encoder features; PNG grid, precision@k"),
     "nn-inpaint": ("transfer.nn_inpaint", "nearest-neighbour inpainting (HOG or encoder features), Table 1 rows"),
