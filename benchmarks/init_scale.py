@@ -1,6 +1,7 @@
 """Scale of a fine-tuning network's logits at the start, for each way of initialising it.
 
-python -m benchmarks.init_scale ENCODER_RUN_DIR --data TRAIN_DIR --test-data TEST_DIR [--preset classify_cifar] [--images 64]
+python -m benchmarks.init_scale ENCODER_RUN_DIR --data TRAIN_DIR --test-data TEST_DIR [--preset classify_cifar]
+    [--images 64]
 
 Builds `cebench transfer classify`'s network on the encoder (no training) with the preset's head as given, with
 Krahenbuhl et al.'s data-dependent head, with the data-dependent head and the encoder rescaled too, and with

@@ -9,7 +9,8 @@ Long et al.'s FCN-32s on AlexNet, as the context-encoder paper ran it (`../share
   S, the encoder's total stride, 32 for AlexNet; kernel 2S - 1 = 63 as FCN's released AlexNet net, which makes the
   offset whole, where "64" in the protocol text would leave output and input half a pixel apart) and the crop
   back to the input size at the offset that aligns output and input pixels (computed from the layers as FCN's
-  coord_map: 18 for AlexNet). fc6/fc7 are new (N(0, `model.fc_std`)) or converted from a classifier's fully connected weights
+  coord_map: 18 for AlexNet). fc6/fc7 are new (N(0, `model.fc_std`)) or converted from a classifier's fully
+  connected weights
   (`model.fc_from`: a `cebench transfer classify` run, or a torchvision AlexNet state dict).
 - Loss: per-pixel softmax cross-entropy, label 255 ignored, averaged over an image's labelled pixels
   (`loss.reduction=mean`, as FCN's released AlexNet net) or summed (`sum`, FCN's later unnormalised loss, which
@@ -580,7 +581,8 @@ def run_segment(cfg: SegmentConfig, inputs: SegmentInputs) -> dict | None:
             result = {**segmentation_scores(conf, inputs.test.classes), "confusion": conf.tolist(),
                       "predictions": str(pred_dir) if pred_dir else None}
             record = build_record(cfg, seg, result, seconds)
-            atomic_write_text(inputs.out / "metrics.json", json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
+            text = json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n"
+            atomic_write_text(inputs.out / "metrics.json", text)
         barrier(env)
         return record
     finally:

@@ -148,7 +148,8 @@ class _SbdLabels:
             gt = loadmat(str(path), squeeze_me=True, struct_as_record=False)["GTcls"]
             seg = np.asarray(gt.Segmentation)
         except Exception as exc:  # scipy raises many kinds for a bad file
-            raise ValueError(f"{path}: not an SBD cls file with GTcls.Segmentation ({type(exc).__name__}: {exc})") from exc
+            raise ValueError(f"{path}: not an SBD cls file with GTcls.Segmentation ({type(exc).__name__}: "
+                             f"{exc})") from exc
         if seg.ndim != 2 or seg.size > max_pixels or seg.min(initial=0) < 0 or seg.max(initial=0) > 255:
             raise ValueError(f"{path}: GTcls.Segmentation must be a 2-D array of values 0..255, got shape {seg.shape}")
         return seg.astype(np.uint8)
@@ -343,7 +344,8 @@ def _folder_pair(root: Path, split: str) -> tuple[list[str], list[Path], list[Pa
     for p in sorted(image_dir.iterdir()):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
             if p.stem in by_stem:
-                raise ValueError(f"{image_dir}: two images share the name {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
+                raise ValueError(f"{image_dir}: two images share the name {p.stem!r} "
+                                 f"({by_stem[p.stem].name}, {p.name})")
             by_stem[p.stem] = p
     missing = [i for i in ids if i not in by_stem]
     if missing:
