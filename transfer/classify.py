@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -55,7 +54,7 @@ from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
 from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
 
-from .arguments import max_images
+from .arguments import fine_tune_main, max_images
 from .evaluate import json_safe, provenance
 from .features import LabelledImages, _normalise_input, check_train_test, open_labelled, subset
 from .metrics import classification_metrics, top1_accuracy
@@ -655,40 +654,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Parse, resolve the config, fine-tune and test, print a summary."""
-    from pretext.cli import setup_logging
-    from pretext.pretrain import _last_line
-
-    setup_logging()
-    parser = build_parser(prog)
-    args = parser.parse_intermixed_args(argv)
-    if args.list_presets:
-        print("\n".join(preset_names()))
-        return 0
-    try:
-        cfg = load_config(args.preset, args.overrides)
-        if args.print_config:
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            return 0
-        if None in (args.encoder, args.data, args.out):
-            parser.error("--encoder, --data and --out are required")
-        record = run_classify(cfg, open_inputs(args, cfg.train.seed))
-    except NonFiniteLossError as exc:
-        log.error("%s", exc)
-        return 3
-    except RuntimeError as exc:
-        from pretext.engine.distributed import peer_failure
-
-        if (message := peer_failure(exc)) is None:
-            log.error("%s", _last_line(exc))
-            return 2
-        log.error("%s", message)
-        return 4
-    except (ValueError, OSError) as exc:  # configs, data roots, images, encoders, checkpoints, devices
-        log.error("%s", _last_line(exc))
-        return 2
-    if record is not None:
-        print(f"{summary(record)}\n-> {args.out / 'metrics.json'}")
-    return 0
+    return fine_tune_main(build_parser(prog), argv, preset_names, load_config,
+                          lambda cfg, args: run_classify(cfg, open_inputs(args, cfg.train.seed)), summary)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -60,7 +59,7 @@ from pretext.engine.provenance import device_description
 from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
 from pretext.export import load_encoder
 
-from .arguments import max_images
+from .arguments import fine_tune_main, max_images
 from .classify import RESUME_FREE, FineTuneConfig, SGDConfig, build_optimizer, lr_at, resume_changes
 from .evaluate import json_safe, provenance
 from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
@@ -657,40 +656,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Parse, resolve the config, fine-tune, segment and score, print a summary."""
-    from pretext.cli import setup_logging
-    from pretext.pretrain import _last_line
-
-    setup_logging()
-    parser = build_parser(prog)
-    args = parser.parse_intermixed_args(argv)
-    if args.list_presets:
-        print("\n".join(preset_names()))
-        return 0
-    try:
-        cfg = load_config(args.preset, args.overrides)
-        if args.print_config:
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            return 0
-        if None in (args.encoder, args.data, args.out):
-            parser.error("--encoder, --data and --out are required")
-        record = run_segment(cfg, open_inputs(args, cfg))
-    except NonFiniteLossError as exc:
-        log.error("%s", exc)
-        return 3
-    except RuntimeError as exc:
-        from pretext.engine.distributed import peer_failure
-
-        if (message := peer_failure(exc)) is None:
-            log.error("%s", _last_line(exc))
-            return 2
-        log.error("%s", message)
-        return 4
-    except (ValueError, OSError) as exc:  # configs, roots, masks, images, encoders, checkpoints
-        log.error("%s", _last_line(exc))
-        return 2
-    if record is not None:
-        print(f"{summary(record)}\n-> {args.out / 'metrics.json'}")
-    return 0
+    return fine_tune_main(build_parser(prog), argv, preset_names, load_config,
+                          lambda cfg, args: run_segment(cfg, open_inputs(args, cfg)), summary)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ import numpy as np
 from PIL import Image
 
 from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
-from pretext.data.sources import DataSourceError, check_id, fixed_subset, read_id_list
+from pretext.data.sources import fixed_subset, read_id_list
 
-from .voc import BACKGROUND_NAMES, VOC_CLASSES, read_lines, check_class_names
+from .voc import BACKGROUND_NAMES, VOC_CLASSES, check_class_names, check_split, read_lines
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -280,20 +280,10 @@ def segmentation_classes(root: Path, kind: str, classes: Sequence[str] | None = 
 
 
 def _ids(list_file: Path) -> list[str]:
-    try:
-        ids = read_id_list(list_file)
-    except DataSourceError as exc:
-        raise ValueError(str(exc)) from None
+    ids = read_id_list(list_file)  # DataSourceError (a ValueError) names the file and the bad or duplicate id
     if not ids:
         raise ValueError(f"{list_file}: no image ids")
     return ids
-
-
-def _split_name(split: str) -> str:
-    try:
-        return check_id(split, "split")
-    except DataSourceError as exc:
-        raise ValueError(f"invalid split name {split!r}: {exc}") from None
 
 
 def open_segmentation_set(root: str | Path, split: str, classes: Sequence[str] | None = None,
@@ -301,7 +291,7 @@ def open_segmentation_set(root: str | Path, split: str, classes: Sequence[str] |
     """One split of a VOC, SBD, COCO or folder-pair root (module docstring), optionally the seed's fixed subset of
     `max_images` images. Missing images or label files are errors naming the first."""
     root = Path(root)
-    split = _split_name(split)
+    split = check_split(split)
     kind = segmentation_kind(root)
     if kind == "coco":
         data = _open_coco(root, split, classes)
