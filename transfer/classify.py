@@ -50,7 +50,7 @@ from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
+from pretext.engine.trainer import Engine, step_seed
 from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
 
@@ -500,29 +500,10 @@ class FineTuner(Engine):
     # --- the loop ---------------------------------------------------------------------------
     def fit(self) -> float:
         """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
-        t = self.cfg.train
         loader = train_loader(self.inputs.train, self.train_spec, self.cfg, self.env, self.step)
-        logger, bar = self.begin(self.cfg.to_dict(), "classify")
         self.model.train()
-        last = {"time": self.t_start, "step": self.step}
-        try:
-            for images, labels in loader if self.step < t.max_steps else ():
-                loss = self.train_step(images, labels)
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.max_steps:
-                    self._log(loss, logger, bar, last)
-                if self.step % t.ckpt_every == 0:
-                    self.save()
-                if self.step >= t.max_steps:
-                    break
-            if self.step % t.ckpt_every or self.step == 0:  # not already saved at this step
-                self.save()
-        except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc}; stopping. {self.last_good()}") from exc
-        finally:
-            bar.close()
-            logger.close()
-        return self.elapsed()
+        return self.fine_tune_loop(loader, "classify", self.cfg.to_dict(), lambda batch: self.train_step(*batch),
+                                   self._log)
 
     def _log(self, loss: float, logger: RunLogger, bar: tqdm, last: dict) -> None:
         now = time.perf_counter()

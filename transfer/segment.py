@@ -56,7 +56,7 @@ from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, NonFiniteLossError, step_seed
+from pretext.engine.trainer import Engine, step_seed
 from pretext.export import load_encoder
 
 from .arguments import fine_tune_main, max_images
@@ -480,27 +480,8 @@ class Segmenter(Engine):
         loader = build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,
                               self.env.world_size, self.step, pin_memory=self.env.device.type == "cuda",
                               collate_fn=as_list)
-        logger, bar = self.begin(self.cfg.to_dict(), "segment")
         self.model.train()
-        last = {"time": self.t_start, "step": self.step}
-        try:
-            for batch in loader if self.step < t.max_steps else ():
-                values = self.train_step(batch)
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.max_steps:
-                    self._log(values, logger, bar, last)
-                if self.step % t.ckpt_every == 0:
-                    self.save()
-                if self.step >= t.max_steps:
-                    break
-            if self.step % t.ckpt_every or self.step == 0:
-                self.save()
-        except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc}; stopping. {self.last_good()}") from exc
-        finally:
-            bar.close()
-            logger.close()
-        return self.elapsed()
+        return self.fine_tune_loop(loader, "segment", self.cfg.to_dict(), self.train_step, self._log)
 
     def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
         now = time.perf_counter()

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
@@ -150,6 +151,33 @@ class Engine:
             self.scaler.step(opt)
         else:
             opt.step()
+
+    def fine_tune_loop(self, loader: Iterable, desc: str, config: dict, step: Callable[[Any], Any],
+                       log_values: Callable[..., None]) -> float:
+        """The loop the transfer commands share: `step(batch)` until `train.max_steps`, `log_values(values, logger,
+        bar, last)` every `log_every` steps and at the end, `self.save()` every `ckpt_every` steps and at the end;
+        a non-finite loss stops the run naming the last good checkpoint. Returns the total training seconds."""
+        t = self._train_cfg
+        logger, bar = self.begin(config, desc)
+        last = {"time": self.t_start, "step": self.step}
+        try:
+            for batch in loader if self.step < t.max_steps else ():
+                values = step(batch)
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    log_values(values, logger, bar, last)
+                if self.step % t.ckpt_every == 0:
+                    self.save()
+                if self.step >= t.max_steps:
+                    break
+            if self.step % t.ckpt_every or self.step == 0:  # not already saved at this step
+                self.save()
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; stopping. {self.last_good()}") from exc
+        finally:
+            bar.close()
+            logger.close()
+        return self.elapsed()
 
     def elapsed(self) -> float:
         """Training seconds so far, over every resumed segment of the run."""
