@@ -104,7 +104,8 @@ def _path(value: Any, where: str) -> Path | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a path, got {value!r}")
-    return Path(value).expanduser()
+    # absolute, so a finished cell is found again whether the suite is run with a relative or an absolute path
+    return Path(value).expanduser().resolve()
 
 
 def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:

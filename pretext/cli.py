@@ -31,8 +31,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def safe_streams() -> None:
+    """File names that are not valid UTF-8 (surrogate-escaped by Python) are printed as escapes, not a crash of a
+    strict stdout/stderr (e.g. under LANG=en_US.UTF-8 or PYTHONIOENCODING=utf-8)."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def setup_logging(verbose: bool = False) -> None:
     """INFO logs on rank 0, warnings elsewhere."""
+    safe_streams()
     rank = int(os.environ.get("RANK", "0"))
     level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -53,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the subcommand's own `main`."""
+    safe_streams()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.main(args.args, prog=f"cebench {args.command}") or 0)

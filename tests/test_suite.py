@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -165,6 +167,11 @@ def test_hashes_follow_the_resolved_configs(folder: Path, tmp_path: Path) -> Non
     third = hashes()
     assert third[0] == second[0] and third[1] != second[1]
     assert hashes("pretrainings.ce.overrides=[train.progress=false]") == third  # run control only
+    # the same data named by a relative path (from another working directory) finds the same cells
+    relative = os.path.relpath(folder, tmp_path)
+    with contextlib.chdir(tmp_path):
+        assert hashes(f"data.root={relative}") == third
+    assert hashes(f"data.root={folder}/../{folder.name}") == third
 
 
 @pytest.mark.slow

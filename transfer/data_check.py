@@ -228,8 +228,18 @@ def check_coco(root: Path, max_images: int | None = None, seed: int = 0,
 
 # --- image folders --------------------------------------------------------------------------------------------
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _images_under(folder: Path, report: Report, seen: dict | None = None) -> list[Path]:
+    from pretext.data.sources import DataSourceError, folder_images
+
+    repeats: list = []
+    try:
+        images = folder_images(folder, repeats, seen)
+    except DataSourceError as exc:
+        report.problem(str(exc))
+        return []
+    for skipped in repeats:
+        report.problem(str(skipped))
+    return images
 
 
 def check_imagefolder(root: Path, max_images: int | None = None, seed: int = 0,
@@ -241,9 +251,9 @@ def check_imagefolder(root: Path, max_images: int | None = None, seed: int = 0,
         classes = sorted(p for p in split.iterdir() if p.is_dir())
         if not classes:
             report.problem(f"{split}: no class sub-folders")
-        files = []
+        files, seen = [], {}  # shared: a class folder linked from another class is a problem
         for c in classes:
-            images = _images_under(c)
+            images = _images_under(c, report, seen)
             if not images:
                 report.problem(f"{c}: class folder without images")
             report.classes[c.name] += len(images)
@@ -258,7 +268,7 @@ def check_folder(root: Path, max_images: int | None = None, seed: int = 0,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Report:
     """Every image file under ROOT decodes."""
     report = Report(str(root), "folder")
-    files = _images_under(root)
+    files = _images_under(root, report)
     report.splits["all"] = len(files)
     if not files:
         report.problem(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")

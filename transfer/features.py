@@ -36,7 +36,7 @@ from torch import nn
 
 from pretext.data.dataset import crop_flip, resize_shorter, to_uint8_tensor
 from pretext.data.images import load_rgb
-from pretext.data.sources import fixed_subset, folder_images, voc_images
+from pretext.data.sources import SkippedFolder, fixed_subset, folder_images, voc_images
 from pretext.engine.checkpoint import atomic_write_bytes
 
 from .coco import annotation_path, is_coco_root, read_coco_classification
@@ -118,9 +118,15 @@ def open_image_folder(root: Path) -> LabelledImages:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(classes) < 2:
         raise ProbeError(f"{root}: an ImageFolder needs at least 2 class sub-directories, found {classes}")
-    paths, labels = [], []
+    paths, labels, seen = [], [], {}
     for index, name in enumerate(classes):
-        found = folder_images(root / name)
+        skipped: list[SkippedFolder] = []
+        found = folder_images(root / name, skipped, seen)
+        for folder in skipped:
+            if not folder.loop and Path(folder.target).parts[:len(root.parts) + 1] != (root / name).parts:
+                raise ProbeError(f"{folder}: two classes of {root} reach this folder, so the label of its images "
+                                 f"would be ambiguous")
+            log.warning("%s", folder)  # a loop, or two links inside one class: listed once, label unchanged
         if not found:
             raise ProbeError(f"{root / name}: class {name!r} has no images")
         paths += found

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SOURCES = ("auto", "folder", "imagefolder", "voc", "list")
@@ -55,14 +59,58 @@ def fixed_subset(n: int, max_images: int | None, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.permutation(n)[:max_images])
 
 
-def folder_images(root: Path) -> list[Path]:
-    """Every image file under `root`, recursively; symlinked directories are not followed (no loops)."""
+class SkippedFolder(NamedTuple):
+    """A symlinked folder that folder_images did not list: a loop (leads to an ancestor) or a repeat."""
+
+    path: str
+    loop: bool
+    target: str
+
+    def __str__(self) -> str:
+        if self.loop:
+            return f"{self.path}: a symlink loop (leads to {self.target}, an ancestor); not followed"
+        return (f"{self.path}: the same folder as {self.target}, already listed (two paths to one folder: a "
+                f"symlink); not listed again")
+
+
+def folder_images(root: Path, skipped: list[SkippedFolder] | None = None,
+                  seen: dict | None = None) -> list[Path]:
+    """Every image file under `root`, recursively, symlinked directories included. A symlinked directory that
+    leads back to one of its own ancestors (a loop), or a folder already listed by another path (in this call,
+    or in an earlier one given the same `seen` dict), is not listed again: a SkippedFolder is appended to
+    `skipped`, or logged as a counted warning when no list is given."""
     if not root.is_dir():
         raise DataSourceError(f"not a directory: {root}")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    found, repeats = [], []
+    seen = {} if seen is None else seen  # (device, inode) -> the path it was first listed by
+
+    def unreadable(exc: OSError) -> None:  # os.walk would skip the folder silently
+        raise DataSourceError(f"{exc.filename}: cannot list the folder: {exc.strerror or exc}") from exc
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            repeats.append(SkippedFolder(dirpath, False, seen[st.st_dev, st.st_ino]))
+            continue
+        seen[st.st_dev, st.st_ino] = dirpath
+        here = os.path.realpath(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith("."):
+                continue
+            target = os.path.realpath(full) if os.path.islink(full) else None
+            if target is not None and (here == target or here.startswith(target.rstrip(os.sep) + os.sep)):
+                repeats.append(SkippedFolder(full, True, target))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         found += [Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTS and not f.startswith(".")]
+    if skipped is not None:
+        skipped += repeats
+    elif repeats:
+        log.warning("%s: %d symlinked folder(s) skipped; first: %s", root, len(repeats), repeats[0])
     return sorted(found)
 
 

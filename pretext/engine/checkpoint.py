@@ -53,8 +53,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Atomic UTF-8 text write."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Atomic UTF-8 text write; a file name that was not valid UTF-8 (surrogate-escaped) is written back as its
+    original bytes."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def save_checkpoint(state: dict[str, Any], *paths: str | Path) -> None:
