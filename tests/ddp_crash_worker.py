@@ -1,13 +1,14 @@
 """A pretraining process for tests/test_ddp.py that crashes on one rank at a given step (fault injection).
 
-python tests/ddp_crash_worker.py raise|stall CRASH_RANK CRASH_STEP PRETRAIN_ARGS...: runs `pretext.pretrain.main`
-with the trainer's step patched so that rank CRASH_RANK raises (or hangs) after CRASH_STEP steps; the other ranks
+python tests/ddp_crash_worker.py raise|stall|kill CRASH_RANK CRASH_STEP PRETRAIN_ARGS...: runs `pretext.pretrain.main`
+with the trainer's step patched so that rank CRASH_RANK raises (hangs, or dies of SIGKILL) after CRASH_STEP steps; the other ranks
 carry on.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -23,6 +24,8 @@ def main() -> int:
         if self.env.rank == crash_rank and self.step >= crash_step:
             if mode == "stall":
                 time.sleep(3600)
+            if mode == "kill":  # no exception handler, no atexit: the process is simply gone
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected fault on rank {crash_rank} at step {self.step}")
         return original(self, *a, **k)
 

@@ -124,9 +124,9 @@ def _launch(rank: int, port: int, args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["raise", "stall"])
+@pytest.mark.parametrize("mode", ["raise", "stall", "kill"])
 def test_a_failed_rank_stops_the_others_with_a_clear_error(mode: str, demo_root: Path, tmp_path: Path) -> None:
-    """Rank 1 raises (or hangs) at step 2 of a gloo pretraining; rank 0 exits with code 4 and one line saying
+    """Rank 1 raises (hangs, or is killed with SIGKILL) at step 2 of a gloo pretraining; rank 0 exits with code 4 and one line saying
     another process failed, within train.ddp_timeout_s, instead of hanging; the checkpoint it had is intact."""
     import socket
     import time
@@ -142,6 +142,7 @@ def test_a_failed_rank_stops_the_others_with_a_clear_error(mode: str, demo_root:
     try:
         _, err0 = procs[0].communicate(timeout=240)
         elapsed = time.monotonic() - t0
+        rank1_status = procs[1].wait(timeout=30) if mode != "stall" else None  # before the clean-up kill below
     finally:
         for p in procs:
             p.kill()
@@ -152,6 +153,8 @@ def test_a_failed_rank_stops_the_others_with_a_clear_error(mode: str, demo_root:
     assert elapsed < 200
     if mode == "raise":
         assert "injected fault on rank 1 at step 2" in err1
+    elif mode == "kill":
+        assert rank1_status == -9  # it died of the signal, not of the clean-up
     else:
         assert "no answer within train.ddp_timeout_s" in err0
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 2

@@ -159,3 +159,57 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(tmp_path: Path
     with pytest.raises(CheckpointError, match="cannot load checkpoint"):
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A valid 1x1 PNG whose header is rewritten to claim width x height (CRC fixed): a few dozen bytes that would
+    decode to gigabytes."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    """100,000 x 100,000 claimed by a tiny file: refused before any pixel is decoded (no memory is spent)."""
+    import resource
+
+    from pretext.data.images import BadImageError, load_rgb
+
+    bomb = tmp_path / "bomb.png"
+    _png_claiming(bomb, 100_000, 100_000)
+    assert bomb.stat().st_size < 100
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BadImageError, match=r"bomb.png: .*(exceeds the limit|too many pixels)"):
+        load_rgb(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 30 GB
+    _png_claiming(bomb, 5000, 5000)  # under PIL's own guard, over the user's limit
+    with pytest.raises(BadImageError, match=r"bomb.png: 5000x5000 = 25000000 pixels exceeds the limit of 1000"):
+        load_rgb(bomb, max_pixels=1000)
+
+
+@pytest.mark.parametrize("payload", ["!!python/object/apply:os.system ['touch {marker}']",
+                                     "!!python/object/new:subprocess.Popen [['touch', '{marker}']]",
+                                     "train: !!python/name:os.system"])
+def test_a_config_carrying_code_is_refused_without_running_it(tmp_path: Path, payload: str) -> None:
+    """Configs and suites load with yaml.safe_load: a Python tag is a clear error, and the command never runs."""
+    from benchmarks.suite import load_suite
+    from pretext.config import ConfigError, load_config
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(payload.format(marker=marker) + "\n")
+    with pytest.raises(ConfigError, match=r"evil.yaml.*invalid YAML"):
+        load_config(str(evil))
+    with pytest.raises(ConfigError, match=r"evil.yaml"):
+        load_suite(str(evil), [])
+    assert not marker.exists()

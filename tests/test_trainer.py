@@ -106,8 +106,11 @@ def test_resume_with_other_model_is_refused(image_folder: Path, tmp_path: Path) 
         train(tiny_config(image_folder, "max_steps=2", "resume=true", "model.dropout=0.1"), tmp_path / "run")
 
 
+@pytest.mark.parametrize("fault", ["nan_loss", "inf_loss", "nan_gradient"])
 def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    """NaN or inf in the loss, or NaN gradients behind a finite loss (sqrt'(0) * 0), stop the run at step 5 with
+    the step-4 checkpoint intact and finite; the poisoned update never reaches the weights."""
     import pretext.methods.context_encoder as ce
 
     real = ce.reconstruction_loss
@@ -116,12 +119,21 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder: Path, tmp_path: 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 5 else loss
+        if calls["n"] != 5:
+            return loss
+        if fault == "nan_gradient":
+            return loss + torch.sqrt(loss * 0)  # value unchanged, gradient inf * 0 = nan
+        return loss * float("nan" if fault == "nan_loss" else "inf")
 
     monkeypatch.setattr(ce, "reconstruction_loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"nan at step 5.*checkpoint.*step 4\) is intact"):
-        train(tiny_config(image_folder, "max_steps=10", "ckpt_every=2"), tmp_path / "run")
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+    message = {"nan_loss": r"loss became nan at step 5", "inf_loss": r"loss became inf at step 5",
+               "nan_gradient": r"gradients became non-finite .* at step 5"}[fault]
+    with pytest.raises(NonFiniteLossError, match=message + r".*checkpoint.*step 4\) is intact"):
+        train(tiny_config(image_folder, "max_steps=10", "ckpt_every=2", "optim.grad_clip=0"), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 4
+    weights = [v for net in state["networks"].values() for v in net.values() if v.is_floating_point()]
+    assert weights and all(torch.isfinite(v).all() for v in weights)
     assert not (tmp_path / "run" / "encoder.safetensors").exists()
 
 

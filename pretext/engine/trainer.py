@@ -53,6 +53,13 @@ log = logging.getLogger("cebench")
 RESUME_MUST_MATCH = ("method", "model", "mask", "loss", "context")
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the gradients (torch.nn.utils.get_total_norm where torch has it)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the run stops and the last checkpoint stays as it was."""
 
@@ -132,7 +139,7 @@ class Engine:
         With fp16 the caller runs `self.scaler.update()` once all of a step's optimisers have stepped."""
         opt.zero_grad(set_to_none=True)
         self.backward(loss, what)
-        self.clip_and_step(opt, grad_clip)
+        self.clip_and_step(opt, grad_clip, what)
 
     def backward(self, loss: torch.Tensor, what: str = "") -> None:
         """Add `loss`'s gradients (scaled with fp16); a non-finite loss stops the run. Several calls before one
@@ -141,12 +148,20 @@ class Engine:
             raise NonFiniteLossError(f"{what + ' ' if what else ''}loss became {loss.item()} at step {self.step + 1}")
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def clip_and_step(self, opt: torch.optim.Optimizer, grad_clip: float) -> None:
-        """Optional clipping of the accumulated gradients (max global norm), then the optimiser step."""
+    def clip_and_step(self, opt: torch.optim.Optimizer, grad_clip: float, what: str = "") -> None:
+        """Optional clipping of the accumulated gradients (max global norm), then the optimiser step. A non-finite
+        gradient (a finite loss can still have one) stops the run before it reaches the weights; with fp16 the
+        loss scaler skips such steps itself."""
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if grad_clip > 0:
             if self.scaler:
                 self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        elif not self.scaler and params:
+            norm = _total_norm([p.grad for p in params])
+        if not self.scaler and params and not torch.isfinite(norm):
+            raise NonFiniteLossError(f"{what + ' ' if what else ''}gradients became non-finite (norm {norm.item()}) "
+                                     f"at step {self.step + 1}")
         if self.scaler:
             self.scaler.step(opt)
         else:
