@@ -24,6 +24,7 @@ def time_steps(cfg: PretrainConfig, steps: int, warmup: int) -> list[float]:
     device = select_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     method = get_method(cfg.method)(cfg, [0.5, 0.5, 0.5]).to(device)
+    method.use_fast_kernels(cfg.train.fast_kernels)
     opts = method.build_optimizers()
 
     def optimize(name: str, loss: torch.Tensor) -> None:

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-alexnet": ("pretext.import_alexnet", "a torchvision AlexNet state dict from disk as an encoder"),
     "run": ("benchmarks.suite", "run a benchmark suite: pretrain every method, evaluate every task, write the tables"),
     "table": ("benchmarks.tables", "rebuild a suite's tables and figures from its stored cells"),
+    "bench": ("benchmarks.perf", "speed benchmark: steps, pipeline, search, detection; writes OUT/perf.{json,md}"),
 }
 
 

@@ -143,6 +143,8 @@ class TrainConfig:
     precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16"))
     channels_last: bool = _opt(False)
     compile: bool = _opt(False)
+    fast_kernels: bool = _opt(True, doc="whole-input convolutions as matrix products and fused Adam (same results); "
+                                        "false = plain PyTorch modules, the speed benchmark's reference")
     deterministic: bool = _opt(False, doc="torch.use_deterministic_algorithms")
     ckpt_every: int = _opt(500, min=1)
     log_every: int = _opt(10, min=1)

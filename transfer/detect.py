@@ -30,10 +30,12 @@ box xmin..xmax (1-based, inclusive) is [xmin - 1, xmax). A run directory holds c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -583,18 +585,26 @@ class Detector(Engine):
         return out, (time.perf_counter() - t0) / max(len(data.ids), 1)
 
     def _detect_one(self, image: torch.Tensor, s: float, size: tuple[int, int], props: np.ndarray) -> list[np.ndarray]:
-        t, classes = self.cfg.test, len(self.inputs.train.classes)
         rois = torch.from_numpy(props.astype(np.float32) * s).to(self.env.device)
-        rois = torch.cat([torch.zeros(len(rois), 1, device=rois.device), rois], 1)
-        with self.autocast():
-            conv5 = self.model.features(self._normalise(image[None]))
-            parts = [self.model.head(conv5, rois[i: i + t.roi_batch]) for i in range(0, len(rois), t.roi_batch)]
-        scores = torch.cat([p[0] for p in parts]).float().softmax(1)[:, 1:]  # (R, C)
-        deltas = torch.cat([p[1] for p in parts]).float().view(len(rois), -1, 4)[:, 1:]
-        deltas = deltas * torch.tensor(self.cfg.model.bbox_stds, device=deltas.device)
-        boxes = decode_boxes(rois[:, 1:], deltas) / s  # (R, C, 4) in original pixels
-        boxes = clip_boxes_to_image(boxes, (size[1], size[0]))
-        return postprocess(boxes.cpu(), scores.cpu(), classes, t)
+        return detect_image(self.model, self._normalise(image[None]), rois, s, size, len(self.inputs.train.classes),
+                            self.cfg.test, self.cfg.model.bbox_stds, self.autocast)
+
+
+def detect_image(model: FastRCNN, image: torch.Tensor, rois: torch.Tensor, s: float, size: tuple[int, int],
+                 classes: int, t: DetTestConfig, bbox_stds: list[float],
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[np.ndarray]:
+    """The test pass of one normalised (1, 3, H, W) image scaled by `s` from `size` (w, h), with (R, 4) xyxy
+    proposals in scaled pixels: per class (K, 5) detections in 1-based VOC coordinates of the original image."""
+    rois = torch.cat([torch.zeros(len(rois), 1, device=rois.device), rois], 1)
+    with autocast():
+        conv5 = model.features(image)
+        parts = [model.head(conv5, rois[i: i + t.roi_batch]) for i in range(0, len(rois), t.roi_batch)]
+    scores = torch.cat([p[0] for p in parts]).float().softmax(1)[:, 1:]  # (R, C)
+    deltas = torch.cat([p[1] for p in parts]).float().view(len(rois), -1, 4)[:, 1:]
+    deltas = deltas * torch.tensor(bbox_stds, device=deltas.device)
+    boxes = decode_boxes(rois[:, 1:], deltas) / s  # (R, C, 4) in original pixels
+    boxes = clip_boxes_to_image(boxes, (size[1], size[0]))
+    return postprocess(boxes.cpu(), scores.cpu(), classes, t)
 
 
 def postprocess(boxes: torch.Tensor, scores: torch.Tensor, classes: int, t: DetTestConfig) -> list[np.ndarray]:

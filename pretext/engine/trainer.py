@@ -53,6 +53,16 @@ log = logging.getLogger("cebench")
 RESUME_MUST_MATCH = ("method", "model", "mask", "loss", "context")
 
 
+def cpu_has_native_bf16() -> bool:
+    """The CPU has bf16 dot-product instructions (x86 AVX512-BF16 or AMX, Arm BF16); unknown CPUs count as yes."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    flags = set(text.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) or "flags" not in text and "Features" not in text
+
+
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm of the gradients (torch.nn.utils.get_total_norm where torch has it)."""
     if hasattr(torch.nn.utils, "get_total_norm"):
@@ -123,6 +133,9 @@ class Engine:
         self._train_cfg = train_cfg
         if train_cfg.precision == "fp16" and env.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
+        if train_cfg.precision == "bf16" and env.device.type == "cpu" and not cpu_has_native_bf16() and env.is_main:
+            log.warning("train.precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 is "
+                        "emulated here and runs several times slower than fp32 (`cebench bench` measures it)")
         self.step, self.prior_seconds, self.t_start = 0, 0.0, time.perf_counter()
         self.scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
 
@@ -322,6 +335,7 @@ class Trainer(Engine):
     def _build_method(self) -> PretextMethod:
         torch.manual_seed(self.cfg.train.seed)  # identical initial weights for a given seed (and on every rank)
         method = get_method(self.cfg.method)(self.cfg, self.fill_mean).to(self.env.device)
+        method.use_fast_kernels(self.cfg.train.fast_kernels)
         if self.cfg.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
         self.raw_networks = dict(method.networks())

@@ -36,6 +36,20 @@ class PretextMethod(nn.Module, abc.ABC):
         # Images are normalised to [-1, 1]; the fill value is the dataset mean in that space.
         self.register_buffer("fill", torch.tensor(fill_mean, dtype=torch.float32).view(1, 3, 1, 1) * 2 - 1)
 
+    def adam(self, params, lr: float) -> torch.optim.Adam:
+        """Adam with the run's betas and weight decay; the fused implementation (one kernel for the whole update)
+        with `train.fast_kernels`, torch's default one otherwise."""
+        o = self.cfg.optim
+        fused = bool(self.cfg.train.fast_kernels)
+        return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+                                **({"fused": True} if fused else {}))
+
+    def use_fast_kernels(self, enabled: bool) -> None:
+        """Whole-input convolutions as matrix products (or plain PyTorch modules) in every network."""
+        from pretext.models.dcgan import set_matmul_kernels
+
+        set_matmul_kernels(self, enabled)
+
     @abc.abstractmethod
     def networks(self) -> dict[str, nn.Module]:
         """Trained networks by attribute name."""

@@ -60,9 +60,10 @@ class ContextEncoderMethod(PretextMethod):
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         o = self.cfg.optim
-        opts = {"generator": _adam(self.generator, o.lr, o)}
+        opts = {"generator": self.adam(self.generator.parameters(), o.lr)}
         if self.discriminator is not None:
-            opts["discriminator"] = _adam(self.discriminator, o.lr_disc if o.lr_disc is not None else o.lr / 10, o)
+            lr_disc = o.lr_disc if o.lr_disc is not None else o.lr / 10
+            opts["discriminator"] = self.adam(self.discriminator.parameters(), lr_disc)
         return opts
 
     def corrupt(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -152,7 +153,3 @@ class ContextEncoderMethod(PretextMethod):
         filled = self.inpaint(images, hole)
         self.generator.train(was_training)
         return torch.cat([x, filled, images]).float().add(1).div(2).clamp(0, 1)
-
-
-def _adam(module: nn.Module, lr: float, o) -> torch.optim.Adam:
-    return torch.optim.Adam(module.parameters(), lr=lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)

@@ -94,9 +94,7 @@ class ContextPredictionMethod(PretextMethod):
         return {"net": self.net}
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        o = self.cfg.optim
-        return {"net": torch.optim.Adam(self.net.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
-                                        weight_decay=o.weight_decay)}
+        return {"net": self.adam(self.net.parameters(), self.cfg.optim.lr)}
 
     def _prepare(self, patches: torch.Tensor, generator: torch.Generator, guard: bool) -> torch.Tensor:
         """Resize to the encoder input; guard against chromatic aberration and normalise (unless `guard` is off)."""

@@ -6,9 +6,47 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DCGAN_WIDTHS = (64, 64, 128, 256, 512)
+
+
+class WholeInputConv2d(nn.Conv2d):
+    """A convolution whose kernel covers its whole input (the 4x4 -> 1x1 bottleneck, the discriminator's last
+    layer): a fully connected layer. With `matmul` (the default) it runs as one matrix product, which oneDNN's
+    convolution kernels are ~5-10x slower at on CPU for these shapes; the weights, the state dict and the result
+    are nn.Conv2d's (`matmul = False` runs nn.Conv2d itself, the speed benchmark's plain reference)."""
+
+    matmul = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.matmul or tuple(x.shape[-2:]) != self.kernel_size or self.padding != (0, 0) or self.groups != 1:
+            return super().forward(x)
+        y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
+        return y.view(len(x), self.out_channels, 1, 1)
+
+
+class WholeInputConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution of a 1x1 input (the bottleneck -> 4x4 decoder start): a fully connected layer,
+    run as one matrix product when `matmul` is set (see WholeInputConv2d)."""
+
+    matmul = True
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (not self.matmul or output_size is not None or tuple(x.shape[-2:]) != (1, 1) or self.padding != (0, 0)
+                or self.output_padding != (0, 0) or self.groups != 1):
+            return super().forward(x, output_size)
+        y = F.linear(x.flatten(1), self.weight.flatten(1).t())
+        y = y.view(len(x), self.out_channels, *self.kernel_size)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+
+
+def set_matmul_kernels(module: nn.Module, enabled: bool) -> None:
+    """Switch every whole-input layer of `module` between the matrix-product path and plain PyTorch."""
+    for m in module.modules():
+        if isinstance(m, (WholeInputConv2d, WholeInputConvTranspose2d)):
+            m.matmul = enabled
 
 
 def _down(cin: int, cout: int, bn: bool) -> list[nn.Module]:
@@ -46,7 +84,7 @@ class DCGANEncoder(nn.Module):
         chans = [3, *widths]
         layers = [m for i in range(n_down) for m in _down(chans[i], chans[i + 1], bn=i > 0)]
         self.features = nn.Sequential(*layers)
-        self.bottleneck = nn.Sequential(nn.Conv2d(widths[-1], bottleneck, 4, bias=False), nn.BatchNorm2d(bottleneck),
+        self.bottleneck = nn.Sequential(WholeInputConv2d(widths[-1], bottleneck, 4, bias=False), nn.BatchNorm2d(bottleneck),
                                         nn.LeakyReLU(0.2, inplace=True))
         self.input_size, self.out_channels = input_size, bottleneck
         dcgan_init(self)
@@ -69,7 +107,7 @@ class DCGANGenerator(nn.Module):
             raise ValueError(f"DCGAN output must be center or full, got {output!r}")
         self.encoder = DCGANEncoder(input_size, widths, bottleneck)
         chans = list(reversed(widths)) if output == "full" else list(reversed(widths))[:-1]
-        layers = [nn.ConvTranspose2d(bottleneck, chans[0], 4, bias=False), nn.BatchNorm2d(chans[0]), nn.ReLU(True)]
+        layers = [WholeInputConvTranspose2d(bottleneck, chans[0], 4, bias=False), nn.BatchNorm2d(chans[0]), nn.ReLU(True)]
         layers += [m for a, b in zip(chans[:-1], chans[1:]) for m in _up(a, b)]
         layers += [nn.ConvTranspose2d(chans[-1], 3, 4, stride=2, padding=1), nn.Tanh()]
         self.decoder = nn.Sequential(*layers)
@@ -92,7 +130,7 @@ class DCGANDiscriminator(nn.Module):
         widths = list(widths)[:n_down] + [widths[-1]] * max(0, n_down - len(widths))
         chans = [3, *widths]
         layers = [m for i in range(n_down) for m in _down(chans[i], chans[i + 1], bn=i > 0)]
-        layers.append(nn.Conv2d(widths[-1], 1, 4))
+        layers.append(WholeInputConv2d(widths[-1], 1, 4))
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
