@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -17,8 +18,8 @@ from pretext.engine.distributed import select_device
 from pretext.methods import StepContext, get_method
 
 
-def time_steps(cfg: PretrainConfig, steps: int, warmup: int) -> list[float]:
-    """Wall seconds of `steps` optimisation steps after `warmup` untimed ones."""
+def step_runner(cfg: PretrainConfig) -> Callable[[int], float]:
+    """Build the method once; the returned function runs optimisation step i and returns its wall seconds."""
     if cfg.mask.region_bank == "data":  # no dataset here: region shapes from procedural blobs
         cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, region_bank=None))
     device = select_device(cfg.train.device)
@@ -38,17 +39,24 @@ def time_steps(cfg: PretrainConfig, steps: int, warmup: int) -> list[float]:
     x = torch.rand(cfg.train.batch_size, 3, size, size, device=device) * 2 - 1
     if cfg.train.channels_last:
         method, x = method.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for i in range(warmup + steps):
+
+    def step(i: int) -> float:
         ctx = StepContext(i, torch.Generator().manual_seed(i), device, autocast, optimize,
                           lambda _m: contextlib.nullcontext())
         start = time.perf_counter()
         method.training_step(x, ctx)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        return time.perf_counter() - start
+
+    return step
+
+
+def time_steps(cfg: PretrainConfig, steps: int, warmup: int) -> list[float]:
+    """Wall seconds of `steps` optimisation steps after `warmup` untimed ones."""
+    step = step_runner(cfg)
+    times = [step(i) for i in range(warmup + steps)]
+    return times[warmup:]
 
 
 def main(argv: list[str] | None = None) -> int:

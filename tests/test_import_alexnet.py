@@ -21,14 +21,17 @@ def tv_alexnet() -> torch.nn.Module:
     return torchvision.models.alexnet(weights=None).eval()
 
 
-@pytest.mark.parametrize("wrap", ["plain", "module_prefix", "state_dict_key", "safetensors"])
+@pytest.mark.parametrize("wrap", ["plain", "module_prefix", "encoder_prefix", "module_encoder_prefix",
+                                  "state_dict_key", "safetensors"])
 def test_imported_encoder_gives_torchvision_features(tv_alexnet, tmp_path: Path, wrap: str) -> None:
     state = tv_alexnet.state_dict()
     path = tmp_path / ("w.safetensors" if wrap == "safetensors" else "w.pth")
     if wrap == "safetensors":
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
-        doc = {"module." + k: v for k, v in state.items()} if wrap == "module_prefix" else state
+        prefix = {"module_prefix": "module.", "encoder_prefix": "encoder.",
+                  "module_encoder_prefix": "module.encoder."}.get(wrap, "")
+        doc = {prefix + k: v for k, v in state.items()}
         torch.save({"state_dict": doc} if wrap == "state_dict_key" else doc, path)
     import_alexnet(path, tmp_path / "enc")
     encoder, meta = load_encoder(tmp_path / "enc")
