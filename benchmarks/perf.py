@@ -535,7 +535,7 @@ def _demo_images() -> list[Path]:
     return sorted((root / "JPEGImages").glob("*.jpg"))
 
 
-def run(sizes: Sizes, data: Path | None, work: Path) -> dict:
+def run(sizes: Sizes, data: Path | None, work: Path, quick: bool = False) -> dict:
     """Every measurement; a dict ready for perf.json."""
     from pretext.config import load_config
     from pretext.data.sources import folder_images
@@ -544,7 +544,7 @@ def run(sizes: Sizes, data: Path | None, work: Path) -> dict:
     paths = folder_images(data) if data is not None else _demo_images()
     if not paths:
         raise ValueError(f"{data}: no images")
-    result: dict = {"machine": machine(), "quick": sizes.matmul_n == QUICK.matmul_n, "sizes": dataclasses.asdict(sizes),
+    result: dict = {"machine": machine(), "quick": quick, "sizes": dataclasses.asdict(sizes),
                     "data": str(data) if data is not None else "built-in demo data", "device": str(device),
                     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     t_start = time.perf_counter()
@@ -804,7 +804,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         sizes = dataclasses.replace(sizes, psnr_steps=args.psnr_steps or None)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
-        result = run(sizes, args.data, Path(work))
+        result = run(sizes, args.data, Path(work), args.quick)
     command = " ".join(["cebench bench", *(argv if argv is not None else sys.argv[1:])])
     result["command"] = command
     atomic_write_text(args.out / "perf.json", json.dumps(result, indent=2) + "\n")

@@ -85,13 +85,16 @@ def _one_step(preset: str, overrides: list[str], seed: int = 0) -> tuple[dict, d
     return losses, grads
 
 
-SMALL = {"demo": [], "demo_inpaint": [], "demo_autoencoder": [], "demo_context_prediction": []}
+SMALL = ("demo", "demo_inpaint", "demo_autoencoder", "demo_context_prediction")
 
 
-@pytest.mark.parametrize("preset", list(SMALL))
-def test_channels_last_computes_what_nchw_computes(preset: str) -> None:
-    plain_loss, plain_g = _one_step(preset, ["train.channels_last=false"])
-    fast_loss, fast_g = _one_step(preset, ["train.channels_last=true"])
+@pytest.mark.parametrize("option", ["train.channels_last", "train.fast_kernels"])
+@pytest.mark.parametrize("preset", SMALL)
+def test_fast_paths_compute_what_the_plain_path_computes(preset: str, option: str) -> None:
+    """channels_last against NCHW; train.fast_kernels (whole-input convolutions as matrix products, fused Adam)
+    against plain modules."""
+    plain_loss, plain_g = _one_step(preset, [f"{option}=false"])
+    fast_loss, fast_g = _one_step(preset, [f"{option}=true"])
     for k in plain_loss:
         assert fast_loss[k] == pytest.approx(plain_loss[k], rel=1e-4, abs=1e-5), k
     assert plain_g.keys() == fast_g.keys() and plain_g
@@ -102,25 +105,13 @@ def test_channels_last_computes_what_nchw_computes(preset: str) -> None:
         torch.testing.assert_close(fast_g[k], g, rtol=1e-3, atol=1e-4 * scale, msg=k)
 
 
-@pytest.mark.parametrize("preset", list(SMALL))
+@pytest.mark.parametrize("preset", SMALL)
 def test_bf16_autocast_stays_close_to_fp32(preset: str) -> None:
     """bf16 keeps 8 bits of mantissa: losses agree to about 1 %, never to the bit."""
     plain_loss, _ = _one_step(preset, ["train.precision=fp32"])
     fast_loss, _ = _one_step(preset, ["train.precision=bf16", "train.channels_last=true"])
     for k in plain_loss:
         assert fast_loss[k] == pytest.approx(plain_loss[k], rel=0.03, abs=1e-3), k
-
-
-@pytest.mark.parametrize("preset", list(SMALL))
-def test_fast_kernels_compute_what_plain_pytorch_computes(preset: str) -> None:
-    """train.fast_kernels (whole-input convolutions as matrix products, fused Adam) against plain modules."""
-    plain_loss, plain_g = _one_step(preset, ["train.fast_kernels=false"])
-    fast_loss, fast_g = _one_step(preset, ["train.fast_kernels=true"])
-    for k in plain_loss:
-        assert fast_loss[k] == pytest.approx(plain_loss[k], rel=1e-4, abs=1e-5), k
-    scale = max(float(g.abs().max()) for g in plain_g.values())
-    for k, g in plain_g.items():
-        torch.testing.assert_close(fast_g[k], g, rtol=1e-3, atol=1e-4 * scale, msg=k)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
