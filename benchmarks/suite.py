@@ -38,8 +38,9 @@ TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tas
 DATA_KEYS = {"root", "pretrain", "train_split", "test_split", "check_images"}
 PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "tasks"}
 SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
-               "context_prediction": "relative position", "random": "none", "supervised": "labels"}
-HAS_DECODER = ("context_encoder", "autoencoder")
+               "context_prediction": "relative position", "random": "none", "supervised": "labels",
+               "gated_inpainting": "context (free-form holes)"}
+HAS_DECODER = ("context_encoder", "autoencoder", "gated_inpainting")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ STATUSES = ("ok", "failed")
 INPAINTING = "inpainting"
 BASE_COLUMNS = ("pretraining", "method", "supervision", "pretraining time")
 TABLE1_METRICS = {"mean L1 (%)": "mean_l1", "mean L2 (%)": "mean_l2", "PSNR (dB)": "psnr"}
+TABLE1_OPTIONAL = {"SSIM": ("ssim", 4)}  # column -> (metric, digits); cells made before it was measured lack it
 # Outputs of an earlier call that a new call may no longer produce; removed so none of them is left stale.
 OPTIONAL_OUTPUTS = ("table1.csv", "table1.md", "table1.tex", "failed.md", "per_class_*.csv", "per_class_*.md")
 OPTIONAL_FIGURES = ("bars.png", "loss_curves.png")
@@ -209,26 +210,44 @@ def table2(cells: list[dict], reference: list[dict] | None = None) -> pd.DataFra
     return _frame(rows, names)
 
 
+def _holes(cell: dict) -> str:
+    """The hole kind an inpainting cell was scored on (cells before the kind was recorded: central)."""
+    return str((cell.get("metrics") or {}).get("mask") or "central")
+
+
 def table1(cells: list[dict]) -> pd.DataFrame | None:
-    """Table 1: a row per inpainting method (metrics.row), mean L1 / L2 (%) and PSNR (dB); None without such cells."""
-    groups = _group((c for c in cells if c["kind"] == INPAINTING), lambda c: (c["pretraining"], c["task"]))
-    if not groups:
+    """Table 1: per kind of hole, a row per inpainting method (metrics.row), mean L1 / L2 (%), PSNR (dB) and SSIM
+    (blank for rows without it); None without inpainting cells. Each kind of hole starts with the rows that do not
+    depend on an encoder, measured by the cells on their holes: mean fill (every eval-inpainting cell) and, on
+    central holes, nearest-neighbour inpainting with HOG features (nn_inpainting cells): means over those cells."""
+    inpainting = [c for c in cells if c["kind"] == INPAINTING]
+    if not inpainting:
         return None
-    names = {key: next((c["metrics"]["row"] for c in group if (c.get("metrics") or {}).get("row")), key[0])
-             for key, group in groups.items()}
-    names = _unique(names, lambda key: key[0])
-    rows = [{"method": names[key], **{col: _entry(group, lambda c, k=k: c["metrics"][k], 2)
-                                      for col, k in TABLE1_METRICS.items()}}
-            for key, group in groups.items()]
-    # Encoder-independent rows that cells measure on their holes: mean fill (every eval-inpainting cell) and
-    # nearest-neighbour inpainting with HOG features (nn_inpainting cells); the mean over the cells.
-    for key, label in (("nn_hog", "NN inpainting (HOG)"), ("mean_fill", "mean fill")):
-        found = [c for group in groups.values() for c in group if (c.get("metrics") or {}).get(key)]
-        if found:
-            rows.insert(0, {"method": label, **{col: _entry(found, lambda c, k=k, key=key: c["metrics"][key][k], 2,
-                                                            std=False)
-                                                for col, k in TABLE1_METRICS.items()}})
-    return _frame(rows, ["method", *TABLE1_METRICS])
+    rows = []
+    for holes, group_cells in _group(inpainting, _holes).items():
+        groups = _group(group_cells, lambda c: (c["pretraining"], c["task"]))
+        names = {key: next((c["metrics"]["row"] for c in group if (c.get("metrics") or {}).get("row")), key[0])
+                 for key, group in groups.items()}
+        names = _unique(names, lambda key: key[0])
+        block = [{"holes": holes, "method": names[key], **_table1_entries(group, lambda c: c["metrics"])}
+                 for key, group in groups.items()]
+        for key, label in (("nn_hog", "NN inpainting (HOG)"), ("mean_fill", "mean fill")):
+            found = [c for c in group_cells if (c.get("metrics") or {}).get(key)]
+            if found:
+                block.insert(0, {"holes": holes, "method": label,
+                                 **_table1_entries(found, lambda c, key=key: c["metrics"][key], std=False)})
+        rows += block
+    return _frame(rows, ["holes", "method", *TABLE1_METRICS, *TABLE1_OPTIONAL])
+
+
+def _table1_entries(cells: list[dict], scores: Callable[[dict], dict], std: bool = True) -> dict[str, str]:
+    """The Table 1 columns of a group of cells; an optional score is blank when no cell of the group has it."""
+    entries = {col: _entry(cells, lambda c, k=k: scores(c)[k], 2, std) for col, k in TABLE1_METRICS.items()}
+    for col, (k, digits) in TABLE1_OPTIONAL.items():
+        having = [c for c in cells if _failed(c) or _is_number(scores(c).get(k))]
+        entries[col] = _entry(having, lambda c, k=k: scores(c)[k], digits, std) if any(
+            not _failed(c) for c in having) else ""
+    return entries
 
 
 def per_class(cells: list[dict]) -> dict[str, pd.DataFrame]:

@@ -176,18 +176,32 @@ def run_retrieval(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pat
 
 
 def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
-    """`cebench eval-inpainting` on the test split's holes (central: the central quarter shrunk by `overlap` px,
-    the same for every model of the suite, whatever each was trained with): the encoder's Table 1 row."""
+    """`cebench eval-inpainting` on the test split's holes of the task's `mask` kind (central: the central quarter
+    shrunk by `overlap` px; region, freeform: drawn by the seed), the same for every model of the suite, whatever
+    each was trained with: the encoder's Table 1 row for that kind of hole."""
     argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
-            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]),
+            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), *_region_bank(data, opts),
             *(["--max-images", str(opts["max_images"])] if opts.get("max_images") else [])]
     m = _call("pretext.eval_inpainting", argv, out)
     config = json.loads((encoder / "config.json").read_text())
-    loss = "L2 + adversarial" if config.get("loss", {}).get("adversarial_weight", 0) > 0 else "L2"
-    metrics = {"row": f"{m['method'].replace('_', ' ')} ({loss})", **{k: m[k] for k in ("mean_l1", "mean_l2", "psnr")}}
-    metrics["mean_fill"] = {k: m["baseline_mean_fill"][k] for k in ("mean_l1", "mean_l2", "psnr")}
+    loss = config.get("loss", {})
+    label = str(loss.get("reconstruction", "l2")).upper()
+    label += " + adversarial" if loss.get("adversarial_weight", 0) > 0 else ""
+    scores = ("mean_l1", "mean_l2", "psnr", "ssim")
+    metrics = {"row": f"{m['method'].replace('_', ' ')} ({label})", "mask": m["mask"],
+               "hole_coverage": m.get("hole_coverage"), **{k: m[k] for k in scores if k in m}}
+    metrics["mean_fill"] = {k: m["baseline_mean_fill"][k] for k in scores if k in m["baseline_mean_fill"]}
     _inpainting_grid(encoder, data, opts, seed, out / "grid")
     return TaskResult("inpainting", "PSNR (dB)", float(m["psnr"]), metrics)
+
+
+def _region_bank(data: Datasets, opts: dict) -> list[str]:
+    """--region-bank for every model of the suite alike: the option's folder; 'data' = the test data's
+    SegmentationObject masks when it has them, else procedural blobs."""
+    bank = opts["region_bank"]
+    if bank == "data":
+        bank = str(data.test) if (data.test / "SegmentationObject").is_dir() else "none"
+    return ["--region-bank", str(bank)]
 
 
 def _inpainting_grid(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> None:
@@ -195,7 +209,8 @@ def _inpainting_grid(encoder: Path, data: Datasets, opts: dict, seed: int, out: 
     from pretext.inpaint import main as inpaint_main
 
     argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
-            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), "--max-images", "8", "--out", str(out)]
+            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), *_region_bank(data, opts),
+            "--max-images", "8", "--out", str(out)]
     with captured_errors() as errors:
         if inpaint_main(argv, prog="cebench inpaint") != 0:
             raise TaskError(errors[-1] if errors else "cebench inpaint failed")
@@ -243,8 +258,8 @@ TASKS: dict[str, Task] = {
     "svm": Task("svm", "probe", dict(PROBE_OPTIONS), _probe("svm", "SVM")),
     "retrieval": Task("retrieval", "retrieval", {"layer": "pool5", "k": 10, "mask": "none", "max_images": None},
                       run_retrieval),
-    "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None, "overlap": 4}, run_inpainting,
-                       needs=("decoder",)),
+    "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None, "overlap": 4,
+                                                    "region_bank": "data"}, run_inpainting, needs=("decoder",)),
     "nn_inpainting": Task("nn_inpainting", "inpainting", {"layer": "pool5", "hog": True, "max_images": None, "overlap": 4},
                           run_nn_inpainting),
     "detection": Task("detection", "detection", {"preset": "detect_demo", "overrides": [], "max_images": None},

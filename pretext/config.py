@@ -54,7 +54,8 @@ class DataConfig:
 class ModelConfig:
     """Encoder and decoder architecture."""
 
-    arch: str = _opt("alexnet_small", choices=("alexnet", "alexnet_small", "dcgan"))
+    arch: str = _opt("alexnet_small", choices=("alexnet", "alexnet_small", "dcgan", "gated"),
+                     doc="gated = the free-form inpainting generator (method=gated_inpainting)")
     widths: list[int] | None = _opt(None, min=1, doc="encoder widths; null = the architecture's default")
     layout: str = _opt("caffe", choices=("caffe", "torchvision"))
     lrn: bool = _opt(False)
@@ -64,7 +65,14 @@ class ModelConfig:
     decoder_norm: str = _opt("none", choices=("none", "batch"))
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     bottleneck: int = _opt(4000, min=1, doc="DCGAN bottleneck units")
-    disc_widths: list[int] = _opt([64, 128, 256, 512], min=1)
+    disc_widths: list[int] = _opt([64, 128, 256, 512], min=1, doc="discriminator widths (DCGAN, or SN-PatchGAN's "
+                                                                   "5x5 stride-2 convolutions for arch=gated)")
+    cnum: int = _opt(48, min=2, doc="arch=gated: base width c (the 1/4-resolution layers have 4c channels)")
+    dilations: list[int] = _opt([2, 4, 8, 16], min=1, doc="arch=gated: dilation rates of the dilated gated convolutions")
+    attention: bool = _opt(True, doc="arch=gated: the refinement's contextual-attention branch (false = ablation)")
+    attention_rate: int = _opt(2, min=1, doc="arch=gated: attention matches on features downsampled by this factor")
+    attention_fuse: int = _opt(3, min=1, doc="arch=gated: attention propagation kernel size (1 = none)")
+    attention_scale: float = _opt(10.0, min=0.0, doc="arch=gated: softmax scale of the cosine similarities")
     init: str = _opt("gaussian", choices=("gaussian", "data_dependent"), doc="method=random: Gaussian or Krahenbuhl et al.")
     init_std: float = _opt(0.01, min=0.0, doc="method=random: std of the Gaussian weights")
 
@@ -73,7 +81,8 @@ class ModelConfig:
 class MaskConfig:
     """Hole shapes (see pretext.masks)."""
 
-    kind: str = _opt("region", choices=("central", "block", "region"))
+    kind: str = _opt("region", choices=("central", "block", "region", "freeform", "mixed"),
+                     doc="freeform = random brush strokes (Yu et al. 2019); mixed = a kind of `mix` per image")
     overlap: int = _opt(4, min=0, doc="width of the known ring predicted with extra loss weight")
     overlap_weight: float = _opt(10.0, min=0.0)
     max_coverage: float = _opt(0.25, min=0.0, max=1.0)
@@ -82,6 +91,11 @@ class MaskConfig:
     region_bank: str | None = _opt(None, doc="VOC root or PNG folder of segmentation masks; 'data' = the training "
                                                "data's SegmentationObject masks if it has them, else blobs; null = blobs")
     deform: float = _opt(0.15, min=0.0)
+    strokes: int = _opt(4, min=1, doc="freeform: at most this many strokes per image")
+    vertices: list[int] = _opt([4, 12], min=1, doc="freeform: min and max vertices per stroke")
+    brush_width: list[float] = _opt([12 / 256, 40 / 256], min=0.0, max=1.0,
+                                    doc="freeform: min and max brush width, fractions of the image side")
+    mix: list[str] = _opt(["central", "region", "freeform"], doc="mixed: the kinds drawn from, uniformly per image")
 
 
 @dataclass
@@ -184,7 +198,8 @@ class ConfigRoot:
 class PretrainConfig(ConfigRoot):
     """Everything `cebench pretrain` needs."""
 
-    method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "context_prediction", "random"))
+    method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "context_prediction", "random",
+                                                   "gated_inpainting"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -311,6 +326,7 @@ def _validate_cross(cfg: PretrainConfig) -> None:
         raise ConfigError(f"data.mean must be 3 values in [0, 1], got {d.mean}")
     if m.output == "center" and k.kind != "central":
         raise ConfigError("model.output=center predicts only the central quarter: it needs mask.kind=central")
+    _validate_gated(cfg)
     if m.arch == "dcgan" and (d.fine_size < 32 or d.fine_size & (d.fine_size - 1)):
         raise ConfigError(f"model.arch=dcgan needs data.fine_size a power of two >= 32, got {d.fine_size}")
     _validate_encoder_input(cfg)
@@ -321,6 +337,30 @@ def _validate_cross(cfg: PretrainConfig) -> None:
     if cfg.method == "random" and cfg.train.max_steps != 0:
         raise ConfigError(f"method=random is not trained: train.max_steps must be 0, got {cfg.train.max_steps}")
     check_device(cfg.train.device)
+
+
+def _validate_gated(cfg: PretrainConfig) -> None:
+    m, k = cfg.model, cfg.mask
+    if (cfg.method == "gated_inpainting") != (m.arch == "gated"):
+        raise ConfigError(f"method=gated_inpainting and model.arch=gated go together, got method={cfg.method} with "
+                          f"model.arch={m.arch}")
+    if len(k.vertices) != 2 or k.vertices[0] > k.vertices[1]:
+        raise ConfigError(f"mask.vertices must be [min, max] with min <= max, got {k.vertices}")
+    if len(k.brush_width) != 2 or not 0 < k.brush_width[0] <= k.brush_width[1]:
+        raise ConfigError(f"mask.brush_width must be [min, max] with 0 < min <= max <= 1, got {k.brush_width}")
+    known = ("central", "block", "region", "freeform")
+    if not k.mix or any(kind not in known for kind in k.mix) or len(set(k.mix)) != len(k.mix):
+        raise ConfigError(f"mask.mix must list distinct kinds among {', '.join(known)}, got {k.mix}")
+    if m.arch != "gated":
+        return
+    side = 4 * m.attention_rate if m.attention else 4
+    if cfg.data.fine_size % side:
+        raise ConfigError(f"model.arch=gated needs data.fine_size a multiple of {side} (4 x model.attention_rate), "
+                          f"got {cfg.data.fine_size}")
+    if m.output != "full":
+        raise ConfigError("model.arch=gated predicts the whole image: model.output must be full")
+    if m.attention_scale <= 0:
+        raise ConfigError(f"model.attention_scale must be > 0, got {m.attention_scale}")
 
 
 def check_device(device: str, key: str = "train.device") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +15,14 @@ from .data.dataset import UnlabelledImages
 from .data.sources import fixed_subset, list_images
 from .engine.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .engine.distributed import select_device
-from .masks import MASK_KINDS, MaskGenerator, build_mask_generator
-from .methods import get_method
-from .methods.context_encoder import ContextEncoderMethod
+from .masks import MASK_KINDS, MaskGenerator
+from .methods import PretextMethod, get_method
+from .methods.context_encoder import build_masks
 
 log = logging.getLogger("cebench")
 
 
-def load_inpainter(path: str | Path, device: torch.device) -> ContextEncoderMethod:
+def load_inpainter(path: str | Path, device: torch.device) -> PretextMethod:
     """A trained inpainting method (eval mode) from a run directory or a checkpoint file."""
     path = Path(path)
     state = load_checkpoint(path / CHECKPOINT if path.is_dir() else path)
@@ -34,20 +35,25 @@ def load_inpainter(path: str | Path, device: torch.device) -> ContextEncoderMeth
     return method.to(device).eval()
 
 
-def eval_mask_generator(method: ContextEncoderMethod, kind: str, overlap: int | None = None) -> MaskGenerator:
-    """The run's mask settings with the requested kind (central, block or region), and `overlap` (px the hole
-    is shrunk by on each side) when given instead of the run's."""
-    k = method.cfg.mask
+def eval_mask_generator(method: PretextMethod, kind: str, overlap: int | None = None,
+                        region_bank: str | None = None) -> MaskGenerator:
+    """The run's mask settings with the requested kind (central, block, region, freeform or mixed), and `overlap`
+    (px the central hole is shrunk by on each side) and `region_bank` (a VOC root or PNG folder of object masks for
+    region holes, 'none' = procedural blobs) when given instead of the run's: a comparison gives every model the
+    same."""
     if overlap is not None and overlap < 0:
         raise ValueError(f"--overlap must be >= 0, got {overlap}")
     if method.center and kind != "central":
         raise ValueError(f"this model predicts only the central quarter (model.output=center); --mask {kind} needs a "
                          "full-output model")
-    return build_mask_generator(kind, overlap=k.overlap if overlap is None else overlap, max_coverage=k.max_coverage, min_coverage=k.min_coverage,
-                                max_blocks=k.max_blocks, region_bank=k.region_bank, deform=k.deform, seed=method.cfg.train.seed)
+    cfg = method.cfg
+    if region_bank is not None:
+        bank = None if region_bank == "none" else region_bank
+        cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, region_bank=bank))
+    return build_masks(cfg, kind, overlap)
 
 
-def eval_dataset(method: ContextEncoderMethod, images: str | Path, split: str, on_bad_image: str = "error",
+def eval_dataset(method: PretextMethod, images: str | Path, split: str, on_bad_image: str = "error",
                  max_images: int | None = None, seed: int = 0) -> UnlabelledImages:
     """Images preprocessed as in training, but with a deterministic centre crop and no flip; with `max_images`,
     the seed's fixed subset (`fixed_subset`, as `cebench nn-inpaint` and the probes draw theirs)."""
@@ -65,12 +71,18 @@ def batches(dataset: UnlabelledImages, batch_size: int) -> Iterator[tuple[list[i
         yield idx, torch.stack([dataset[i][0] for i in idx])
 
 
-def fill_batch(method: ContextEncoderMethod, masks: MaskGenerator, images_u8: torch.Tensor, seed: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, hole, model composite, mean-fill composite), images in [0, 1] on `device`."""
+def batch_holes(masks: MaskGenerator, images_u8: torch.Tensor, seed: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images in [-1, 1], holes) of a batch: the holes drawn from `seed`, the same for every model."""
     x = images_u8.to(device).float().div(127.5).sub(1)
     b, _, h, w = x.shape
-    hole = masks(b, h, w, torch.Generator().manual_seed(seed), device)
+    return x, masks(b, h, w, torch.Generator().manual_seed(seed), device)
+
+
+def fill_batch(method: PretextMethod, masks: MaskGenerator, images_u8: torch.Tensor, seed: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, hole, model composite, mean-fill composite), images in [0, 1] on `device`."""
+    x, hole = batch_holes(masks, images_u8, seed, device)
     filled = method.inpaint(x, hole)
     mean_fill = torch.where(hole, method.fill.to(x.dtype).expand_as(x), x)
     to01 = lambda t: t.add(1).div(2).clamp(0, 1)  # noqa: E731
@@ -96,6 +108,9 @@ def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=None, metavar="PX",
                    help="px the hole is shrunk by on each side (default: the run's mask.overlap); give the same "
                         "value to every model of a comparison (cebench nn-inpaint's default is 4)")
+    p.add_argument("--region-bank", default=None, metavar="DIR",
+                   help="object masks for region holes: a VOC root (its SegmentationObject/) or a folder of PNGs; "
+                        "'none' = procedural blobs (default: the run's mask.region_bank)")
     p.add_argument("--device", default="auto")
 
 
@@ -109,7 +124,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Write <stem>_masked.png and <stem>_filled.png per image, and grid.png (masked / filled / original)."""
+    """Write <stem>_masked.png and <stem>_filled.png per image, and grid.png (masked / filled / original); for a model
+    with contextual attention also <stem>_attention.png and attention.png (masked / filled / attention / original)."""
     from torchvision.utils import save_image
 
     from .cli import setup_logging
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         method = load_inpainter(args.checkpoint, select_device(args.device))
-        masks = eval_mask_generator(method, args.mask, args.overlap)
+        masks = eval_mask_generator(method, args.mask, args.overlap, args.region_bank)
         dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images, seed=args.seed)
     except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable checkpoints, wrong mask for the model
         log.error("%s", exc)
@@ -129,13 +145,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for n, (idx, images) in enumerate(batches(dataset, args.batch_size)):
         x, hole, filled, _ = fill_batch(method, masks, images, args.seed + n, device)
         masked = torch.where(hole, torch.ones_like(x), x)
+        attention = method.attention_maps(x * 2 - 1, hole) if hasattr(method, "attention_maps") else None
         for j, i in enumerate(idx):
             stem = dataset.paths[i].stem
             save_image(masked[j], args.out / f"{stem}_masked.png")
             save_image(filled[j], args.out / f"{stem}_filled.png")
+            if attention is not None:
+                save_image(attention[j], args.out / f"{stem}_attention.png")
         if n == 0:
             k = min(8, len(idx))
             grid_rows = [masked[:k], filled[:k], x[:k]]
+            if attention is not None:
+                attention_rows = [masked[:k], filled[:k], attention[:k], x[:k]]
+                save_image(torch.cat(attention_rows).cpu(), args.out / "attention.png", nrow=k)
     save_image(torch.cat(grid_rows).cpu(), args.out / "grid.png", nrow=grid_rows[0].shape[0])
     log.info("inpainted %d images into %s (grid: %s)", len(dataset), args.out, args.out / "grid.png")
     return 0

@@ -50,3 +50,13 @@ def joint_loss(rec: torch.Tensor, adv: torch.Tensor | None, adversarial_weight: 
     if adversarial_weight == 0 or adv is None:
         return rec
     return (1.0 - adversarial_weight) * rec + adversarial_weight * adv
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """SN-PatchGAN's hinge loss: mean(relu(1 - D(real))) + mean(relu(1 + D(fake))) over every patch output."""
+    return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's side of the hinge loss: -mean(D(fake))."""
+    return -fake_logits.float().mean()

@@ -1,5 +1,6 @@
 """Tests for pretext.masks: shapes, determinism, coverage guarantees, the region bank reader."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from pretext.masks import (
     MASK_KINDS,
     BlockMask,
     CentralMask,
+    FreeFormMask,
+    MaskGenerator,
+    MixedMask,
     RegionMask,
     blob_bank,
     build_mask_generator,
@@ -21,7 +25,7 @@ from pretext.masks import (
     mask_coverage,
     prediction_region,
 )
-from pretext.masks import _affine_lattice, _smooth_grid
+from pretext.masks import _affine_lattice, _paint_segments, _smooth_grid
 
 VOC_SAMPLES = Path("/work/shared/data/voc_samples/instance_segmentation")
 BLOBS = blob_bank(32, 64, torch.Generator().manual_seed(0))
@@ -95,7 +99,7 @@ def test_same_seed_gives_identical_masks(kind: str) -> None:
     assert torch.equal(_masks(kind, 16, 64, seed=5), _masks(kind, 16, 64, seed=5))
 
 
-@pytest.mark.parametrize("kind", ["block", "region"])
+@pytest.mark.parametrize("kind", ["block", "region", "freeform", "mixed"])
 def test_different_seed_gives_different_masks(kind: str) -> None:
     assert not torch.equal(_masks(kind, 16, 64, seed=5), _masks(kind, 16, 64, seed=6))
 
@@ -307,3 +311,268 @@ def test_call_rejects_bad_arguments() -> None:
         RegionMask(torch.ones(2, 8, 9))
     with pytest.raises(ValueError, match="empty shapes"):
         RegionMask(torch.zeros(2, 8, 8))
+
+
+# --- free-form strokes and mixed kinds ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def freeform_64() -> torch.Tensor:
+    """256 default free-form masks at 64 px, one batch."""
+    return FreeFormMask()(256, 64, 64, torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def freeform_256() -> torch.Tensor:
+    """256 default free-form masks at 256 px, drawn in batches of 64 from one generator."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.cat([FreeFormMask()(64, 256, 256, generator) for _ in range(4)])
+
+
+def _coverage_summary(coverage: torch.Tensor) -> str:
+    return f"mean {coverage.mean():.4f} std {coverage.std():.4f} min {coverage.min():.4f} max {coverage.max():.4f}"
+
+
+def _boundary_fraction(mask: torch.Tensor) -> torch.Tensor:
+    """Per image: hole pixels with a 4-neighbour outside the hole (the image border counts) / hole pixels."""
+    x = F.pad(mask.float(), (1, 1, 1, 1))
+    inner = (x[..., :-2, 1:-1] * x[..., 2:, 1:-1] * x[..., 1:-1, :-2] * x[..., 1:-1, 2:]) > 0.5
+    return (mask & ~inner).flatten(1).sum(1).double() / mask.flatten(1).sum(1).double()
+
+
+def _square_boundary_fraction(mask: torch.Tensor) -> torch.Tensor:
+    """Per image: the boundary fraction of a square with the same area, the least any rectangle reaches."""
+    area = mask.flatten(1).sum(1).double()
+    return (4 * area.sqrt() - 4) / area
+
+
+def _numpy_strokes(segments: list, radius: list, stroke: list, count: int, height: int, width: int):
+    """Float64 brute force of _paint_segments, and the closest any pixel-centre distance comes to its radius."""
+    ys, xs = np.mgrid[:height, :width] + 0.5
+    out, margin = np.zeros((count, height, width), bool), np.inf
+    for (x0, y0, x1, y1), r, s in zip(segments, radius, stroke):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / max(dx * dx + dy * dy, 1e-12), 0, 1)
+        dist = np.hypot(xs - x0 - t * dx, ys - y0 - t * dy)
+        out[s] |= dist <= r
+        margin = min(margin, float(np.abs(dist - r).min()))
+    return out, margin
+
+
+def test_freeform_masks_are_non_empty_and_capped(freeform_64: torch.Tensor, freeform_256: torch.Tensor) -> None:
+    for masks in (freeform_64, freeform_256):
+        coverage = mask_coverage(masks)
+        assert masks.dtype == torch.bool and masks.shape[:2] == (256, 1)
+        assert bool((coverage > 0).all()) and bool((coverage <= 0.25).all()), _coverage_summary(coverage)
+
+
+def test_freeform_coverage_statistics(freeform_256: torch.Tensor) -> None:
+    # Measured over 1024 masks at 256 px: mean 0.155, std 0.064, so 256 masks pin the mean to +-0.004 (one standard
+    # error). [0.13, 0.18] is ~6 of them: halved brushes (0.113) or strokes of 2..6 segments (0.119) fall outside.
+    coverage = mask_coverage(freeform_256)
+    assert 0.13 <= float(coverage.mean()) <= 0.18, _coverage_summary(coverage)
+    assert float(coverage.std()) > 0.03, _coverage_summary(coverage)
+    assert len({mask.numpy().tobytes() for mask in freeform_256}) == 256
+
+
+def test_freeform_strokes_are_thin(freeform_256: torch.Tensor) -> None:
+    # A rectangle's boundary fraction is at least its square's (single blocks measure 1.0-1.1 times it);
+    # brushes 12-40 px wide put ~1.7 times as many of their pixels on the boundary.
+    ratio = _boundary_fraction(freeform_256) / _square_boundary_fraction(freeform_256)
+    blocks = BlockMask(max_blocks=1)(64, 256, 256, torch.Generator().manual_seed(0))
+    block_ratio = _boundary_fraction(blocks) / _square_boundary_fraction(blocks)
+    assert float(block_ratio.max()) < 1.15
+    assert float(ratio.mean()) > 1.5 and float(ratio.median()) > 1.5, f"mean {ratio.mean():.2f}"
+
+
+def test_freeform_brush_scales_with_the_image(freeform_64: torch.Tensor, freeform_256: torch.Tensor) -> None:
+    # Widths and lengths are fractions of the image, so coverage is size-free: measured 0.155 at 64 px, 0.149 at 256.
+    small, large = mask_coverage(freeform_64), mask_coverage(freeform_256)
+    assert abs(float(small.mean()) - float(large.mean())) < 0.02, (_coverage_summary(small), _coverage_summary(large))
+
+
+def test_freeform_cap_keeps_leading_strokes(freeform_64: torch.Tensor) -> None:
+    # Same draws under two caps: the capped image is the union of a prefix of the uncapped image's strokes.
+    free = FreeFormMask(max_coverage=1.0)(256, 64, 64, torch.Generator().manual_seed(0))
+    capped = freeform_64
+    free_coverage, capped_coverage = mask_coverage(free), mask_coverage(capped)
+    subset = ~(capped & ~free).flatten(1).any(1)
+    assert float(subset.double().mean()) >= 0.95
+    assert float((subset & (capped_coverage < free_coverage)).double().mean()) >= 0.15  # measured 0.29
+    assert float(free_coverage.max()) > 0.4 and float(free_coverage.mean()) > float(capped_coverage.mean()) + 0.02
+
+
+def test_freeform_draw_follows_algorithm_1() -> None:
+    height, width = 80, 120
+    mask = FreeFormMask(max_strokes=3, min_vertices=2, max_vertices=6, min_width=0.1, max_width=0.3)
+    segments, active, radius = mask._draw(512, height, width, torch.Generator().manual_seed(0))
+    assert segments.shape == (512, 3, 6, 4) and active.shape == (512, 3, 6) and radius.shape == (512, 3)
+    strokes, vertices = active.any(2).sum(1), active.sum(2)[active.any(2)]
+    assert set(strokes.tolist()) == {1, 2, 3} and set(vertices.tolist()) == set(range(2, 7))
+    assert bool(active[:, :, 0].any(1).all()) and bool((active[:, 0, :2]).all())  # strokes, segments from the first
+    assert float(radius.min()) >= 0.1 * 80 / 2 and float(radius.max()) <= 0.3 * 80 / 2
+    x, y = segments[..., 0::2], segments[..., 1::2]
+    assert bool(((x >= 0) & (x <= width) & (y >= 0) & (y <= height)).all())
+    delta = segments[..., 2:] - segments[..., :2]
+    r = math.hypot(height, width) / 8
+    length = delta.norm(dim=-1)
+    assert float(length.max()) <= 2 * r + 1e-9
+    # A segment ending inside the image was not clipped: its direction and length are the drawn ones.
+    end_x, end_y = segments[..., 2], segments[..., 3]
+    inside = (end_x > 0) & (end_x < width) & (end_y > 0) & (end_y < height)
+    # N(r, r/2) clipped to [0, 2r] has mean r; long segments leave the image more often: unclipped ones measure 0.95 r.
+    assert 0.85 < float(length[inside].mean()) / r < 1.0
+    pair = inside[..., :-1] & inside[..., 1:] & (length[..., :-1] > 1e-6) & (length[..., 1:] > 1e-6)
+    cos = (delta[..., :-1, :] * delta[..., 1:, :]).sum(-1) / (length[..., :-1] * length[..., 1:]).clamp(min=1e-12)
+    turn = torch.rad2deg(torch.arccos(cos[pair].clamp(-1, 1)))
+    # Zig-zag: consecutive directions differ by angle_i + angle_j, each in 72 +- 24 degrees, so by 96..180 degrees
+    # (sums past 180 fold back); a straight or randomly turning walk would give turns near 0 too.
+    assert len(turn) > 500 and float(turn.min()) >= 96 - 1e-6
+    assert 135 < float(turn.median()) < 155, float(turn.median())
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_paint_segments_marks_pixels_within_half_width(monkeypatch: pytest.MonkeyPatch, chunk: int | None) -> None:
+    if chunk is not None:  # one segment per pass
+        monkeypatch.setattr("pretext.masks._SEGMENT_CHUNK", chunk)
+    # Stroke 0: a bent polyline; stroke 1: a dot near a corner and a segment along the left border; stroke 2: none.
+    segments = [(3.3, 4.2, 11.7, 9.1), (11.7, 9.1, 6.2, 14.4), (38.6, 1.4, 38.6, 1.4), (0.0, 29.0, 0.0, 22.5)]
+    radius, stroke = [2.3, 2.3, 1.9, 1.45], [0, 0, 1, 1]
+    expected, margin = _numpy_strokes(segments, radius, stroke, 3, 30, 40)
+    assert margin > 1e-3  # no pixel centre so near a brush edge that float32 rounding could flip it
+    got = _paint_segments(torch.tensor(segments, dtype=torch.float64), torch.tensor(radius), torch.tensor(stroke),
+                          3, 30, 40)
+    assert got.dtype == torch.bool and got.shape == (3, 30, 40)
+    assert np.array_equal(got.numpy(), expected)
+    # By hand: the dot reaches the 3x3 corner centres (farthest 1.56 px), not the next ones (2.1 px); the border
+    # segment reaches column 0 (0.5 px) from row 21 (1.12 px from its end) down, not column 1 (1.5 px).
+    dot_and_border = torch.zeros(30, 40, dtype=torch.bool)
+    dot_and_border[:3, 37:] = True
+    dot_and_border[21:, 0] = True
+    assert torch.equal(got[1], dot_and_border)
+    assert int(got[0].sum()) == 94 and not got[2].any()
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_freeform_falls_back_to_blocks_when_redraws_fail(monkeypatch: pytest.MonkeyPatch, fill: bool) -> None:
+    def broken_render(self, segments, active, radius, height, width, device):
+        return torch.full((active.shape[0], 1, height, width), fill, dtype=torch.bool, device=device)
+
+    monkeypatch.setattr(FreeFormMask, "_render", broken_render)
+    freeform = FreeFormMask(max_coverage=0.2)
+    masks = freeform(8, 32, 32, torch.Generator().manual_seed(0))
+    coverage = mask_coverage(masks)
+    assert bool((coverage > 0).all()) and bool((coverage <= 0.2).all())
+    assert freeform.fallbacks == 8 and bool((_bbox_fill(masks) == 1).all())
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    height=st.integers(16, 96),
+    width=st.integers(16, 96),
+    cap=st.floats(0.02, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_freeform_cap_property(batch: int, height: int, width: int, cap: float, seed: int) -> None:
+    masks = FreeFormMask(max_coverage=cap)(batch, height, width, torch.Generator().manual_seed(seed))
+    counts = masks.flatten(1).sum(1)
+    assert bool((counts > 0).all()) and bool((counts <= cap * height * width).all())
+
+
+class _Fill(MaskGenerator):
+    """Marks the first `pixels` pixels of every image, and records the batch size of each call."""
+
+    def __init__(self, pixels: int) -> None:
+        self.pixels, self.calls = pixels, []
+
+    def generate(self, batch_size, height, width, generator, device):
+        self.calls.append(batch_size)
+        masks = torch.zeros(batch_size, 1, height * width, dtype=torch.bool, device=device)
+        masks[..., : self.pixels] = True
+        return masks.view(batch_size, 1, height, width)
+
+
+def test_mixed_mask_calls_each_kind_once_and_scatters_back() -> None:
+    kinds = [_Fill(1), _Fill(2), _Fill(3)]
+    masks = MixedMask(kinds)(40, 8, 8, torch.Generator().manual_seed(0))
+    counts = masks.flatten(1).sum(1)
+    assert all(len(kind.calls) == 1 for kind in kinds)
+    assert [kind.calls[0] for kind in kinds] == [int((counts == i + 1).sum()) for i in range(3)]
+    assert sum(kind.calls[0] for kind in kinds) == 40
+    again = MixedMask([_Fill(1), _Fill(2), _Fill(3)])(40, 8, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+
+
+def test_mixed_mask_draws_every_kind() -> None:
+    mixed = MixedMask({"central": CentralMask(), "block": BlockMask(max_blocks=1), "freeform": FreeFormMask()})
+    masks = mixed(96, 64, 64, torch.Generator().manual_seed(0))
+    central = (masks == CentralMask()(1, 64, 64, torch.Generator())).flatten(1).all(1)
+    block = (_bbox_fill(masks) == 1) & ~central
+    freeform = ~central & ~block
+    counts = [int(kind.sum()) for kind in (central, block, freeform)]
+    assert min(counts) >= 16, counts  # 32 of each expected
+    assert bool((mask_coverage(masks[freeform]) <= 0.25).all())
+
+
+def test_mixed_mask_rejects_bad_kinds() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        MixedMask({})
+    with pytest.raises(ValueError, match="'1'.*str"):
+        MixedMask([CentralMask(), "block"])
+
+
+def test_build_freeform_and_mixed(png_bank: Path) -> None:
+    freeform = build_mask_generator("freeform", strokes=2, vertices=[3, 5], brush_width=[0.1, 0.2], max_coverage=0.3)
+    assert isinstance(freeform, FreeFormMask)
+    assert (freeform.max_strokes, freeform.min_vertices, freeform.max_vertices) == (2, 3, 5)
+    assert (freeform.min_width, freeform.max_width, freeform.max_coverage) == (0.1, 0.2, 0.3)
+    mixed = build_mask_generator("mixed", mix=["block", "freeform", "region"], max_blocks=2, strokes=3,
+                                 region_bank=str(png_bank))
+    assert isinstance(mixed, MixedMask) and list(mixed.kinds) == ["block", "freeform", "region"]
+    assert mixed.kinds["block"].max_blocks == 2 and mixed.kinds["freeform"].max_strokes == 3
+    assert mixed.kinds["region"].bank.shape[0] == 2 and mixed.fallbacks == 0
+    default = build_mask_generator("mixed")
+    assert [type(kind) for kind in default.kinds.values()] == [CentralMask, RegionMask, FreeFormMask]
+
+
+@pytest.mark.parametrize("kind", ["freeform", "mixed"])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"strokes": 0}, "strokes"),
+        ({"vertices": (0, 4)}, r"vertices.*\(0, 4\)"),
+        ({"vertices": (5, 4)}, r"vertices.*\(5, 4\)"),
+        ({"vertices": (4,)}, "vertices must be a"),
+        ({"brush_width": (0.0, 0.1)}, "brush_width"),
+        ({"brush_width": (0.2, 0.1)}, "brush_width"),
+        ({"brush_width": (0.1, 1.5)}, "brush_width"),
+        ({"brush_width": 0.1}, "brush_width must be a"),
+        ({"mix": []}, "mix"),
+        ({"mix": "central"}, "mix"),
+        ({"mix": ["central", "mixed"]}, "'mixed'"),
+        ({"mix": ["central", "swirl"]}, "'swirl'"),
+        ({"mix": ["region", "region"]}, "'region' more than once"),
+    ],
+)
+def test_build_rejects_bad_stroke_and_mix_settings(kind: str, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_mask_generator(kind, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"max_strokes": 0}, "max_strokes"),
+        ({"min_vertices": 0}, "vertices"),
+        ({"min_vertices": 6, "max_vertices": 5}, "vertices"),
+        ({"min_width": 0.0}, "brush_width"),
+        ({"max_width": 1.2}, "brush_width"),
+        ({"max_coverage": 0.0}, "max_coverage"),
+        ({"max_coverage": 1.5}, "max_coverage"),
+        ({"angle_range": -0.1}, "angle_range"),
+    ],
+)
+def test_freeform_rejects_bad_parameters(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FreeFormMask(**kwargs)

@@ -190,7 +190,7 @@ def test_table1_rows_share_their_images_and_holes(folder: Path, tmp_path: Path) 
     assert set(got) == {"ce__inpainting__seed3", "ce__nn_inpainting__seed3", "adv__inpainting__seed3"}
     nn, ce = got["ce__nn_inpainting__seed3"], got["ce__inpainting__seed3"]
     assert got["adv__inpainting__seed3"]["metrics"]["row"] == "context encoder (L2 + adversarial)"
-    assert set(ce["metrics"]["mean_fill"]) == {"mean_l1", "mean_l2", "psnr"}
+    assert set(ce["metrics"]["mean_fill"]) == {"mean_l1", "mean_l2", "psnr", "ssim"}
     for key in ("ce__inpainting__seed3", "adv__inpainting__seed3"):  # the same holes: the suite's overlap, 4 px
         work = next((out / "work").glob(f"{key}-*"))
         assert json.loads((work / "metrics.json").read_text())["overlap"] == 4

@@ -104,12 +104,31 @@ def test_reference_rows_appended(cells: list[dict]) -> None:
 
 def test_table1_from_inpainting_cells(cells: list[dict]) -> None:
     t = table1(cells)
-    assert list(t.columns) == ["method", "mean L1 (%)", "mean L2 (%)", "PSNR (dB)"]
+    assert list(t.columns) == ["holes", "method", "mean L1 (%)", "mean L2 (%)", "PSNR (dB)", "SSIM"]
     assert list(t["method"]) == ["context encoder (L2)", "mean fill"]
-    # L1 10, 12: std sqrt(2); L2 2.0, 2.5: std sqrt(0.125) = 0.354; PSNR 17, 18: std 0.707
-    assert list(t.iloc[0][1:]) == ["11.00 ± 1.41", "2.25 ± 0.35", "17.50 ± 0.71"]
-    assert list(t.iloc[1][1:]) == ["20.00", "8.00", "11.00"]
+    assert list(t["holes"]) == ["central", "central"]  # cells that do not record their holes: central
+    # L1 10, 12: std sqrt(2); L2 2.0, 2.5: std sqrt(0.125) = 0.354; PSNR 17, 18: std 0.707; no SSIM measured
+    assert list(t.iloc[0][2:]) == ["11.00 ± 1.41", "2.25 ± 0.35", "17.50 ± 0.71", ""]
+    assert list(t.iloc[1][2:]) == ["20.00", "8.00", "11.00", ""]
     assert table1([c for c in cells if c["kind"] != "inpainting"]) is None
+
+
+def test_table1_groups_rows_by_kind_of_hole_with_ssim() -> None:
+    def scored(pre: str, task: str, mask: str, psnr: float, ssim: float | None, fill: float) -> dict:
+        metrics = {"row": f"{pre} (L1)", "mask": mask, "mean_l1": 5.0, "mean_l2": 1.0, "psnr": psnr,
+                   "mean_fill": {"mean_l1": 20.0, "mean_l2": 8.0, "psnr": fill, "ssim": 0.5}}
+        if ssim is not None:
+            metrics["ssim"] = ssim
+        return cell("ce_region", "inpaint", 0, psnr, metrics=metrics) | {"pretraining": pre, "task": task}
+
+    cells = [scored("ce", "inpaint", "central", 17.0, 0.80, 11.0), scored("gated", "inpaint", "central", 18.0, 0.85, 11.0),
+             scored("ce", "inpaint_ff", "freeform", 20.0, 0.90, 14.0),
+             scored("gated", "inpaint_ff", "freeform", 22.0, None, 14.0)]
+    t = table1(cells)
+    assert list(t["holes"]) == ["central"] * 3 + ["freeform"] * 3
+    assert list(t["method"]) == ["mean fill", "ce (L1)", "gated (L1)"] * 2  # mean fill measured per kind of hole
+    assert list(t["PSNR (dB)"]) == ["11.00", "17.00", "18.00", "14.00", "20.00", "22.00"]
+    assert list(t["SSIM"]) == ["0.5000", "0.8000", "0.8500", "0.5000", "0.9000", ""]
 
 
 def test_per_class(cells: list[dict]) -> None:
@@ -224,7 +243,7 @@ def test_mean_fill_row_and_the_plan_order(cells: list[dict], tmp_path: Path) -> 
         c["metrics"]["mean_fill"] = {"mean_l1": fill, "mean_l2": 5.0, "psnr": 13.0}
     t = table1(inpaint)
     assert list(t["method"]) == ["mean fill", "context encoder (L2)"]
-    assert list(t.iloc[0][1:]) == ["21.00", "5.00", "13.00"]  # no std: the same holes measured again
+    assert list(t.iloc[0][2:]) == ["21.00", "5.00", "13.00", ""]  # no std: the same holes measured again
     # load_cells with a plan keeps only planned cells (matching spec hashes), in the plan's order
     (tmp_path / "cells").mkdir()
     for pre, spec in (("random_init", "h1"), ("autoencoder", "h2"), ("ce_region", "h3")):

@@ -34,6 +34,7 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
 from pretext.export import load_encoder
 from pretext.models.alexnet import STAGES
+from pretext.models.gated import GATED_STAGES
 
 from .arguments import max_images, number_list
 from .evaluate import json_safe, provenance
@@ -164,6 +165,10 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features]:
     check_train_test(train_set, test_set)
     device = select_device(args.device)
     encoder, meta = load_encoder(args.encoder)
+    stages = getattr(encoder, "stages", STAGES)
+    if args.layer not in stages:
+        raise ValueError(f"{args.encoder}: unknown layer {args.layer!r} for a {meta.get('arch')} encoder; choose from "
+                         f"{', '.join(stages)}")
     feats = [cached_features(encoder, meta, data, args.layer, args.cache, limit, args.seed, args.batch_size, device)
              for data, limit in ((train_set, args.max_images[0]), (test_set, args.max_images[1]))]
     return meta, feats[0], feats[1]
@@ -211,7 +216,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Linear probe or weighted kNN on frozen encoder features.")
     p.add_argument("probe", choices=("knn", "linear", "svm"))
     p.add_argument("--encoder", type=Path, required=True, metavar="RUN_DIR", help="run directory or encoder.json")
-    p.add_argument("--layer", default="pool5", choices=STAGES)
+    p.add_argument("--layer", default="pool5",
+                   help=f"encoder stage (default: pool5); AlexNet: {', '.join(STAGES)}; the free-form inpainting "
+                        f"model's coarse encoder: {', '.join(GATED_STAGES)}")
     p.add_argument("--train", type=Path, required=True, metavar="ROOT_OR_DIR",
                    help="VOC-format root (has ImageSets/Main) or ImageFolder directory DIR/<class>/<image>")
     p.add_argument("--train-split", default="trainval", help="VOC split to train on (default: trainval)")

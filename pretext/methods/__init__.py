@@ -6,6 +6,7 @@ from .base import PretextMethod, StepContext
 from .autoencoder import AutoencoderMethod
 from .context_encoder import ContextEncoderMethod
 from .context_prediction import ContextPredictionMethod
+from .gated_inpainting import GatedInpaintingMethod
 from .random_init import RandomInitMethod
 
 METHODS: dict[str, type[PretextMethod]] = {
@@ -13,6 +14,7 @@ METHODS: dict[str, type[PretextMethod]] = {
     AutoencoderMethod.name: AutoencoderMethod,
     ContextPredictionMethod.name: ContextPredictionMethod,
     RandomInitMethod.name: RandomInitMethod,
+    GatedInpaintingMethod.name: GatedInpaintingMethod,
 }
 
 

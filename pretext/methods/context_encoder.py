@@ -8,7 +8,7 @@ from torch import nn
 from ..config import PretrainConfig
 from ..engine.distributed import unwrap
 from ..losses import discriminator_loss, generator_adversarial_loss, joint_loss, reconstruction_loss, region_weights
-from ..masks import build_mask_generator, prediction_region
+from ..masks import MaskGenerator, build_mask_generator, prediction_region
 from ..models import alexnet_spec
 from ..models.alexnet import AlexNetEncoder
 from ..models.context_encoder import ContextEncoderNet
@@ -28,6 +28,15 @@ def build_generator(cfg: PretrainConfig) -> nn.Module:
     return ContextEncoderNet(encoder, c, n, out, m.decoder_widths, m.dropout, m.decoder_norm)
 
 
+def build_masks(cfg: PretrainConfig, kind: str | None = None, overlap: int | None = None) -> MaskGenerator:
+    """The mask generator of a config's mask section; `kind` and `overlap` replace the config's when given."""
+    k = cfg.mask
+    return build_mask_generator(kind or k.kind, overlap=k.overlap if overlap is None else overlap,
+                                max_coverage=k.max_coverage, min_coverage=k.min_coverage, max_blocks=k.max_blocks,
+                                region_bank=k.region_bank, deform=k.deform, seed=cfg.train.seed, strokes=k.strokes,
+                                vertices=k.vertices, brush_width=k.brush_width, mix=k.mix)
+
+
 def _dcgan_widths(size: int) -> list[int]:
     # The paper's 64-64-128-256-512 for 128 px; drop leading layers for smaller inputs.
     n_down = (size // 4).bit_length() - 1
@@ -41,11 +50,8 @@ class ContextEncoderMethod(PretextMethod):
 
     def __init__(self, cfg: PretrainConfig, fill_mean: list[float]) -> None:
         super().__init__(cfg, fill_mean)
-        k = cfg.mask
         self.generator = build_generator(cfg)
-        self.masks = build_mask_generator(k.kind, overlap=k.overlap, max_coverage=k.max_coverage,
-                                          min_coverage=k.min_coverage, max_blocks=k.max_blocks,
-                                          region_bank=k.region_bank, deform=k.deform, seed=cfg.train.seed)
+        self.masks = build_masks(cfg)
         self.center = cfg.model.output == "center"
         size = cfg.data.fine_size
         self.discriminator = None

@@ -6,8 +6,9 @@ from torch import nn
 
 from .alexnet import PAPER_WIDTHS, AlexNetEncoder, AlexNetSpec
 from .dcgan import DCGAN_WIDTHS, DCGANEncoder
+from .gated import GatedEncoder
 
-ENCODER_ARCHS = ("alexnet", "dcgan")
+ENCODER_ARCHS = ("alexnet", "dcgan", "gated")
 
 
 def alexnet_spec(arch: str, widths: list[int] | None, input_size: int, layout: str = "caffe", lrn: bool = False,
@@ -18,7 +19,8 @@ def alexnet_spec(arch: str, widths: list[int] | None, input_size: int, layout: s
 
 
 def build_encoder(arch: str, spec: dict) -> nn.Module:
-    """Encoder from exported metadata: arch 'alexnet' (AlexNetSpec dict) or 'dcgan' (DCGANEncoder kwargs)."""
+    """Encoder from exported metadata: arch 'alexnet' (AlexNetSpec dict), 'dcgan' (DCGANEncoder kwargs) or 'gated'
+    (GatedEncoder kwargs: the free-form inpainting model's coarse encoder)."""
     if arch == "alexnet":
         return AlexNetEncoder(AlexNetSpec.from_dict(spec))
     if arch == "dcgan":
@@ -27,6 +29,11 @@ def build_encoder(arch: str, spec: dict) -> nn.Module:
             raise ValueError(f"unknown DCGAN encoder spec keys {sorted(unknown)}")
         kwargs = {**spec, "widths": tuple(spec.get("widths", DCGAN_WIDTHS))}
         return DCGANEncoder(**kwargs)
+    if arch == "gated":
+        unknown = set(spec) - {"input_size", "cnum", "dilations"}
+        if unknown:
+            raise ValueError(f"unknown gated encoder spec keys {sorted(unknown)}")
+        return GatedEncoder(**spec)
     raise ValueError(f"unknown encoder architecture {arch!r}; known: {', '.join(ENCODER_ARCHS)}")
 
 
