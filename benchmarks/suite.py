@@ -369,11 +369,12 @@ def run_cell(cell: Cell, suite: Suite, data: Datasets, out: Path, encoder_dir: P
         shutil.rmtree(work)
     t0 = time.perf_counter()
     result = task.run(encoder_dir, data, opts, cell.seed, work)
-    # Retrieval, inpainting and NN-inpainting grids, as figures
-    for grid in (work / "grid.png", work / "grid" / "grid.png", work / "encoder" / "grid.png"):
+    # Retrieval, inpainting and NN-inpainting grids, and attention maps, as figures named after the suite's task
+    for grid, prefix in ((work / "grid.png", ""), (work / "grid" / "grid.png", ""), (work / "encoder" / "grid.png", ""),
+                         (work / "grid" / "attention.png", "attention_")):
         if grid.is_file():
             (out / "figures").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(grid, out / "figures" / f"{task.name}_{cell.pretraining}_seed{cell.seed}.png")
+            shutil.copyfile(grid, out / "figures" / f"{prefix}{cell.task}_{cell.pretraining}_seed{cell.seed}.png")
     return {**_cell_head(suite, cell, p, task), "status": "ok", "error": None,
             "headline": {"name": result.headline_name, "value": result.headline}, "metrics": result.metrics,
             **({"per_class": result.per_class} if result.per_class else {}),
