@@ -223,12 +223,13 @@ def table1(cells: list[dict]) -> pd.DataFrame | None:
     inpainting = [c for c in cells if c["kind"] == INPAINTING]
     if not inpainting:
         return None
+    # A row name two pretrainings share anywhere in the table gets the pretraining's name, in every block.
+    by_pretraining = _group(inpainting, lambda c: (c["pretraining"], c["task"] == "nn_inpainting"))
+    names = _unique({key: next((c["metrics"]["row"] for c in group if (c.get("metrics") or {}).get("row")), key[0])
+                     for key, group in by_pretraining.items()}, lambda key: key[0])
     rows = []
     for holes, group_cells in _group(inpainting, _holes).items():
-        groups = _group(group_cells, lambda c: (c["pretraining"], c["task"]))
-        names = {key: next((c["metrics"]["row"] for c in group if (c.get("metrics") or {}).get("row")), key[0])
-                 for key, group in groups.items()}
-        names = _unique(names, lambda key: key[0])
+        groups = _group(group_cells, lambda c: (c["pretraining"], c["task"] == "nn_inpainting"))
         block = [{"holes": holes, "method": names[key], **_table1_entries(group, lambda c: c["metrics"])}
                  for key, group in groups.items()]
         for key, label in (("nn_hog", "NN inpainting (HOG)"), ("mean_fill", "mean fill")):

@@ -4,10 +4,10 @@ retrieval, NN inpainting.
 python -m benchmarks.transfer_summary OUT_DIR [OUT_DIR ...] [--out results/NAME]  (writes NAME.json and NAME.md)
 
 Each OUT_DIR holds the `metrics.json` of `cebench transfer classify|detect|segment`, `cebench probe`,
-`cebench retrieve` or `cebench nn-inpaint`. A kNN probe gives one row per k, a low-shot SVM probe one row per shot count (mean +- std
+`cebench retrieve`, `cebench nn-inpaint` or `cebench eval-inpainting`. A kNN probe gives one row per k, a low-shot SVM probe one row per shot count (mean +- std
 over its draws). Columns: the encoder (run directory name and method), the task, the training / test image
 counts, and the task's numbers: top-1 (%), the three VOC mAPs (%), precision@k (%), or mean L1 / L2 (%) and
-PSNR (dB) with mean fill's PSNR on the same holes.
+PSNR (dB) (and SSIM) with mean fill's on the same holes.
 """
 
 from __future__ import annotations
@@ -66,6 +66,12 @@ def rows_of(out_dir: Path) -> list[dict]:
         return [{**head, "method": f"nn-{m['features']}", "task": task, **_sizes(m, "database", "images"),
                  "mean_l1": m["mean_l1"], "mean_l2": m["mean_l2"], "psnr": m["psnr"],
                  "psnr_mean_fill": m["baseline_mean_fill"]["psnr"]}]
+    if "baseline_mean_fill" in m and "checkpoint" in m:  # cebench eval-inpainting
+        task = f"inpainting {m['mask']} holes ({100 * m.get('hole_coverage', float('nan')):.1f} %)"
+        return [{**head, "encoder": Path(m["checkpoint"]).name, "method": m["method"], "task": task,
+                 "n_test": m["n_images"], "mean_l1": m["mean_l1"], "mean_l2": m["mean_l2"], "psnr": m["psnr"],
+                 "ssim": m.get("ssim"), "psnr_mean_fill": m["baseline_mean_fill"]["psnr"],
+                 "ssim_mean_fill": m["baseline_mean_fill"].get("ssim")}]
     if m.get("task") == "detection":
         task = f"Fast R-CNN {m['layers']} ({m['steps']} steps)"
         return [{**head, "task": task, **_sizes(m), "map_voc07_11pt": round(m["map_voc07_11pt"], 2),

@@ -92,7 +92,7 @@ class MaskConfig:
                                                "data's SegmentationObject masks if it has them, else blobs; null = blobs")
     deform: float = _opt(0.15, min=0.0)
     strokes: int = _opt(4, min=1, doc="freeform: at most this many strokes per image")
-    vertices: list[int] = _opt([4, 12], min=1, doc="freeform: min and max vertices per stroke")
+    vertices: list[int] = _opt([4, 12], min=1, doc="freeform: min and max segments per stroke (vertices = segments + 1)")
     brush_width: list[float] = _opt([12 / 256, 40 / 256], min=0.0, max=1.0,
                                     doc="freeform: min and max brush width, fractions of the image side")
     mix: list[str] = _opt(["central", "region", "freeform"], doc="mixed: the kinds drawn from, uniformly per image")

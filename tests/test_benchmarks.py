@@ -71,6 +71,18 @@ def test_transfer_summary_rows_of_detection_and_segmentation_runs(tmp_path: Path
     assert s["task"] == "FCN-32s all (600 steps)" and s["miou"] == 12.28 and s["train_s_per_image"] == 0.333
 
 
+def test_transfer_summary_row_of_an_inpainting_evaluation(tmp_path: Path) -> None:
+    from benchmarks.transfer_summary import rows_of
+
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "mean_l1": 9.5, "mean_l2": 2.0, "psnr": 18.1, "ssim": 0.81, "mask": "freeform", "hole_coverage": 0.1543,
+        "baseline_mean_fill": {"mean_l1": 20.0, "mean_l2": 6.0, "psnr": 13.0, "ssim": 0.7}, "n_images": 1000,
+        "checkpoint": "runs/cifar_gated", "method": "gated_inpainting", "arch": "gated"}))
+    (row,) = rows_of(tmp_path)
+    assert row["task"] == "inpainting freeform holes (15.4 %)" and row["encoder"] == "cifar_gated"
+    assert (row["psnr"], row["ssim"], row["psnr_mean_fill"], row["ssim_mean_fill"]) == (18.1, 0.81, 13.0, 0.7)
+
+
 def test_init_scale_reports_each_start(tmp_path: Path) -> None:
     from benchmarks.init_scale import VARIANTS, logit_scales
 

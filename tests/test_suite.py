@@ -210,6 +210,41 @@ def test_table1_rows_share_their_images_and_holes(folder: Path, tmp_path: Path) 
     assert {Path(q["path"]).resolve() for q in queries} == expected
 
 
+@pytest.mark.slow
+def test_inpainting_rows_on_every_kind_of_hole(demo_root: Path, tmp_path: Path) -> None:
+    """The free-form inpainting model and a whole-image context encoder scored on central, region and free-form
+    holes: Table 1 grouped by kind of hole, the same region shapes (the test data's masks) for both models, SSIM,
+    a figure per task and the attention maps; the gated model's coarse encoder also feeds kNN."""
+    from .test_gated import TINY_GATED
+
+    pre = {"ce": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.kind=mixed",
+                                                  "mask.region_bank=null"]},
+           "gated": {"preset": "demo_gated", "overrides": [*TINY_GATED, "train.max_steps=2"]}}
+    tasks = {"inpainting": {"mask": "central", "max_images": 6},
+             "inpainting_region": {"task": "inpainting", "mask": "region", "max_images": 6},
+             "inpainting_freeform": {"task": "inpainting", "mask": "freeform", "max_images": 6},
+             "knn": {"k": 3}}
+    raw = {"name": "holes", "seeds": [0], "data": {"root": str(demo_root), "check_images": 0},
+           "pretrainings": pre, "tasks": tasks}
+    path = tmp_path / "holes.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "results"
+    assert main([str(path), "--out", str(out)]) == 0
+    got = cells(out)
+    assert got["gated__inpainting_freeform__seed0"]["metrics"]["row"] == "gated inpainting (L1 + adversarial)"
+    assert got["gated__knn__seed0"]["status"] == "ok"
+    for kind, task in (("central", "inpainting"), ("region", "inpainting_region"), ("freeform", "inpainting_freeform")):
+        scored = [json.loads(next((out / "work").glob(f"{p}__{task}__seed0-*/metrics.json")).read_text())
+                  for p in ("ce", "gated")]
+        assert {m["mask"] for m in scored} == {kind} and all(0 <= m["ssim"] <= 1 for m in scored)
+        # mean fill on the very same holes for both models
+        assert scored[0]["baseline_mean_fill"] == scored[1]["baseline_mean_fill"]
+        assert (out / "figures" / f"{task}_gated_seed0.png").is_file()
+        assert (out / "figures" / f"attention_{task}_gated_seed0.png").is_file()
+    table = (out / "table1.md").read_text()
+    assert "| holes" in table and "SSIM" in table and "freeform" in table and "region" in table
+
+
 def test_fixed_subset_is_the_same_for_every_command(folder: Path) -> None:
     from pretext.data.sources import fixed_subset, list_images
     from transfer.features import open_labelled, subset
