@@ -76,3 +76,28 @@ class PretextMethod(nn.Module, abc.ABC):
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """Rows of images in [0, 1] for the progress PNG, or None."""
         return None
+
+
+class GeneratorDiscriminator:
+    """networks() and build_optimizers() of a method with a `generator` and an optional `discriminator` (None when
+    the loss has no adversarial term). The discriminator's Adam runs at optim.lr_disc, or optim.lr divided by
+    `disc_lr_divisor` when that is unset."""
+
+    disc_lr_divisor = 1
+    generator: nn.Module
+    discriminator: nn.Module | None
+    cfg: PretrainConfig
+
+    def networks(self) -> dict[str, nn.Module]:
+        nets = {"generator": self.generator}
+        if self.discriminator is not None:
+            nets["discriminator"] = self.discriminator
+        return nets
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        o = self.cfg.optim
+        opts = {"generator": self.adam(self.generator.parameters(), o.lr)}
+        if self.discriminator is not None:
+            lr_disc = o.lr_disc if o.lr_disc is not None else o.lr / self.disc_lr_divisor
+            opts["discriminator"] = self.adam(self.discriminator.parameters(), lr_disc)
+        return opts

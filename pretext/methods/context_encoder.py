@@ -13,7 +13,7 @@ from ..models import alexnet_spec
 from ..models.alexnet import AlexNetEncoder
 from ..models.context_encoder import ContextEncoderNet
 from ..models.dcgan import DCGAN_WIDTHS, DCGANDiscriminator, DCGANGenerator
-from .base import PretextMethod, StepContext
+from .base import GeneratorDiscriminator, PretextMethod, StepContext
 
 
 def build_generator(cfg: PretrainConfig) -> nn.Module:
@@ -43,10 +43,11 @@ def _dcgan_widths(size: int) -> list[int]:
     return list(DCGAN_WIDTHS[len(DCGAN_WIDTHS) - n_down :]) if n_down <= 5 else [64] * (n_down - 5) + list(DCGAN_WIDTHS)
 
 
-class ContextEncoderMethod(PretextMethod):
+class ContextEncoderMethod(GeneratorDiscriminator, PretextMethod):
     """Masked-region reconstruction with an optional discriminator on the predicted content only."""
 
     name = "context_encoder"
+    disc_lr_divisor = 10  # the original code's discriminator lr: the generator's / 10
 
     def __init__(self, cfg: PretrainConfig, fill_mean: list[float]) -> None:
         super().__init__(cfg, fill_mean)
@@ -57,20 +58,6 @@ class ContextEncoderMethod(PretextMethod):
         self.discriminator = None
         if cfg.loss.adversarial_weight > 0:
             self.discriminator = DCGANDiscriminator(size // 2 if self.center else size, cfg.model.disc_widths)
-
-    def networks(self) -> dict[str, nn.Module]:
-        nets = {"generator": self.generator}
-        if self.discriminator is not None:
-            nets["discriminator"] = self.discriminator
-        return nets
-
-    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        o = self.cfg.optim
-        opts = {"generator": self.adam(self.generator.parameters(), o.lr)}
-        if self.discriminator is not None:
-            lr_disc = o.lr_disc if o.lr_disc is not None else o.lr / 10
-            opts["discriminator"] = self.adam(self.discriminator.parameters(), lr_disc)
-        return opts
 
     def corrupt(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input with the hole filled by the mean, hole mask, predicted-region mask)."""

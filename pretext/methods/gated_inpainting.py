@@ -17,7 +17,7 @@ from ..config import PretrainConfig
 from ..engine.distributed import unwrap
 from ..losses import hinge_discriminator_loss, hinge_generator_loss, joint_loss
 from ..models.gated import GatedGenerator, SNPatchDiscriminator, flow_to_color
-from .base import PretextMethod, StepContext
+from .base import GeneratorDiscriminator, PretextMethod, StepContext
 from .context_encoder import build_masks
 
 
@@ -34,7 +34,7 @@ def whole_image_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> tor
     return diff.abs().mean() if kind == "l1" else diff.square().mean()
 
 
-class GatedInpaintingMethod(PretextMethod):
+class GatedInpaintingMethod(GeneratorDiscriminator, PretextMethod):
     """Gated convolutions + contextual attention + SN-PatchGAN."""
 
     name = "gated_inpainting"
@@ -47,20 +47,6 @@ class GatedInpaintingMethod(PretextMethod):
         self.discriminator = None
         if cfg.loss.adversarial_weight > 0:
             self.discriminator = SNPatchDiscriminator(cfg.model.disc_widths)
-
-    def networks(self) -> dict[str, nn.Module]:
-        nets = {"generator": self.generator}
-        if self.discriminator is not None:
-            nets["discriminator"] = self.discriminator
-        return nets
-
-    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        o = self.cfg.optim
-        opts = {"generator": self.adam(self.generator.parameters(), o.lr)}
-        if self.discriminator is not None:
-            opts["discriminator"] = self.adam(self.discriminator.parameters(),
-                                              o.lr_disc if o.lr_disc is not None else o.lr)
-        return opts
 
     def corrupt(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(input with the hole filled by the mean, hole mask)."""

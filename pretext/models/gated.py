@@ -129,7 +129,7 @@ class GatedEncoder(nn.Module):
     def stages(self) -> tuple[str, ...]:
         return GATED_STAGES
 
-    def forward(self, x: torch.Tensor, out: str | Sequence[str] = "conv12") -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, out: str | Sequence[str] = "pool5") -> torch.Tensor | dict[str, torch.Tensor]:
         """(B, 5 or 3, S, S) -> the stage `out` (a str gives a tensor, a sequence a dict of tensors)."""
         names = (out,) if isinstance(out, str) else tuple(out)
         unknown = [n for n in names if n not in GATED_STAGES]
@@ -268,7 +268,7 @@ class GatedGenerator(nn.Module):
         """x: (B, 3, S, S) images in [-1, 1] with the hole filled; hole: bool (B, 1, S, S).
         Returns (coarse, refined) full images in [-1, 1] and the attention offsets (None without attention)."""
         m = hole.to(x.dtype)
-        coarse = self.coarse_decoder(self.encoder(with_mask_channels(x, hole)))
+        coarse = self.coarse_decoder(self.encoder(with_mask_channels(x, hole), out="conv12"))
         pasted = coarse * m + x * (1 - m)
         xin = with_mask_channels(pasted, hole)
         branch = self.refine_conv(xin)
