@@ -272,6 +272,14 @@ def test_resume_is_exact_with_spectral_norm_state(demo_root: Path, tmp_path: Pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bf16_autocast_and_channels_last_train(demo_root: Path, tmp_path: Path) -> None:
+    result = train(gated_config(demo_root, "max_steps=2", "train.precision=bf16", "train.channels_last=true",
+                                "data.fine_size=16", "data.load_size=18", "model.disc_widths=[8]", "mask.overlap=2"),
+                   tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert result.step == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
 @pytest.fixture(scope="module")
 def gated_run(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("gated") / "run"
