@@ -196,12 +196,13 @@ def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pa
 
 
 def _region_bank(data: Datasets, opts: dict) -> list[str]:
-    """--region-bank for every model of the suite alike: the option's folder; 'data' = the test data's
+    """The same holes for every model of the suite: --holes standard (the default coverage, strokes and blob seed,
+    whatever each model was trained with) and --region-bank, the option's folder; 'data' = the test data's
     SegmentationObject masks when it has them, else procedural blobs."""
     bank = opts["region_bank"]
     if bank == "data":
         bank = str(data.test) if (data.test / "SegmentationObject").is_dir() else "none"
-    return ["--region-bank", str(bank)]
+    return ["--region-bank", str(bank), "--holes", "standard"]
 
 
 def _inpainting_grid(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> None:

@@ -70,7 +70,8 @@ def rows_of(out_dir: Path) -> list[dict]:
         task = f"inpainting {m['mask']} holes ({100 * m.get('hole_coverage', float('nan')):.1f} %)"
         return [{**head, "encoder": Path(m["checkpoint"]).name, "method": m["method"], "task": task,
                  "n_test": m["n_images"], "mean_l1": m["mean_l1"], "mean_l2": m["mean_l2"], "psnr": m["psnr"],
-                 "ssim": m.get("ssim"), "psnr_mean_fill": m["baseline_mean_fill"]["psnr"],
+                 "ssim": m.get("ssim"), "l1_mean_fill": m["baseline_mean_fill"]["mean_l1"],
+                 "l2_mean_fill": m["baseline_mean_fill"]["mean_l2"], "psnr_mean_fill": m["baseline_mean_fill"]["psnr"],
                  "ssim_mean_fill": m["baseline_mean_fill"].get("ssim")}]
     if m.get("task") == "detection":
         task = f"Fast R-CNN {m['layers']} ({m['steps']} steps)"

@@ -353,6 +353,14 @@ def _validate_gated(cfg: PretrainConfig) -> None:
         raise ConfigError(f"mask.mix must list distinct kinds among {', '.join(known)}, got {k.mix}")
     if m.arch != "gated":
         return
+    if not m.dilations or not m.disc_widths:
+        raise ConfigError(f"model.dilations and model.disc_widths must each list at least one value, got "
+                          f"{m.dilations} and {m.disc_widths}")
+    if m.attention_rate > 1 and m.attention_rate % 2:
+        raise ConfigError(f"model.attention_rate must be 1 or even (the pasted patches are 2 x rate wide, stride "
+                          f"rate), got {m.attention_rate}")
+    if m.attention_fuse % 2 == 0:
+        raise ConfigError(f"model.attention_fuse must be odd (a centred propagation kernel), got {m.attention_fuse}")
     side = 4 * m.attention_rate if m.attention else 4
     if cfg.data.fine_size % side:
         raise ConfigError(f"model.arch=gated needs data.fine_size a multiple of {side} (4 x model.attention_rate), "

@@ -10,6 +10,7 @@ dataset mean) is scored on exactly the same images and holes as the `baseline_me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from .engine.checkpoint import CheckpointError
 from .engine.distributed import select_device
 from .masks import mask_coverage
 from .inpaint import (add_model_and_image_arguments, batches, eval_dataset, eval_mask_generator, fill_batch,
-                      load_inpainter)
+                      hole_config, load_inpainter)
 
 log = logging.getLogger("cebench")
 
@@ -69,11 +70,13 @@ def default_images(method) -> Path:
 
 def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split: str = "test", batch_size: int = 32,
              max_images: int | None = None, seed: int = 0, device: str = "auto", overlap: int | None = None,
-             region_bank: str | None = None) -> dict:
+             region_bank: str | None = None, holes: str = "run") -> dict:
     """Score a trained model and mean fill on the same holes."""
     dev = select_device(device)
     method = load_inpainter(checkpoint, dev)
-    masks = eval_mask_generator(method, mask, overlap, region_bank)
+    masks = eval_mask_generator(method, mask, overlap, region_bank, holes == "standard")
+    hole_settings = {**dataclasses.asdict(hole_config(method, overlap, region_bank, holes == "standard").mask),
+                     "kind": mask}
     images = images if images is not None else default_images(method)
     dataset = eval_dataset(method, images, split, max_images=max_images, seed=seed)
     coverage: list[torch.Tensor] = []
@@ -89,7 +92,7 @@ def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split
     cat = {k: torch.cat(v) for k, v in errs.items()}
     model = summarise(cat["model_l1"], cat["model_l2"], cat["model_ssim"])
     return {**model, "baseline_mean_fill": summarise(cat["mean_l1"], cat["mean_l2"], cat["mean_ssim"]), "mask": mask,
-            "hole_coverage": round(torch.cat(coverage).mean().item(), 4),
+            "hole_coverage": round(torch.cat(coverage).mean().item(), 4), "holes": holes, "hole_settings": hole_settings,
             "overlap": method.cfg.mask.overlap if overlap is None else overlap,
             "n_images": len(dataset), "images": str(images), "checkpoint": str(checkpoint), "seed": seed,
             "method": method.cfg.method, "arch": method.cfg.model.arch}
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         metrics = evaluate(args.checkpoint, args.images, args.mask, args.split, args.batch_size, args.max_images,
-                           args.seed, args.device, args.overlap, args.region_bank)
+                           args.seed, args.device, args.overlap, args.region_bank, args.holes)
     except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable images or checkpoints, wrong mask for the model
         log.error("%s", exc)
         return 2

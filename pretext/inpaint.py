@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import PretrainConfig
+from .config import MaskConfig, PretrainConfig
 from .data.dataset import UnlabelledImages
 from .data.sources import fixed_subset, list_images
 from .engine.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
@@ -35,22 +35,35 @@ def load_inpainter(path: str | Path, device: torch.device) -> PretextMethod:
     return method.to(device).eval()
 
 
+def hole_config(method: PretextMethod, overlap: int | None = None, region_bank: str | None = None,
+                standard: bool = False) -> PretrainConfig:
+    """The run's config with the hole settings an evaluation uses: with `standard`, the mask section's defaults
+    (coverage, blocks, deformation, strokes) and seed 0 for the blob bank, so that runs trained with other settings
+    are scored on the same holes; the run's own settings otherwise. `overlap` and `region_bank` replace either."""
+    cfg = method.cfg
+    if standard:
+        mask = MaskConfig(overlap=cfg.mask.overlap, region_bank=cfg.mask.region_bank)
+        cfg = dataclasses.replace(cfg, mask=mask, train=dataclasses.replace(cfg.train, seed=0))
+    if overlap is not None:
+        cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, overlap=overlap))
+    if region_bank is not None:
+        bank = None if region_bank == "none" else region_bank
+        cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, region_bank=bank))
+    return cfg
+
+
 def eval_mask_generator(method: PretextMethod, kind: str, overlap: int | None = None,
-                        region_bank: str | None = None) -> MaskGenerator:
+                        region_bank: str | None = None, standard: bool = False) -> MaskGenerator:
     """The run's mask settings with the requested kind (central, block, region, freeform or mixed), and `overlap`
     (px the central hole is shrunk by on each side) and `region_bank` (a VOC root or PNG folder of object masks for
     region holes, 'none' = procedural blobs) when given instead of the run's: a comparison gives every model the
-    same."""
+    same (with `standard`, the default hole settings, see hole_config)."""
     if overlap is not None and overlap < 0:
         raise ValueError(f"--overlap must be >= 0, got {overlap}")
     if method.center and kind != "central":
         raise ValueError(f"this model predicts only the central quarter (model.output=center); --mask {kind} needs a "
                          "full-output model")
-    cfg = method.cfg
-    if region_bank is not None:
-        bank = None if region_bank == "none" else region_bank
-        cfg = dataclasses.replace(cfg, mask=dataclasses.replace(cfg.mask, region_bank=bank))
-    return build_masks(cfg, kind, overlap)
+    return build_masks(hole_config(method, overlap, region_bank, standard), kind)
 
 
 def eval_dataset(method: PretextMethod, images: str | Path, split: str, on_bad_image: str = "error",
@@ -111,6 +124,10 @@ def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region-bank", default=None, metavar="DIR",
                    help="object masks for region holes: a VOC root (its SegmentationObject/) or a folder of PNGs; "
                         "'none' = procedural blobs (default: the run's mask.region_bank)")
+    p.add_argument("--holes", choices=("run", "standard"), default="run",
+                   help="hole settings besides the kind: the run's own mask section, or the defaults (coverage "
+                        "0.05-0.25, strokes, blob seed 0) so that models trained with other settings get the same "
+                        "holes (the suites use standard)")
     p.add_argument("--device", default="auto")
 
 
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         method = load_inpainter(args.checkpoint, select_device(args.device))
-        masks = eval_mask_generator(method, args.mask, args.overlap, args.region_bank)
+        masks = eval_mask_generator(method, args.mask, args.overlap, args.region_bank, args.holes == "standard")
         dataset = eval_dataset(method, args.images, args.split, max_images=args.max_images, seed=args.seed)
     except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable checkpoints, wrong mask for the model
         log.error("%s", exc)

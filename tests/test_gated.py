@@ -134,6 +134,18 @@ def test_contextual_attention_never_copies_from_the_hole() -> None:
         assert not near_hole[b][src_y[b], src_x[b]].any()
 
 
+def test_contextual_attention_runs_in_fp32_under_autocast() -> None:
+    f = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(2))
+    hole = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    hole[..., 4:10, 5:11] = True
+    ca = ContextualAttention(3, 2, 3, 10.0)
+    y32, flow32 = ca(f, f, hole)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, flow16 = ca(f, f, hole)
+    assert y16.dtype == torch.float32 and torch.equal(flow16, flow32)
+    torch.testing.assert_close(y16, y32)
+
+
 def test_contextual_attention_with_nothing_to_copy_stays_finite() -> None:
     f = torch.randn(1, 4, 8, 8, requires_grad=True)
     y, _ = ContextualAttention()(f, f, torch.ones(1, 1, 8, 8, dtype=torch.bool))
@@ -165,6 +177,14 @@ def test_spectral_norm_bounds_every_discriminator_layer() -> None:
     with torch.no_grad():
         gain = ((disc(a, h) - disc(b, h)).norm(dim=1) / (a - b).flatten(1).norm(dim=1)).max().item()
     assert gain <= 3.0 ** len(convs)
+    # the same network without the normalisation (its raw, 50x weights) is far past that bound
+    from torch.nn.utils import parametrize
+
+    for conv in convs:
+        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
+    with torch.no_grad():
+        raw_gain = ((disc(a, h) - disc(b, h)).norm(dim=1) / (a - b).flatten(1).norm(dim=1)).max().item()
+    assert raw_gain > 3.0 ** len(convs), raw_gain
 
 
 def test_patch_discriminator_outputs_a_dense_grid() -> None:
@@ -222,10 +242,39 @@ def test_flow_colours() -> None:
     (["model.output=center", "mask.kind=central"], "output must be full"),
     (["mask.mix=[central,mixed]"], "mask.mix"),
     (["mask.vertices=[8,4]"], "mask.vertices"),
+    (["model.attention_rate=3", "data.fine_size=96", "data.load_size=96"], "1 or even"),
+    (["model.attention_fuse=2"], "must be odd"),
+    (["model.dilations=[]"], "at least one value"),
+    (["model.disc_widths=[]"], "at least one value"),
 ])
 def test_bad_gated_configs_are_refused(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config("demo_gated", overrides)
+
+
+def test_without_attention_any_multiple_of_four_builds() -> None:
+    from pretext.methods.gated_inpainting import build_gated_generator
+
+    cfg = load_config("demo_gated", ["model.attention=false", "model.attention_rate=2", "data.fine_size=36",
+                                     "data.load_size=40"])
+    g = build_gated_generator(cfg)
+    x, hole = torch.zeros(1, 3, 36, 36), torch.zeros(1, 1, 36, 36, dtype=torch.bool)
+    assert g(x, hole)[1].shape == (1, 3, 36, 36)
+
+
+def test_standard_holes_ignore_the_run_s_own_mask_settings(gated_run: Path) -> None:
+    import dataclasses
+
+    from pretext.inpaint import eval_mask_generator, hole_config, load_inpainter
+
+    method = load_inpainter(gated_run, torch.device("cpu"))
+    other = load_inpainter(gated_run, torch.device("cpu"))
+    other.cfg = dataclasses.replace(other.cfg, mask=dataclasses.replace(other.cfg.mask, max_coverage=0.6,
+                                                                        brush_width=[0.3, 0.4]))
+    assert hole_config(other, standard=True).mask.max_coverage == 0.25
+    draw = lambda m, std: eval_mask_generator(m, "freeform", standard=std)(16, 32, 32, torch.Generator().manual_seed(5))  # noqa: E731
+    assert torch.equal(draw(method, True), draw(other, True))
+    assert not torch.equal(draw(method, False), draw(other, False))  # the run's own settings differ
 
 
 def test_presets_validate() -> None:
@@ -241,7 +290,7 @@ def test_short_real_training_lowers_the_loss(demo_root: Path, tmp_path: Path) ->
     result = train(gated_config(demo_root, "max_steps=40", "optim.lr=0.002", "optim.lr_disc=0.002"), tmp_path / "run")
     rows = read_metrics(tmp_path / "run")
     rec = [float(r["rec"]) for r in rows]
-    assert len(rec) == 40 and result.step == 40 and {"adv", "disc", "d_real", "d_fake"} <= rows[0].keys()
+    assert len(rec) == 40 and result.step == 40 and {"adv", "disc", "d_real_logit", "d_fake_logit"} <= rows[0].keys()
     assert sum(rec[-5:]) / 5 < 0.85 * sum(rec[:5]) / 5, rec
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert any("parametrizations.weight.original" in k for k in state["networks"]["discriminator"])
@@ -298,12 +347,25 @@ def test_eval_inpainting_scores_every_mask_kind_with_ssim(gated_run: Path, demo_
 def test_ssim_matches_scikit_image_and_perfect_fill_scores_one() -> None:
     from skimage.metrics import structural_similarity
 
-    a = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    b = (a + 0.1 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    # non-square images with structure along one axis only: a wrong axis order would change the score
+    ramp = torch.linspace(0, 1, 24).view(1, 1, 1, 24).expand(2, 3, 16, 24)
+    a = (ramp + 0.2 * torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    b = (a + 0.1 * torch.randn(2, 3, 16, 24, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     got = image_ssim(b, a)
     want = [structural_similarity(b[i].permute(1, 2, 0).numpy(), a[i].permute(1, 2, 0).numpy(), data_range=1.0,
                                   channel_axis=-1) for i in range(2)]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    by_hand = []  # the Wang et al. formula with 7x7 uniform windows, per channel, then averaged
+    for i in range(2):
+        x, y = b[i].double(), a[i].double()
+        pool = lambda t: F.avg_pool2d(t[None], 7, 1)[0]  # noqa: E731
+        mx, my = pool(x), pool(y)
+        cov = 49 / 48  # scikit-image uses the sample (co)variance
+        vx, vy, vxy = (pool(x * x) - mx * mx) * cov, (pool(y * y) - my * my) * cov, (pool(x * y) - mx * my) * cov
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        by_hand.append(s.mean().item())  # valid windows only: scikit-image crops the border the same way
+    np.testing.assert_allclose(got.numpy(), by_hand, rtol=1e-4)
     assert image_ssim(a, a).tolist() == pytest.approx([1.0, 1.0])
 
 

@@ -76,8 +76,10 @@ class GatedInpaintingMethod(GeneratorDiscriminator, PretextMethod):
             adv = hinge_generator_loss(self.discriminator(complete, hole))
         loss = joint_loss(rec, adv, self.cfg.loss.adversarial_weight)
         ctx.optimize("generator", loss)
+        # Mean patch logits (the hinge margins are +-1); the trainer's collapse monitor reads sigmoid probabilities
+        # of a BCE discriminator (d_real / d_fake), which a hinge discriminator does not produce.
         return {"loss": loss.detach(), "rec": rec.detach(), "adv": adv.detach(), "disc": d_loss.detach(),
-                "d_real": real.detach().float().sigmoid().mean(), "d_fake": fake.detach().float().sigmoid().mean()}
+                "d_real_logit": real.detach().float().mean(), "d_fake_logit": fake.detach().float().mean()}
 
     @torch.no_grad()
     def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -189,8 +189,9 @@ class ContextualAttention(nn.Module):
 
     def __init__(self, ksize: int = 3, rate: int = 1, fuse_k: int = 3, softmax_scale: float = 10.0) -> None:
         super().__init__()
-        if ksize < 1 or ksize % 2 == 0 or rate < 1 or fuse_k < 1 or softmax_scale <= 0:
-            raise ValueError(f"contextual attention needs an odd ksize, rate >= 1, fuse_k >= 1 and a positive "
+        if ksize < 1 or ksize % 2 == 0 or rate < 1 or (rate > 1 and rate % 2) or fuse_k < 1 or fuse_k % 2 == 0 \
+                or softmax_scale <= 0:
+            raise ValueError(f"contextual attention needs an odd ksize, rate 1 or even, an odd fuse_k and a positive "
                              f"scale, got {ksize}, {rate}, {fuse_k}, {softmax_scale}")
         self.ksize, self.rate, self.fuse_k, self.scale = ksize, rate, fuse_k, softmax_scale
 
@@ -200,6 +201,12 @@ class ContextualAttention(nn.Module):
         of each position's most attended background patch (B, 2, H/r, W/r), for visualisation)."""
         if f.shape != b.shape:
             raise ValueError(f"foreground {tuple(f.shape)} and background {tuple(b.shape)} features differ")
+        # Cosine similarities, softmax and the pasting run in fp32 even under autocast (bf16 would move the argmax).
+        with torch.autocast(f.device.type, enabled=False):
+            y, flow = self._attend(f.float(), b.float(), hole)
+        return y.to(f.dtype), flow
+
+    def _attend(self, f: torch.Tensor, b: torch.Tensor, hole: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, h, w = f.shape
         r, k = self.rate, self.ksize
         if h % r or w % r:
@@ -230,7 +237,7 @@ class ContextualAttention(nn.Module):
         pasted = torch.bmm(raw.float(), attn.transpose(1, 2))  # (B, C*kr*kr, L_fg)
         y = F.fold(pasted, (h, w), kr, padding=pad, stride=r)
         cover = F.fold(torch.ones_like(pasted[:1, :kr * kr]), (h, w), kr, padding=pad, stride=r)
-        return (y / cover).to(f.dtype), flow
+        return y / cover, flow
 
 
 class GatedGenerator(nn.Module):
@@ -240,7 +247,7 @@ class GatedGenerator(nn.Module):
                  attention: bool = True, attention_rate: int = 2, attention_fuse: int = 3,
                  attention_scale: float = 10.0) -> None:
         super().__init__()
-        _check_size(input_size, 4 * attention_rate, "gated generator (4 x attention rate)")
+        _check_size(input_size, 4 * attention_rate if attention else 4, "gated generator (4 x attention rate)")
         c = cnum
         self.encoder = GatedEncoder(input_size, cnum, dilations)
         self.coarse_decoder = _decoder(c)
