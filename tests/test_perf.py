@@ -32,7 +32,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert len({round(f / 1e6) for f in flops}) == 2  # the matrix-product path counts the convolution's FLOPs
     assert r["steps"]["inpaint_gan_plain_fp32"]["fast_kernels"] is False
     assert r["pipeline"]["images_per_s_per_worker"] > 0 and r["pipeline"]["headroom"] > 0
-    assert set(r["masks"]["masks_per_s"]) == {"central", "block", "region"}
+    assert set(r["masks"]["masks_per_s"]) == {"central", "block", "region", "freeform", "mixed"}
     for e in r["exact_search"].values():
         assert e["same_neighbours"] and e["speedup"] > 0
     assert 0 <= r["approximate_search"]["chosen"]["recall_at_10"] <= 1
