@@ -180,7 +180,7 @@ def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pa
     shrunk by `overlap` px; region, freeform: drawn by the seed), the same for every model of the suite, whatever
     each was trained with: the encoder's Table 1 row for that kind of hole."""
     argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
-            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), *_region_bank(data, opts),
+            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), *_hole_args(data, opts),
             *(["--max-images", str(opts["max_images"])] if opts.get("max_images") else [])]
     m = _call("pretext.eval_inpainting", argv, out)
     config = json.loads((encoder / "config.json").read_text())
@@ -195,7 +195,7 @@ def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pa
     return TaskResult("inpainting", "PSNR (dB)", float(m["psnr"]), metrics)
 
 
-def _region_bank(data: Datasets, opts: dict) -> list[str]:
+def _hole_args(data: Datasets, opts: dict) -> list[str]:
     """The same holes for every model of the suite: --holes standard (the default coverage, strokes and blob seed,
     whatever each model was trained with) and --region-bank, the option's folder; 'data' = the test data's
     SegmentationObject masks when it has them, else procedural blobs."""
@@ -210,7 +210,7 @@ def _inpainting_grid(encoder: Path, data: Datasets, opts: dict, seed: int, out: 
     from pretext.inpaint import main as inpaint_main
 
     argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
-            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), *_region_bank(data, opts),
+            opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), *_hole_args(data, opts),
             "--max-images", "8", "--out", str(out)]
     with captured_errors() as errors:
         if inpaint_main(argv, prog="cebench inpaint") != 0:

@@ -98,8 +98,11 @@ def fill_batch(method: PretextMethod, masks: MaskGenerator, images_u8: torch.Ten
     x, hole = batch_holes(masks, images_u8, seed, device)
     filled = method.inpaint(x, hole)
     mean_fill = torch.where(hole, method.fill.to(x.dtype).expand_as(x), x)
-    to01 = lambda t: t.add(1).div(2).clamp(0, 1)  # noqa: E731
-    return to01(x), hole, to01(filled), to01(mean_fill)
+    return _to01(x), hole, _to01(filled), _to01(mean_fill)
+
+
+def _to01(t: torch.Tensor) -> torch.Tensor:
+    return t.add(1).div(2).clamp(0, 1)
 
 
 def _at_least_one(text: str) -> int:
@@ -160,9 +163,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     grid_rows: list[torch.Tensor] = []
     for n, (idx, images) in enumerate(batches(dataset, args.batch_size)):
-        x, hole, filled, _ = fill_batch(method, masks, images, args.seed + n, device)
+        x, hole = batch_holes(masks, images, args.seed + n, device)
+        if hasattr(method, "inpaint_with_attention"):  # one generator pass gives both
+            filled, attention = method.inpaint_with_attention(x, hole)
+        else:
+            filled, attention = method.inpaint(x, hole), None
+        x, filled = _to01(x), _to01(filled)
         masked = torch.where(hole, torch.ones_like(x), x)
-        attention = method.attention_maps(x * 2 - 1, hole) if hasattr(method, "attention_maps") else None
         for j, i in enumerate(idx):
             stem = dataset.paths[i].stem
             save_image(masked[j], args.out / f"{stem}_masked.png")

@@ -227,7 +227,7 @@ def test_encoder_stages_and_rgb_input() -> None:
 
 def test_flow_colours() -> None:
     flow = torch.tensor([[[[0.0, 0.0], [4.0, -4.0]], [[0.0, 4.0], [0.0, 0.0]]]])  # (1, 2, 2, 2): (dy, dx)
-    rgb = flow_to_color(flow, max_norm=4)
+    rgb = flow_to_color(flow)
     assert rgb.shape == (1, 3, 2, 2) and torch.allclose(rgb[0, :, 0, 0], torch.ones(3))  # no offset: white
     colours = {tuple(rgb[0, :, i, j].round(decimals=3).tolist()) for i, j in ((0, 1), (1, 0), (1, 1))}
     assert len(colours) == 3 and all(min(c) == 0 for c in colours)  # full length: saturated, distinct hues

@@ -42,6 +42,15 @@ def write_suite(path: Path, root: Path, **extra) -> Path:
     return path
 
 
+def run_suite(tmp_path: Path, raw: dict) -> Path:
+    """Write the suite `raw` as tmp_path/<name>.yaml, run it into tmp_path/results (it must succeed)."""
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "results"
+    assert main([str(path), "--out", str(out)]) == 0
+    return out
+
+
 def cells(out: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))}
 
@@ -226,10 +235,7 @@ def test_inpainting_rows_on_every_kind_of_hole(demo_root: Path, tmp_path: Path) 
              "knn": {"k": 3}}
     raw = {"name": "holes", "seeds": [0], "data": {"root": str(demo_root), "check_images": 0},
            "pretrainings": pre, "tasks": tasks}
-    path = tmp_path / "holes.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "results"
-    assert main([str(path), "--out", str(out)]) == 0
+    out = run_suite(tmp_path, raw)
     got = cells(out)
     assert got["gated__inpainting_freeform__seed0"]["metrics"]["row"] == "gated inpainting (L1 + adversarial)"
     assert got["gated__knn__seed0"]["status"] == "ok"
@@ -276,10 +282,7 @@ def test_detection_and_segmentation_columns(tmp_path: Path) -> None:
                                                  f"proposals.cache_dir={tmp_path / 'cache'}"]},
                      "segmentation": {"overrides": ["model.fc_widths=[16,16]", "train.max_steps=2", "data.workers=0",
                                                     "data.scale=48"]}}}
-    path = tmp_path / "dense.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "results"
-    assert main([str(path), "--out", str(out)]) == 0
+    out = run_suite(tmp_path, raw)
     got = cells(out)
     assert got["random__segmentation__seed0"]["headline"]["name"] == "Segmentation mIoU (%)"
     assert set(got["random__segmentation__seed0"]["per_class"]) <= {"background", "square", "disc"}

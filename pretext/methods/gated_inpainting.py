@@ -93,20 +93,20 @@ class GatedInpaintingMethod(GeneratorDiscriminator, PretextMethod):
     @torch.no_grad()
     def inpaint(self, images: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         """Fill `hole` (bool (B,1,H,W)) of normalised images; returns normalised composites."""
-        x = torch.where(hole, self.fill.to(images.dtype), images)
-        _, refined, _ = self.generator(x, hole)
-        return torch.where(hole, refined.float().to(images.dtype), images)
+        return self.inpaint_with_attention(images, hole)[0]
 
     @torch.no_grad()
-    def attention_maps(self, images: torch.Tensor, hole: torch.Tensor) -> torch.Tensor | None:
-        """Colour-coded contextual-attention offsets (B, 3, H, W) in [0, 1] (hue = direction of the most attended
-        background patch, saturation = its distance), or None for a model without attention."""
+    def inpaint_with_attention(self, images: torch.Tensor,
+                               hole: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One generator pass: the normalised composites and the colour-coded contextual-attention offsets
+        (B, 3, H, W) in [0, 1] (flow_to_color: hue = direction of the most attended background patch, saturation =
+        its distance), None for a model without attention."""
         x = torch.where(hole, self.fill.to(images.dtype), images)
-        _, _, flow = self.generator(x, hole)
+        _, refined, flow = self.generator(x, hole)
+        filled = torch.where(hole, refined.float().to(images.dtype), images)
         if flow is None:
-            return None
-        colour = flow_to_color(flow, max_norm=max(images.shape[-2:]) / 4)
-        return F.interpolate(colour, size=images.shape[-2:], mode="nearest")
+            return filled, None
+        return filled, F.interpolate(flow_to_color(flow), size=images.shape[-2:], mode="nearest")
 
     def encoder_export(self) -> tuple[nn.Module, str, dict]:
         """The coarse network's encoder (RGB in: ones and an empty mask are appended)."""
@@ -125,5 +125,5 @@ class GatedInpaintingMethod(GeneratorDiscriminator, PretextMethod):
         rows = [to01(x), to01(torch.where(hole, coarse.float(), images.float())),
                 to01(torch.where(hole, refined.float(), images.float()))]
         if flow is not None:
-            rows.append(F.interpolate(flow_to_color(flow, max(images.shape[-2:]) / 4), size=images.shape[-2:]))
+            rows.append(F.interpolate(flow_to_color(flow), size=images.shape[-2:]))
         return torch.cat([*rows, to01(images)])

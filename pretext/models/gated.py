@@ -310,22 +310,10 @@ class SNPatchDiscriminator(nn.Module):
         return self.net(torch.cat([images, hole.to(images.dtype)], dim=1)).flatten(1)
 
 
-def flow_to_color(flow: torch.Tensor, max_norm: float | None = None) -> torch.Tensor:
-    """Offsets (B, 2, H, W) (dy, dx) -> RGB (B, 3, H, W) in [0, 1]: hue = direction, saturation = length (relative
-    to `max_norm`, default the batch's largest), white = no offset; the colour coding of the attention figures."""
-    dy, dx = flow[:, 0].float(), flow[:, 1].float()
-    norm = torch.hypot(dx, dy)
-    top = float(max_norm) if max_norm else float(norm.max().clamp_min(1e-6))
-    hue = (torch.atan2(-dy, -dx) / (2 * math.pi) + 0.5) % 1.0
-    sat = (norm / top).clamp(0, 1)
-    # HSV -> RGB with value 1
-    i = torch.floor(hue * 6)
-    frac = hue * 6 - i
-    p, q, t = 1 - sat, 1 - sat * frac, 1 - sat * (1 - frac)
-    v = torch.ones_like(sat)
-    i = i.long() % 6
-    r = torch.stack([v, q, p, p, t, v])
-    g = torch.stack([t, v, v, q, p, p])
-    bl = torch.stack([p, p, t, v, v, q])
-    pick = lambda ch: ch.gather(0, i.unsqueeze(0)).squeeze(0)  # noqa: E731
-    return torch.stack([pick(r), pick(g), pick(bl)], 1)
+def flow_to_color(flow: torch.Tensor) -> torch.Tensor:
+    """Offsets (B, 2, H, W) as (dy, dx) -> RGB (B, 3, H, W) in [0, 1] with the Middlebury colour wheel the attention
+    figures of Yu et al. use (torchvision's flow_to_image): hue = direction, saturation = length relative to the
+    batch's longest, white = no offset."""
+    from torchvision.utils import flow_to_image
+
+    return flow_to_image(flow.flip(1).float()).float() / 255
