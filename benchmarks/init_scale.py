@@ -3,7 +3,7 @@
 python -m benchmarks.init_scale ENCODER_RUN_DIR --data TRAIN_DIR --test-data TEST_DIR [--preset classify_cifar]
     [--images 64]
 
-Builds `cebench transfer classify`'s network on the encoder (no training) with the preset's head as given, with
+Builds `cebench transfer classify`'s network on the encoder (no training) with the paper's N(0, 0.01) head, with
 Krahenbuhl et al.'s data-dependent head, with the data-dependent head and the encoder rescaled too, and with
 the data-dependent head without the between-layer iterations, and prints the standard deviation and the largest
 magnitude of the logits on the preset's centre views of a fixed set of training images (the ones the
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = {"preset head": [], "data-dependent head": ["model.init=data_dependent"],
+VARIANTS = {"N(0, 0.01) head": ["model.init=gaussian", "model.rescale_encoder=false"],
+            "data-dependent head": ["model.init=data_dependent", "model.rescale_encoder=false"],
             "data-dependent head + encoder rescaled": ["model.init=data_dependent", "model.rescale_encoder=true"],
-            "data-dependent head, within-layer only": ["model.init=data_dependent", "model.init_iterations=0"]}
+            "data-dependent head, within-layer only": ["model.init=data_dependent", "model.rescale_encoder=false",
+                                                       "model.init_iterations=0"]}
 
 
 def logit_scales(encoder: Path, data: Path, test: Path, preset: str, images: int) -> dict[str, tuple[float, float]]:
@@ -41,7 +43,7 @@ def logit_scales(encoder: Path, data: Path, test: Path, preset: str, images: int
                 tuner = FineTuner(cfg, open_inputs(args, 0), env)
                 tuner.model.eval()
                 with torch.no_grad():
-                    logits = tuner.model(tuner._normalise(tuner._init_images())).float()
+                    logits = tuner.model(tuner._init_batch()[0]).float()  # centre views, normalised
             finally:
                 shutdown(env)
             out[name] = (float(logits.std()), float(logits.abs().max()))

@@ -34,7 +34,16 @@ from .tasks import TASKS, Datasets, Task, TaskError, captured_errors, resolve_op
 log = logging.getLogger("cebench")
 
 SUITE_DIR = "suites"
-TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tasks", "reference"}
+TOP_KEYS = {"name", "description", "base", "seeds", "data", "pretrainings", "tasks", "reference", "start", "precision"}
+PRECISIONS = ("fp32", "bf16", "auto")  # `precision`: train.precision of every pretraining and training task
+# `start`: how every row's fine-tuning begins, the same for every encoder (Krahenbuhl et al.'s data-dependent init):
+# the overrides it appends, last, to the suite's training tasks that have new fully-connected layers.
+STARTS = {
+    "preset": [],  # whatever each task's preset says
+    "none": ["model.init=data_dependent", "model.rescale_encoder=false"],  # new head at unit scale, encoder as is
+    "data_dependent": ["model.init=data_dependent", "model.rescale_encoder=true"],  # + encoder and head calibrated
+}
+START_TASKS = ("classify", "detection")
 DATA_KEYS = {"root", "pretrain", "train_split", "test_split", "check_images"}
 PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "tasks"}
 SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
@@ -109,7 +118,7 @@ def _path(value: Any, where: str) -> Path | None:
     return Path(value).expanduser().resolve()
 
 
-def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:
+def _pretraining(name: str, spec: Any, seeds_where: str, precision: str | None = None) -> Pretraining:
     where = f"pretrainings.{name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with preset (or import), got {spec!r}")
@@ -119,6 +128,7 @@ def _pretraining(name: str, spec: Any, seeds_where: str) -> Pretraining:
     overrides = spec.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError(f"{where}.overrides must be a list of key=value strings")
+    overrides = [*overrides, *([f"train.precision={precision}"] if precision else [])]
     tasks = spec.get("tasks")
     if tasks is not None and (not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks)):
         raise ConfigError(f"{where}.tasks must be a non-empty list of the suite's task names, got {tasks!r}")
@@ -151,7 +161,7 @@ def _task_config(kind: str, opts: dict) -> Any:
     return importlib.import_module(TRAINING_TASKS[kind]).load_config(opts["preset"], opts["overrides"])
 
 
-def _task(name: str, spec: Any) -> tuple[Task, dict]:
+def _task(name: str, spec: Any, start: str = "preset", precision: str | None = None) -> tuple[Task, dict]:
     where = f"tasks.{name}"
     if spec is not None and not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping of options, got {spec!r}")
@@ -164,6 +174,10 @@ def _task(name: str, spec: Any) -> tuple[Task, dict]:
         opts = resolve_options(task, spec, where)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if kind in START_TASKS and STARTS[start]:
+        opts = {**opts, "overrides": [*opts["overrides"], *STARTS[start]]}
+    if kind in TRAINING_TASKS and precision:
+        opts = {**opts, "overrides": [*opts["overrides"], f"train.precision={precision}"]}
     if kind in TRAINING_TASKS:
         try:
             _task_config(kind, opts)
@@ -191,6 +205,12 @@ def build_suite(raw: dict, name: str) -> Suite:
     bad = [n for n in (*pre, *tasks) if not str(n).replace("_", "").replace("-", "").isalnum()]
     if bad:
         raise ConfigError(f"suite {name}: names may hold letters, digits, - and _ only: {', '.join(map(str, bad))}")
+    start = raw.get("start", "preset")
+    if start not in STARTS:
+        raise ConfigError(f"suite {name}: start must be one of {', '.join(STARTS)}, got {start!r}")
+    precision = raw.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"suite {name}: precision must be one of {', '.join(PRECISIONS)} or null, got {precision!r}")
     reference = raw.get("reference") or []
     if not isinstance(reference, list) or not all(isinstance(r, dict) for r in reference):
         raise ConfigError(f"suite {name}: reference must be a list of table rows")
@@ -208,8 +228,8 @@ def build_suite(raw: dict, name: str) -> Suite:
     return Suite(str(raw.get("name") or name), tuple(dict.fromkeys(seeds)), _path(data.get("root"), "data.root"),
                  _path(data.get("pretrain"), "data.pretrain"), str(data.get("train_split", "trainval")),
                  str(data.get("test_split", "test")),
-                 {str(n): _pretraining(str(n), s, "seeds") for n, s in pre.items()},
-                 {str(n): _task(str(n), s) for n, s in tasks.items()}, tuple(reference),
+                 {str(n): _pretraining(str(n), s, "seeds", precision) for n, s in pre.items()},
+                 {str(n): _task(str(n), s, start, precision) for n, s in tasks.items()}, tuple(reference),
                  _check_images(data.get("check_images", 200), name))
 
 

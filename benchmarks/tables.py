@@ -3,7 +3,10 @@
 cebench table RESULTS_DIR  (also `python -m benchmarks.tables RESULTS_DIR`)
 
 Reads RESULTS_DIR/cells/*.json and writes into RESULTS_DIR: table2.{csv,md,tex} (the paper's Table 2: one row
-per pretraining, one column per task headline metric, mean +- sample std over seeds), table1.{csv,md,tex} (Table 1,
+per pretraining, one column per task headline metric, mean +- sample std over seeds, with marks: * a difference
+from the baseline row that a t-test resolves, † not converged, ‡ fine-tune below its own linear probe; the Markdown
+file explains the marks it uses under the table), table2_stats.{csv,md} (a row per pretraining x task: n, mean,
+std, 95 % confidence interval, difference from the baseline and p-values), table1.{csv,md,tex} (Table 1,
 inpainting) when inpainting cells exist, per_class_<task>.{csv,md}, failed.md when cells failed, and
 figures/bars.png and figures/loss_curves.png. Failed cells are left out of the means; an entry whose cells all
 failed reads "failed", one with no cell is empty. Outputs of an earlier call that no longer apply are removed.
@@ -15,14 +18,18 @@ import argparse
 import io
 import json
 import logging
+import math
 import re
 import statistics
+import warnings
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
+from scipy import stats as scipy_stats
 
 from pretext.engine.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text
 
@@ -30,17 +37,30 @@ log = logging.getLogger("cebench")
 
 REQUIRED = ("suite", "pretraining", "method", "supervision", "task", "kind", "seed", "status")
 STATUSES = ("ok", "failed")
-INPAINTING = "inpainting"
+INPAINTING, CLASSIFICATION, PROBE = "inpainting", "classification", "probe"  # task kinds (benchmarks.tasks)
 BASE_COLUMNS = ("pretraining", "method", "supervision", "pretraining time")
 TABLE1_METRICS = {"mean L1 (%)": "mean_l1", "mean L2 (%)": "mean_l2", "PSNR (dB)": "psnr"}
 TABLE1_OPTIONAL = {"SSIM": ("ssim", 4)}  # column -> (metric, digits); cells made before it was measured lack it
 # Outputs of an earlier call that a new call may no longer produce; removed so none of them is left stale.
-OPTIONAL_OUTPUTS = ("table1.csv", "table1.md", "table1.tex", "failed.md", "per_class_*.csv", "per_class_*.md")
+OPTIONAL_OUTPUTS = ("table1.csv", "table1.md", "table1.tex", "table2_stats.csv", "table2_stats.md", "failed.md",
+                    "per_class_*.csv", "per_class_*.md")
 OPTIONAL_FIGURES = ("bars.png", "loss_curves.png")
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974",
            "#64b5cd")
 PANEL = (340, 270)  # width, height in pixels of one metric's bar panel
 LINE_HEIGHT = 18
+# Table 2 statistics: a difference from the baseline row is resolved when its t-test gives p < ALPHA.
+ALPHA = 0.05
+CONFIDENCE = 0.95  # of the interval of each entry's mean (Student t)
+RANDOM_METHOD = "random"  # pretext.methods.random_init.RandomInitMethod.name, whose import would pull in the models
+LINEAR_PROBE = "Linear"  # how the headline of a frozen linear probe starts ("Linear top-1 (%)")
+PAIRED, WELCH, NOT_TESTED = "paired", "welch", "n/a"  # which test decided an entry's mark
+RESOLVED, NOT_CONVERGED, BELOW_PROBE = "*", "†", "‡"
+STATS_COLUMNS = ("pretraining", "method", "task", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "baseline",
+                 "diff", "p_welch", "p_paired", "test", "resolved", "converged", "below_linear_probe")
+STATS_FLAGS = ("resolved", "converged", "below_linear_probe")  # true / false / empty
+STATS_FORMATS = {"mean": "{:.2f}", "std": "{:.2f}", "ci95_low": "{:.2f}", "ci95_high": "{:.2f}", "diff": "{:+.2f}",
+                 "p_welch": "{:.3g}", "p_paired": "{:.3g}"}  # table2_stats.md; the CSV keeps full precision
 
 
 # ---- reading and checking cells -------------------------------------------------------------------------------
@@ -82,6 +102,15 @@ def _check_optional(cell: dict) -> None:
     seconds = cell.get("pretrain_seconds")
     if seconds is not None and not (_is_number(seconds) and seconds >= 0):
         raise ValueError(f"pretrain_seconds must be a number >= 0, got {seconds!r}")
+    metrics = cell.get("metrics")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise ValueError(f"metrics must be a JSON object, got {metrics!r}")
+    # Cells of transfer runs before convergence was recorded lack both flags; null means not measured.
+    converged, change = (metrics or {}).get("converged"), (metrics or {}).get("loss_change")
+    if converged is not None and not isinstance(converged, bool):
+        raise ValueError(f"metrics.converged must be true or false, got {converged!r}")
+    if change is not None and not _is_number(change):
+        raise ValueError(f"metrics.loss_change must be a number, got {change!r}")
 
 
 def load_cells(results_dir: Path, planned: dict[str, str] | None = None) -> list[dict]:
@@ -139,9 +168,9 @@ def _failed(cell: dict) -> bool:
     return cell["status"] == "failed"
 
 
-def _entry(cells: list[dict], value: Callable[[dict], float], digits: int, std: bool = True) -> str:
-    """Mean (+- sample std) over the cells that did not fail, with "(n/N seeds)" when some failed; "failed" if all
-    failed, "" without cells."""
+def _entry(cells: list[dict], value: Callable[[dict], float], digits: int, std: bool = True, marks: str = "") -> str:
+    """Mean (+- sample std) over the cells that did not fail, then `marks`, with "(n/N seeds)" when some failed;
+    "failed" if all failed, "" without cells."""
     if not cells:
         return ""
     values = [value(c) for c in cells if not _failed(c)]
@@ -149,8 +178,8 @@ def _entry(cells: list[dict], value: Callable[[dict], float], digits: int, std: 
         return "failed"
     partial = f" ({len(values)}/{len(cells)} seeds)" if len(values) < len(cells) else ""
     if len(values) == 1 or not std:
-        return f"{statistics.mean(values):.{digits}f}{partial}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}{partial}"
+        return f"{statistics.mean(values):.{digits}f}{marks}{partial}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}{marks}{partial}"
 
 
 def format_duration(seconds: float) -> str:
@@ -171,13 +200,18 @@ def _pretraining_time(cells: list[dict]) -> str:
     return format_duration(statistics.mean(per_seed.values())) if per_seed else ""
 
 
-def headline_columns(cells: list[dict]) -> dict[str, str]:
-    """task -> column name: its headline name (the task's name while no cell of it has one), made unique."""
+def _headline_names(cells: list[dict]) -> dict[str, str]:
+    """task -> its headline name (the task's name while no cell of it has one), tasks in order of first appearance."""
     names: dict[str, str | None] = {}
     for cell in cells:
         if names.get(cell["task"]) is None:
             names[cell["task"]] = (cell.get("headline") or {}).get("name")
-    return _unique({task: name or task for task, name in names.items()}, str)
+    return {task: name or task for task, name in names.items()}
+
+
+def headline_columns(cells: list[dict]) -> dict[str, str]:
+    """task -> column name: its headline name (the task's name while no cell of it has one), made unique."""
+    return _unique(_headline_names(cells), str)
 
 
 def reference_rows(paper: list[dict]) -> list[dict]:
@@ -194,8 +228,253 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame([{c: row.get(c, "") for c in columns} for row in rows], columns=columns, dtype=str)
 
 
-def table2(cells: list[dict], reference: list[dict] | None = None) -> pd.DataFrame:
-    """Table 2: a row per pretraining (then the reference rows), a column per task headline; inpainting left out."""
+# ---- Table 2 statistics: spread over seeds, tests against the baseline row, flags -----------------------------
+
+Key = tuple[str, str]  # a Table 2 entry: (pretraining, task)
+
+
+@dataclass(frozen=True)
+class EntryStats:
+    """One Table 2 entry (a pretraining x a task) over the seeds whose cells did not fail."""
+
+    pretraining: str
+    method: str
+    task: str
+    kind: str
+    metric: str  # the task's headline name
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]  # headline values, in the order of seeds
+    converged: bool | None  # False when a seed's metrics.converged is false; None when no cell records it
+    loss_change: float | None  # the largest |metrics.loss_change| among the seeds that did not converge
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation; None under two seeds."""
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+    def ci(self) -> tuple[float, float] | None:
+        """The CONFIDENCE interval of the mean (Student t, n - 1 degrees of freedom); None under two seeds."""
+        if self.n < 2:
+            return None
+        half = float(scipy_stats.t.ppf((1 + CONFIDENCE) / 2, self.n - 1)) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    def by_seed(self) -> dict[int, float] | None:
+        """seed -> value; None when a seed repeats (cells of two runs), which rules out pairing by seed."""
+        return dict(zip(self.seeds, self.values)) if len(set(self.seeds)) == self.n else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An entry against the baseline row's entry of the same task (two-sided t-tests)."""
+
+    baseline: str
+    diff: float  # entry mean - baseline mean
+    p_welch: float | None  # Welch's t-test; None under two seeds on either side
+    p_paired: float | None  # paired by seed; None unless both ran the same seeds (two or more)
+    test: str  # PAIRED, WELCH or NOT_TESTED: whose p decides the mark
+
+    @property
+    def p(self) -> float | None:
+        return {PAIRED: self.p_paired, WELCH: self.p_welch}.get(self.test)
+
+    @property
+    def resolved(self) -> bool | None:
+        """p < ALPHA; None when not tested. An undefined p (both sides constant and equal) resolves nothing."""
+        return None if self.p is None else bool(self.p < ALPHA)
+
+
+def _entry_stats(cells: list[dict], metric: str) -> EntryStats:
+    ok = [c for c in cells if not _failed(c)]
+    flags = [m["converged"] for c in ok if isinstance((m := c.get("metrics") or {}).get("converged"), bool)]
+    changes = [abs(m["loss_change"]) for c in ok
+               if (m := c.get("metrics") or {}).get("converged") is False and _is_number(m.get("loss_change"))]
+    first = cells[0]
+    return EntryStats(first["pretraining"], first["method"], first["task"], first["kind"], metric,
+                      tuple(c["seed"] for c in ok), tuple(float(c["headline"]["value"]) for c in ok),
+                      all(flags) if flags else None, max(changes) if changes else None)
+
+
+def entry_stats(cells: list[dict]) -> dict[Key, EntryStats]:
+    """(pretraining, task) -> EntryStats for every Table 2 entry with cells, row by row, in column order."""
+    features = [c for c in cells if c["kind"] != INPAINTING]
+    metrics = _headline_names(features)
+    entries = {}
+    for pretraining, group in _group(features, lambda c: c["pretraining"]).items():
+        by_task = _group(group, lambda c: c["task"])
+        for task in (t for t in metrics if t in by_task):
+            entries[(pretraining, task)] = _entry_stats(by_task[task], metrics[task])
+    return entries
+
+
+def pick_baseline(cells: list[dict], baseline: str | None = None) -> str | None:
+    """The Table 2 row the others are tested against: `baseline` (ValueError when no Table 2 cell has that
+    pretraining), by default the first pretraining whose cells have method "random"; None without one."""
+    features = [c for c in cells if c["kind"] != INPAINTING]
+    if baseline is None:
+        return next((c["pretraining"] for c in features if c["method"] == RANDOM_METHOD), None)
+    names = list(dict.fromkeys(c["pretraining"] for c in features))
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not a pretraining of Table 2; its rows: {', '.join(names)}")
+    return baseline
+
+
+def _pairs(a: EntryStats, b: EntryStats) -> tuple[list[float], list[float]] | None:
+    """The two entries' values in seed order when both ran the same seeds, each once; else None."""
+    sa, sb = a.by_seed(), b.by_seed()
+    if sa is None or sb is None or set(sa) != set(sb):
+        return None
+    order = sorted(sa)
+    return [sa[s] for s in order], [sb[s] for s in order]
+
+
+def compare(entry: EntryStats, base: EntryStats) -> Comparison | None:
+    """entry against base: paired by seed when both ran the same seeds, else Welch; None when one has no value."""
+    if not entry.n or not base.n:
+        return None
+    diff = entry.mean - base.mean
+    if entry.n < 2 or base.n < 2:
+        return Comparison(base.pretraining, diff, None, None, NOT_TESTED)
+    pairs = _pairs(entry, base)
+    with warnings.catch_warnings():  # scipy's precision-loss warning for near-identical values: p is kept as given
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_welch = float(scipy_stats.ttest_ind(entry.values, base.values, equal_var=False).pvalue)
+        p_paired = float(scipy_stats.ttest_rel(*pairs).pvalue) if pairs else None
+    return Comparison(base.pretraining, diff, p_welch, p_paired, PAIRED if pairs else WELCH)
+
+
+def _comparisons(entries: dict[Key, EntryStats], baseline: str | None) -> dict[Key, Comparison]:
+    """Each entry of another row against the baseline row's entry of its task, where both have a value."""
+    found = {}
+    for (pretraining, task), entry in entries.items():
+        base = entries.get((baseline, task))
+        if pretraining != baseline and base is not None and (comparison := compare(entry, base)) is not None:
+            found[(pretraining, task)] = comparison
+    return found
+
+
+def _measure(metric: str) -> str:
+    """A headline without its task's word: "Fine-tune top-1 (%)" -> "top-1 (%)"."""
+    return metric.split(" ", 1)[-1]
+
+
+def below_linear_probe(entries: dict[Key, EntryStats]) -> dict[Key, bool]:
+    """Fine-tune entry -> whether its mean is below the best frozen linear probe mean of the same pretraining on
+    the same measure (top-1 or mAP); only for fine-tune entries with such a probe, both with a value."""
+    probes: dict[tuple[str, str], float] = {}
+    for e in entries.values():
+        if e.kind == PROBE and e.metric.startswith(LINEAR_PROBE) and e.n:
+            key = (e.pretraining, _measure(e.metric))
+            probes[key] = max(probes.get(key, -math.inf), e.mean)
+    return {key: e.mean < probes[(e.pretraining, _measure(e.metric))] for key, e in entries.items()
+            if e.kind == CLASSIFICATION and e.n and (e.pretraining, _measure(e.metric)) in probes}
+
+
+@dataclass(frozen=True)
+class Table2Stats:
+    """Every Table 2 entry's statistics, its comparison with the baseline row, and its flags."""
+
+    entries: dict[Key, EntryStats]
+    baseline: str | None
+    comparisons: dict[Key, Comparison]
+    below_probe: dict[Key, bool]
+
+    def marks(self, key: Key) -> str:
+        """RESOLVED, NOT_CONVERGED and BELOW_PROBE, those that apply to the entry, in that order."""
+        comparison, entry = self.comparisons.get(key), self.entries.get(key)
+        return "".join(mark for mark, on in ((RESOLVED, comparison is not None and comparison.resolved),
+                                             (NOT_CONVERGED, entry is not None and entry.converged is False),
+                                             (BELOW_PROBE, self.below_probe.get(key, False))) if on)
+
+    def frame(self) -> pd.DataFrame:
+        """The tidy table2_stats table (STATS_COLUMNS): numbers as floats (NaN where none), flags True / False."""
+        frame = pd.DataFrame([self._row(key, entry) for key, entry in self.entries.items()],
+                             columns=list(STATS_COLUMNS))
+        floats = ("mean", "std", "ci95_low", "ci95_high", "diff", "p_welch", "p_paired")
+        return frame.astype({"n": int, **dict.fromkeys(floats, float)})
+
+    def _row(self, key: Key, e: EntryStats) -> dict:
+        c, ci = self.comparisons.get(key), e.ci()
+        return {"pretraining": e.pretraining, "method": e.method, "task": e.task, "metric": e.metric, "n": e.n,
+                "mean": e.mean, "std": e.std, "ci95_low": ci[0] if ci else None, "ci95_high": ci[1] if ci else None,
+                "baseline": c.baseline if c else None, "diff": c.diff if c else None,
+                "p_welch": c.p_welch if c else None, "p_paired": c.p_paired if c else None,
+                "test": c.test if c else None, "resolved": c.resolved if c else None, "converged": e.converged,
+                "below_linear_probe": self.below_probe.get(key)}
+
+    def legend(self) -> list[str]:
+        """A Markdown list item explaining each mark that some entry carries."""
+        used = {mark for key in self.entries for mark in self.marks(key)}
+        lines = {RESOLVED: self._resolved_line, NOT_CONVERGED: self._converged_line, BELOW_PROBE: self._probe_line}
+        return [line() for mark, line in lines.items() if mark in used]
+
+    def _resolved_line(self) -> str:
+        tested = {key: c for key, c in self.comparisons.items() if c.test != NOT_TESTED}
+        tests = {c.test for c in tested.values()}
+        how = ("paired t-test by seed" if tests == {PAIRED} else "Welch's t-test" if tests == {WELCH} else
+               "paired t-test by seed where both rows ran the same seeds, else Welch's t-test")
+        ns = sorted({self.entries[key].n for key in tested} | {self.entries[(self.baseline, t)].n for _, t in tested})
+        seeds = f"{ns[0]} seeds per entry" if len(ns) == 1 else f"{ns[0]}–{ns[-1]} seeds per entry"
+        untested = len(tested) < len(self.comparisons)
+        return (f"- `{RESOLVED}` differs from the baseline row {self.baseline}: two-sided {how}, p < {ALPHA}, {seeds}"
+                + ("; entries with a single seed on either side are not tested" if untested else "")
+                + ". Better or worse: the sign of diff in table2_stats.md.")
+
+    def _converged_line(self) -> str:
+        changes = [e.loss_change for e in self.entries.values() if e.converged is False and e.loss_change is not None]
+        largest = (f"; largest relative change of the training loss over the last tenth of training: "
+                   f"{max(changes):.3g}") if changes else ""
+        return (f"- `{NOT_CONVERGED}` not converged: the training loss of at least one seed had not settled "
+                f"(metrics.converged false{largest}).")
+
+    def _probe_line(self) -> str:
+        probes = dict.fromkeys(e.metric for e in self.entries.values()
+                               if e.kind == PROBE and e.metric.startswith(LINEAR_PROBE))
+        return (f"- `{BELOW_PROBE}` fine-tune mean below the mean of the same pretraining's frozen linear probe "
+                f"({', '.join(probes)}).")
+
+
+def table2_stats(cells: list[dict], baseline: str | None = None) -> Table2Stats:
+    """Statistics, baseline comparisons and flags of every Table 2 entry (`baseline`: see pick_baseline)."""
+    entries = entry_stats(cells)
+    base = pick_baseline(cells, baseline)
+    comparisons = _comparisons(entries, base) if base is not None else {}
+    return Table2Stats(entries, base, comparisons, below_linear_probe(entries))
+
+
+def _stats_text(value: object, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return fmt.format(value)
+
+
+def _render_stats(frame: pd.DataFrame, suffix: str) -> str:
+    """table2_stats as CSV (full precision, flags true / false / empty) or Markdown (rounded, signed diff)."""
+    if suffix == ".csv":
+        return frame.assign(**{c: frame[c].map({True: "true", False: "false"}) for c in STATS_FLAGS}).to_csv(
+            index=False)
+    shown = pd.DataFrame({col: [_stats_text(v, STATS_FORMATS.get(col, "{}")) for v in frame[col]]
+                          for col in frame.columns})
+    return shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def table2(cells: list[dict], reference: list[dict] | None = None, baseline: str | None = None) -> pd.DataFrame:
+    """Table 2: a row per pretraining (then the reference rows), a column per task headline; inpainting left out.
+    Each entry carries its marks (see Table2Stats.marks) against the baseline row (see pick_baseline)."""
+    return _table2_frame(cells, reference, table2_stats(cells, baseline))
+
+
+def _table2_frame(cells: list[dict], reference: list[dict] | None, stats: Table2Stats) -> pd.DataFrame:
     features = [c for c in cells if c["kind"] != INPAINTING]
     columns = headline_columns(features)
     rows = []
@@ -203,11 +482,23 @@ def table2(cells: list[dict], reference: list[dict] | None = None) -> pd.DataFra
         by_task = _group(group, lambda c: c["task"])
         rows.append({"pretraining": pretraining, "method": group[0]["method"], "supervision": group[0]["supervision"],
                      "pretraining time": _pretraining_time(group),
-                     **{name: _entry(by_task.get(task, []), lambda c: c["headline"]["value"], 1)
+                     **{name: _entry(by_task.get(task, []), lambda c: c["headline"]["value"], 1,
+                                     marks=stats.marks((pretraining, task)))
                         for task, name in columns.items()}})
     rows += reference_rows(reference or [])
     names = list(dict.fromkeys([*BASE_COLUMNS, *columns.values(), *(k for r in rows for k in r)]))
     return _frame(rows, names)
+
+
+def table2_markdown(cells: list[dict], reference: list[dict] | None = None, baseline: str | None = None) -> str:
+    """table2.md: Table 2 as Markdown, then a line on each mark it uses."""
+    stats = table2_stats(cells, baseline)
+    return _with_legend(_render(_table2_frame(cells, reference, stats), ".md"), stats)
+
+
+def _with_legend(markdown: str, stats: Table2Stats) -> str:
+    legend = stats.legend()
+    return markdown + ("\n" + "\n".join(legend) + "\n" if legend else "")
 
 
 def _holes(cell: dict) -> str:
@@ -275,7 +566,8 @@ def _render(frame: pd.DataFrame, suffix: str) -> str:
         return frame.to_csv(index=False)
     if suffix == ".md":  # numparse off: tabulate would print "37.0" as "37"
         return frame.to_markdown(index=False, disable_numparse=True) + "\n"
-    return frame.to_latex(index=False, escape=True).replace("±", r"$\pm$")
+    return (frame.to_latex(index=False, escape=True).replace("±", r"$\pm$").replace(NOT_CONVERGED, r"$^\dagger$")
+            .replace(BELOW_PROBE, r"$^\ddagger$"))
 
 
 def _write_frame(stem: Path, frame: pd.DataFrame, suffixes: tuple[str, ...]) -> list[Path]:
@@ -307,10 +599,25 @@ def _slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def write_tables(results_dir: Path, cells: list[dict], reference: list[dict] | None = None) -> list[Path]:
-    """Write table2, table1, per-class tables and failed.md atomically into results_dir; the paths written."""
+def _write_table2(results_dir: Path, cells: list[dict], reference: list[dict] | None, stats: Table2Stats) -> list[Path]:
+    """table2.{csv,md,tex} (the Markdown with its legend) and, for entries with cells, table2_stats.{csv,md}."""
+    frame = _table2_frame(cells, reference, stats)
+    texts = {"table2.csv": _render(frame, ".csv"), "table2.md": _with_legend(_render(frame, ".md"), stats),
+             "table2.tex": _render(frame, ".tex")}
+    if stats.entries:
+        tidy = stats.frame()
+        texts |= {"table2_stats.csv": _render_stats(tidy, ".csv"), "table2_stats.md": _render_stats(tidy, ".md")}
+    for name, text in texts.items():
+        atomic_write_text(results_dir / name, text)
+    return [results_dir / name for name in texts]
+
+
+def write_tables(results_dir: Path, cells: list[dict], reference: list[dict] | None = None,
+                 baseline: str | None = None) -> list[Path]:
+    """Write table2 (marks against the `baseline` row: see pick_baseline), table2_stats, table1, per-class tables and
+    failed.md atomically into results_dir; the paths written. ValueError, before writing, for an unknown baseline."""
     results_dir = Path(results_dir)
-    written = _write_frame(results_dir / "table2", table2(cells, reference), (".csv", ".md", ".tex"))
+    written = _write_table2(results_dir, cells, reference, table2_stats(cells, baseline))
     inpainting = table1(cells)
     if inpainting is not None:
         written += _write_frame(results_dir / "table1", inpainting, (".csv", ".md", ".tex"))
@@ -465,6 +772,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """`cebench table RESULTS_DIR`."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("results_dir", type=Path, help="the runner's results directory (holding cells/*.json)")
+    p.add_argument("--baseline", metavar="PRETRAINING", default=None,
+                   help="the Table 2 row the others are tested against (default: the first random-init pretraining)")
     return p
 
 
@@ -479,11 +788,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cells = load_cells(args.results_dir, planned)
         if not cells:
             raise ValueError(f"{args.results_dir / 'cells'}: no cell files (*.json) of the suite's plan")
-        paths = write_tables(args.results_dir, cells, reference) + write_figures(args.results_dir, cells)
-    except (ValueError, CheckpointError) as exc:  # a bad cell file, or results_dir not writable
+        paths = write_tables(args.results_dir, cells, reference, args.baseline) + write_figures(args.results_dir, cells)
+    except (ValueError, CheckpointError) as exc:  # a bad cell file or baseline, or results_dir not writable
         log.error("%s", exc)
         return 2
-    print(_render(table2(cells, reference), ".md"), end="")
+    print(table2_markdown(cells, reference, args.baseline), end="")
     failed = sum(map(_failed, cells))
     print(f"{len(cells)} cells ({failed} failed{', see failed.md' if failed else ''}) -> "
           f"{len(paths)} files in {args.results_dir}")

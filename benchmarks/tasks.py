@@ -104,6 +104,17 @@ def _scores(m: dict) -> tuple[str, float, dict[str, Any], dict[str, float] | Non
     return "mAP (%)", float(m["map_sklearn"]), {k: m[k] for k in keys}, per_class or None
 
 
+def _training(m: dict) -> dict[str, Any]:
+    """What a fine-tuning run's metrics.json says of its training: did the loss flatten (`converged`, `loss_change`
+    over the last tenth), its start (loss and logit std before the first update), and the precision it ran in."""
+    training, start = m.get("training") or {}, m.get("start") or {}
+    out = {"converged": training.get("converged"), "loss_change": training.get("loss_change"),
+           "final_loss": training.get("final_loss"), "precision": m.get("precision")}
+    if start:
+        out.update(start_loss=start.get("loss"), start_logit_std=start.get("logit_std"))
+    return out
+
+
 def run_classify(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
     """`cebench transfer classify` with the task's preset and overrides."""
     argv = ["--encoder", str(encoder), "--data", str(data.train), "--test-data", str(data.test),
@@ -112,7 +123,7 @@ def run_classify(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path
             f"train.resume={'true' if (out / 'checkpoint.pt').exists() else 'false'}"]
     m = _call("transfer.classify", argv, out)
     suffix, value, metrics, per_class = _scores(m)
-    metrics.update(layers=m["layers"], steps=m["steps"], train_seconds=m["train_seconds"])
+    metrics.update(layers=m["layers"], steps=m["steps"], train_seconds=m["train_seconds"], **_training(m))
     return TaskResult("classification", f"Fine-tune {suffix}", value, metrics, per_class)
 
 
@@ -124,8 +135,8 @@ def run_detection(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pat
             f"train.resume={'true' if (out / 'checkpoint.pt').exists() else 'false'}"]
     m = _call("transfer.detect", argv, out)
     per_class = {c: v["voc07_11pt"] for c, v in m["per_class"].items() if v.get("npos")}
-    metrics = {k: m[k] for k in ("map_voc07_11pt", "map_area", "steps", "train_seconds",
-                                  "inference_seconds_per_image")}
+    metrics = {**{k: m[k] for k in ("map_voc07_11pt", "map_area", "steps", "train_seconds",
+                                    "inference_seconds_per_image")}, **_training(m)}
     return TaskResult("detection", "Detection mAP (%)", float(m["map_voc07_11pt"]), metrics, per_class or None)
 
 
@@ -142,8 +153,8 @@ def run_segmentation(encoder: Path, data: Datasets, opts: dict, seed: int, out: 
             f"train.resume={'true' if (out / 'checkpoint.pt').exists() else 'false'}"]
     m = _call("transfer.segment", argv, out)
     per_class = {c: v for c, v in m["per_class_iou"].items() if v is not None}
-    metrics = {k: m[k] for k in ("miou", "pixel_acc", "mean_acc", "steps", "train_seconds", "train_seconds_per_image",
-                                  "inference_seconds_per_image")}
+    metrics = {**{k: m[k] for k in ("miou", "pixel_acc", "mean_acc", "steps", "train_seconds",
+                                    "train_seconds_per_image", "inference_seconds_per_image")}, **_training(m)}
     return TaskResult("segmentation", "Segmentation mIoU (%)", float(m["miou"]), metrics, per_class or None)
 
 

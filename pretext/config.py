@@ -63,7 +63,8 @@ class ModelConfig:
     output: str = _opt("full", choices=("full", "center"), doc="predict the whole image or the central quarter")
     decoder_widths: list[int] = _opt([128, 64, 64, 32], min=1, doc="channels of the first four up-convolutions")
     decoder_norm: str = _opt("none", choices=("none", "batch"))
-    dropout: float = _opt(0.5, min=0.0, max=0.99)
+    dropout: float = _opt(0.5, min=0.0, max=0.99, doc="dropout of the context encoder's bottleneck and of the fc "
+                                                         "heads (context prediction, supervised)")
     bottleneck: int = _opt(4000, min=1, doc="DCGAN bottleneck units")
     disc_widths: list[int] = _opt([64, 128, 256, 512], min=1, doc="discriminator widths (DCGAN, or SN-PatchGAN's "
                                                                    "5x5 stride-2 convolutions for arch=gated)")
@@ -135,6 +136,13 @@ class ContextConfig:
 
 
 @dataclass
+class SupervisedConfig:
+    """The supervised reference (method=supervised): the pretraining data's class labels through fc6-fc7-fc8."""
+
+    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths (fc8: one output per class)")
+
+
+@dataclass
 class OptimConfig:
     """Adam settings."""
 
@@ -154,7 +162,9 @@ class TrainConfig:
     batch_size: int = _opt(64, min=1, doc="per process")
     seed: int = _opt(0, min=0)
     device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
-    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16"))
+    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                          doc="auto = bf16 where the hardware has it natively (AVX512-BF16 / AMX CPUs, bf16 GPUs), "
+                              "fp32 elsewhere; the run records what it used")
     channels_last: bool = _opt(False)
     compile: bool = _opt(False)
     fast_kernels: bool = _opt(True, doc="whole-input convolutions as matrix products and fused Adam (same results); "
@@ -199,12 +209,13 @@ class PretrainConfig(ConfigRoot):
     """Everything `cebench pretrain` needs."""
 
     method: str = _opt("context_encoder", choices=("context_encoder", "autoencoder", "context_prediction", "random",
-                                                   "gated_inpainting"))
+                                                   "gated_inpainting", "supervised"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -383,6 +394,9 @@ def _validate_encoder_input(cfg: PretrainConfig) -> None:
     if cfg.method == "context_prediction":
         key = "context.patch_input (or the patch side it defaults to)"
         _validate_context(cfg)
+    if cfg.method == "supervised":
+        _validate_head(cfg, "classifies images with AlexNet's fc6-fc7-fc8", "supervised.fc_widths",
+                       cfg.supervised.fc_widths)
     if m.arch == "alexnet_small" and size % 32:
         raise ConfigError(f"model.arch=alexnet_small needs {key} a multiple of 32, got {size}")
     if m.arch == "alexnet" and size < 195:
@@ -391,14 +405,19 @@ def _validate_encoder_input(cfg: PretrainConfig) -> None:
 
 def _validate_context(cfg: PretrainConfig) -> None:
     c = cfg.context
-    if cfg.model.arch == "dcgan":
-        raise ConfigError("method=context_prediction runs an AlexNet tower per patch: use model.arch=alexnet or alexnet_small")
-    if len(c.fc_widths) != 2:
-        raise ConfigError(f"context.fc_widths must list 2 widths (fc6, fc7), got {c.fc_widths}")
+    _validate_head(cfg, "runs an AlexNet tower per patch", "context.fc_widths", c.fc_widths)
     patch = c.geometry(cfg.data.fine_size)[0]
     if patch < 4:
         raise ConfigError(f"data.fine_size={cfg.data.fine_size} leaves {patch} px patches for the 3x3 grid "
                           f"(gap_ratio {c.gap_ratio}, jitter_ratio {c.jitter_ratio}); use a larger crop")
+
+
+def _validate_head(cfg: PretrainConfig, what: str, key: str, fc_widths: list[int]) -> None:
+    """A method with an fc6-fc7 head on the AlexNet encoder: `what` it does with it, `key` of its widths."""
+    if cfg.model.arch == "dcgan":
+        raise ConfigError(f"method={cfg.method} {what}: use model.arch=alexnet or alexnet_small")
+    if len(fc_widths) != 2:
+        raise ConfigError(f"{key} must list 2 widths (fc6, fc7), got {fc_widths}")
 
 
 PRESET_DIR = "presets"

@@ -27,9 +27,10 @@ def load_inpainter(path: str | Path, device: torch.device) -> PretextMethod:
     path = Path(path)
     state = load_checkpoint(path / CHECKPOINT if path.is_dir() else path)
     cfg = PretrainConfig.from_dict(state["config"], where=str(path))
-    method = get_method(cfg.method)(cfg, list(state["fill_mean"]))
-    if not hasattr(method, "inpaint"):
+    kind = get_method(cfg.method)
+    if not hasattr(kind, "inpaint"):  # asked of the class: a method trained on labels cannot be built without them
         raise ValueError(f"{path}: method {cfg.method!r} does not inpaint")
+    method = kind(cfg, list(state["fill_mean"]))
     for name, net in method.networks().items():
         net.load_state_dict(state["networks"][name])
     return method.to(device).eval()

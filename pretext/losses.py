@@ -1,4 +1,5 @@
-"""Inpainting losses: masked reconstruction with the overlap ring, and the adversarial terms."""
+"""Inpainting losses (masked reconstruction with the overlap ring, the adversarial terms) and the classification
+losses that method=supervised and the classification transfer task share."""
 
 from __future__ import annotations
 
@@ -60,3 +61,19 @@ def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tenso
 def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """The generator's side of the hinge loss: -mean(D(fake))."""
     return -fake_logits.float().mean()
+
+
+def masked_sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sigmoid cross-entropy of (N, C) logits and VOC labels {1, 0, -1}: 0 entries ignored, sum / N (as Caffe)."""
+    if logits.shape != labels.shape or logits.dim() != 2:
+        raise ValueError(f"logits and labels must both be (N, C), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    valid = (labels != 0).to(logits.dtype)  # (N, C)
+    per_entry = F.binary_cross_entropy_with_logits(logits, (labels > 0).to(logits.dtype), reduction="none")
+    return (per_entry * valid).sum() / logits.shape[0]
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked sigmoid cross-entropy for (N, C) multi-label rows, softmax cross-entropy for (N,) class indices."""
+    if labels.dim() == 2:
+        return masked_sigmoid_cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels.long())

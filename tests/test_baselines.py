@@ -138,3 +138,65 @@ def test_baseline_presets_validate(preset: str) -> None:
     cfg = load_config(preset)
     assert cfg.method in ("autoencoder", "random")
     assert cfg.data.fine_size == (227 if preset.endswith("paper") else 64)
+
+
+def test_between_layer_init_one_step_worked_by_hand() -> None:
+    """One full step on Linear -> ReLU -> Linear, against the formulas worked out by hand: a_k = (C_k / C*)^(1/4)
+    with C* = sqrt(C_1 C_2) * s (s = the output's std), W_k <- a_k W_k, b_1 <- a_1 b_1 (its input, the images, is
+    unchanged) and b_2 <- a_2 a_1 b_2 (its input was scaled by a_1: ReLU(a z) = a ReLU(z))."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(7.0)
+        model[0].bias.fill_(0.3)
+        model[2].bias.fill_(-0.2)
+    x = torch.randn(64, 4)
+    layers = affine_layers(model)
+    w1, b1, w2, b2 = (t.detach().clone() for t in (model[0].weight, model[0].bias, model[2].weight, model[2].bias))
+    # the rates and output scale by hand, with the random direction the function draws (same generator seed)
+    z = torch.randn((64, 3), generator=torch.Generator().manual_seed(5))
+    h = torch.relu(x @ w1.T + b1)
+    out = h @ w2.T + b2
+    g2 = z.T @ h                                  # dL/dW2 for L = <z, out>
+    g1 = ((z @ w2) * (h > 0)).T @ x               # dL/dW1
+    c1, c2 = (g1.square().sum() / w1.square().sum()), (g2.square().sum() / w2.square().sum())
+    s = out.std(0).mean()
+    target = (c1 * c2).sqrt() * s
+    a1, a2 = float((c1 / target) ** 0.25), float((c2 / target) ** 0.25)
+    between_layer_init(model, model, x, layers, iterations=1, seed=5)
+    assert torch.allclose(model[0].weight, a1 * w1, rtol=1e-5)
+    assert torch.allclose(model[0].bias, a1 * b1, rtol=1e-5)
+    assert torch.allclose(model[2].weight, a2 * w2, rtol=1e-5)
+    assert torch.allclose(model[2].bias, a2 * a1 * b2, rtol=1e-4)
+
+
+def test_between_layer_init_rescales_the_same_function_to_unit_output() -> None:
+    """A ReLU chain with biases stays the same function up to one scale (the bias of each layer follows its input's
+    scale; scaling a bias by its own layer's factor only, as before, changes which units fire), and its output ends
+    near unit scale, so a rescaled network starts with logits of order 1."""
+    model, x = _toy([40.0, 30.0, 0.5, 20.0]), torch.randn(256, 16)
+    with torch.no_grad():
+        for layer in affine_layers(model):
+            layer.bias.uniform_(-1.0, 1.0)
+        before = model(x)
+    between_layer_init(model, model, x, iterations=10)
+    with torch.no_grad():
+        after = model(x)
+    scale = (after * before).sum() / before.square().sum()  # least-squares factor: one scale for every output
+    assert torch.allclose(after, scale * before, atol=1e-4 * float(after.abs().max()))
+    assert 0.9 < float(after.std(0).mean()) < 1.1 and float(before.std(0).mean()) > 100
+
+
+def test_data_dependent_init_keeps_pretrained_layers_features() -> None:
+    """New layers get the within-layer init; pretrained ones are only scaled as a whole (one factor per layer), so
+    the features they compute keep their directions."""
+    model, x = _toy([1.0, 1.0, 1.0]), torch.randn(128, 16)
+    old, new = affine_layers(model)[:2], affine_layers(model)[2:]
+    kept = [layer.weight.detach().clone() for layer in old]
+    data_dependent_init(model, x, new_layers=new, iterations=5)
+    for layer, w in zip(old, kept):
+        factor = (layer.weight / w).flatten()
+        assert torch.allclose(factor, factor[0].expand_as(factor), rtol=1e-4)
+    with torch.no_grad():
+        out = model(x)
+    assert 0.8 < float(out.std(0).mean()) < 1.25

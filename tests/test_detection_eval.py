@@ -240,7 +240,7 @@ def test_results_files_round_trip(tmp_path: Path) -> None:
             "y": [np.array([[10, 20, 30, 40, 0.5]]), np.array([[7, 8, 9, 10.2, 1.0]])]}
     paths = write_det_results(tmp_path, "val", ["cat", "tv/monitor"], dets)
     assert [p.name for p in paths] == ["comp4_det_val_cat.txt", "comp4_det_val_tv_monitor.txt"]
-    assert paths[1].read_text() == "y 1.000000 7.0 8.0 9.0 10.2\n"
+    assert paths[1].read_text() == "y 1.0 7.0 8.0 9.0 10.2\n"  # repr: exact, so the files re-score exactly
     cat, tv = read_det_results(tmp_path, "val", ["cat", "tv/monitor"], ids=["x", "y"])
     assert cat["image_ids"].tolist() == ["x", "x", "y"] and tv["image_ids"].tolist() == ["y"]
     np.testing.assert_array_equal(cat["scores"], [0.123456, -2.5, 0.5])

@@ -161,12 +161,15 @@ def test_config_rules() -> None:
 @pytest.mark.slow
 def test_short_training_beats_an_untrained_head_and_rescores_identically(encoder_dir: Path, scenes: Path,
                                                                           tmp_path: Path) -> None:
-    """100 updates (~10 s) take the mIoU on learnable scenes far above the untrained head's (measured: 63 vs
+    """100 updates (~10 s) take the mIoU on learnable scenes far above the untrained head's (measured: 83 vs
     28); the predictions written re-score to the same numbers with `cebench evaluate segmentation`."""
     from transfer import evaluate
 
-    assert segment(encoder_dir, scenes, tmp_path / "untrained", "train.max_steps=0") == 0
-    assert segment(encoder_dir, scenes, tmp_path / "trained", "train.max_steps=100", "train.log_every=20") == 0
+    # fc6/fc7 at unit scale whatever the encoder's scale, and an lr for that start (the N(0, 0.1) start at lr 0.05
+    # learned on one CPU's rounding and not on another's: 63 vs 44 mIoU)
+    start = ["model.init=data_dependent", "optim.lr=0.01"]
+    assert segment(encoder_dir, scenes, tmp_path / "untrained", *start, "train.max_steps=0") == 0
+    assert segment(encoder_dir, scenes, tmp_path / "trained", *start, "train.max_steps=100", "train.log_every=20") == 0
     before, after = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("untrained", "trained"))
     assert before["mean_acc"] == pytest.approx(100 / 3)  # the zero score layer: background everywhere
     assert after["miou"] > 50 and after["miou"] > before["miou"] + 25, (before["miou"], after["miou"])

@@ -119,11 +119,35 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     ("tasks.classify.overrides=[train.nonsense=1]", "tasks.classify: .*unknown key 'nonsense'"),
     ("seeds=[]", "seeds must be"),
     ("pretrainings.ce.tasks=[knn,nope]", "pretrainings.ce.tasks names nope, not among the suite's tasks"),
+    ("start=magic", "start must be one of preset, none, data_dependent"),
+    ("precision=fp8", "precision must be one of fp32, bf16, auto"),
 ])
 def test_validation_names_the_problem(folder: Path, tmp_path: Path, override: str, message: str) -> None:
     path = write_suite(tmp_path / "s.yaml", folder)
     with pytest.raises(ConfigError, match=message):
         load_suite(str(path), [override])
+
+
+def test_start_and_precision_apply_to_every_row_alike(folder: Path, tmp_path: Path) -> None:
+    """`start` ends every training task's overrides (after the task's own, so no row or task can differ) and
+    `precision` every pretraining's and training task's; both are part of the cells' hashes."""
+    path = write_suite(tmp_path / "s.yaml", folder, start="data_dependent", precision="auto")
+    suite = load_suite(str(path))
+    _, opts = suite.tasks["classify"]
+    assert opts["overrides"][-3:] == ["model.init=data_dependent", "model.rescale_encoder=true", "train.precision=auto"]
+    assert suite.tasks["knn"][1].get("overrides") is None  # probes have no start
+    assert all(p.overrides[-1] == "train.precision=auto" for p in suite.pretrainings.values())
+    cfg = suite_mod._task_config("classify", opts)
+    assert (cfg.model.init, cfg.model.rescale_encoder, cfg.train.precision) == ("data_dependent", True, "auto")
+    none = load_suite(str(path), ["start=none"]).tasks["classify"][1]
+    assert suite_mod._task_config("classify", none).model.rescale_encoder is False
+    preset = load_suite(str(write_suite(tmp_path / "p.yaml", folder))).tasks["classify"][1]
+    assert preset["overrides"] == TINY_CLASSIFY
+    data, root = suite_mod.datasets(suite, create=False)
+    cell = next(c for c in plan(suite) if c.task == "classify")
+    hashes = {suite_mod.cell_hash(cell, s, data, root) for s in (suite, load_suite(str(path), ["start=none"]),
+                                                                 load_suite(str(path), ["precision=fp32"]))}
+    assert len(hashes) == 3
 
 
 def test_the_plan_has_a_cell_per_pretraining_task_and_seed(folder: Path, tmp_path: Path) -> None:
@@ -132,8 +156,8 @@ def test_the_plan_has_a_cell_per_pretraining_task_and_seed(folder: Path, tmp_pat
 
 
 def test_shipped_suites_validate_and_the_paper_suite_dry_runs_on_a_fake_voc_tree(tmp_path: Path, capsys) -> None:
-    assert {"demo", "cifar10", "paper"} <= set(suite_mod.suite_names())
-    for name in ("demo", "cifar10", "paper"):
+    assert {"demo", "cifar10", "cifar10_inpainting", "paper"} <= set(suite_mod.suite_names())
+    for name in ("demo", "cifar10", "cifar10_inpainting", "paper"):
         load_suite(name)
     voc, imagenet = tmp_path / "VOC2007", tmp_path / "imagenet"
     (voc / "ImageSets" / "Main").mkdir(parents=True)
@@ -145,7 +169,7 @@ def test_shipped_suites_validate_and_the_paper_suite_dry_runs_on_a_fake_voc_tree
     assert main(["paper", f"data.root={voc}", f"data.pretrain={imagenet}", "--dry-run",
                  f"tasks.segmentation.root={voc12}"]) == 0
     text = capsys.readouterr().out
-    assert "4 pretrainings x 4 tasks x 1 seeds" in text and "16 cells" in text
+    assert "5 pretrainings x 4 tasks x 1 seeds" in text and "20 cells" in text
     assert "ce_alexnet_paper" in text and "80000 steps x 16" in text and "40000 steps x 2" in text
     assert "100000 steps x 20" in text  # segment_paper
     assert main(["paper", f"data.root={voc}", f"data.pretrain={imagenet}", "--dry-run"]) == 2  # no VOC2012 here
@@ -163,7 +187,7 @@ def test_hashes_follow_the_resolved_configs(folder: Path, tmp_path: Path) -> Non
     def hashes(*overrides: str) -> tuple[str, str]:
         suite = load_suite(str(path), list(overrides))
         data, root = suite_mod.datasets(suite, create=False)
-        cell = plan(suite)[0]
+        cell = next(c for c in plan(suite) if c.task == "classify")
         return (suite_mod.pretraining_hash(suite.pretrainings["ce"], suite, data, root),
                 suite_mod.cell_hash(cell, suite, data, root))
 

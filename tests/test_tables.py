@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy import stats
 
 from benchmarks import tables
-from benchmarks.tables import format_duration, load_cells, main, per_class, table1, table2, write_figures, write_tables
+from benchmarks.tables import (format_duration, load_cells, main, per_class, table1, table2, table2_markdown,
+                               table2_stats, write_figures, write_tables)
 
 PRETRAININGS = {"ce_region": ("context_encoder", "context"), "random_init": ("random", "none"),
-                "autoencoder": ("autoencoder", "reconstruction"), "mean_fill": ("mean_fill", "none")}
+                "autoencoder": ("autoencoder", "reconstruction"), "mean_fill": ("mean_fill", "none"),
+                "one_seed": ("context_prediction", "relative position")}
 HEADLINES = {"classify": ("classification", "Cls mAP (%)"), "knn": ("knn", "kNN top-1 (%)"),
-             "inpaint": ("inpainting", "PSNR (dB)")}
+             "inpaint": ("inpainting", "PSNR (dB)"), "linear": ("probe", "Linear mAP (%)")}
 
 
 def cell(pretraining: str, task: str, seed: int, value: float | None, **extra) -> dict:
@@ -160,8 +165,9 @@ def test_load_cells_sorted_and_checked(tmp_path: Path, cells: list[dict]) -> Non
 def test_write_tables_files_and_round_trip(tmp_path: Path, cells: list[dict]) -> None:
     paths = write_tables(tmp_path, cells)
     names = sorted(p.name for p in paths)
-    assert names == sorted(["table2.csv", "table2.md", "table2.tex", "table1.csv", "table1.md", "table1.tex",
-                            "per_class_classify.csv", "per_class_classify.md", "failed.md"])
+    assert names == sorted(["table2.csv", "table2.md", "table2.tex", "table2_stats.csv", "table2_stats.md",
+                            "table1.csv", "table1.md", "table1.tex", "per_class_classify.csv", "per_class_classify.md",
+                            "failed.md"])
     assert all(p.stat().st_size > 0 for p in paths)
     back = pd.read_csv(tmp_path / "table2.csv", dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(back, table2(cells))
@@ -252,3 +258,231 @@ def test_mean_fill_row_and_the_plan_order(cells: list[dict], tmp_path: Path) -> 
     plan = {"random_init__knn__seed0": "stale", "ce_region__knn__seed0": "h3", "autoencoder__knn__seed0": "h2"}
     assert [c["pretraining"] for c in load_cells(tmp_path, plan)] == ["ce_region", "autoencoder"]
     assert [c["pretraining"] for c in load_cells(tmp_path)] == ["autoencoder", "ce_region", "random_init"]
+
+
+# ---- Table 2 statistics: confidence intervals, tests against the baseline row, marks, table2_stats ---------------
+
+def runs(pretraining: str, task: str, values: list[float | None], seeds: tuple[int, ...] | None = None,
+         **extra) -> list[dict]:
+    """A cell per seed (0, 1, ... unless given) with these headline values."""
+    return [cell(pretraining, task, s, v, **extra) for s, v in zip(seeds or range(len(values)), values)]
+
+
+def stats_row(cells: list[dict], pretraining: str, task: str, **kwargs) -> pd.Series:
+    return table2_stats(cells, **kwargs).frame().set_index(["pretraining", "task"]).loc[(pretraining, task)]
+
+
+def legend(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("- `")]
+
+
+@pytest.fixture
+def contrasts() -> list[dict]:
+    """Against random_init (10, 11, 12): clearly better, clearly worse, noisy, and a single seed."""
+    return (runs("random_init", "classify", [10.0, 11.0, 12.0]) + runs("ce_region", "classify", [30.0, 31.0, 33.0])
+            + runs("mean_fill", "classify", [1.0, 2.0, 1.5]) + runs("autoencoder", "classify", [2.0, 30.0, 7.0])
+            + runs("one_seed", "classify", [50.0]))
+
+
+def test_stats_mean_std_and_confidence_interval_by_hand(cells: list[dict]) -> None:
+    ce = stats_row(cells, "ce_region", "classify")
+    # 30, 33, 39: mean 34, sample std sqrt(21); half-width t(0.975, 2 dof) * std / sqrt(3) with t = 4.3027
+    t = stats.t.ppf(0.975, 2)
+    assert t == pytest.approx(4.302653, abs=1e-6)
+    half = t * math.sqrt(21) / math.sqrt(3)
+    assert ce["n"] == 3 and ce["mean"] == pytest.approx(34.0) and ce["std"] == pytest.approx(math.sqrt(21))
+    assert ce["ci95_low"] == pytest.approx(34 - half) and ce["ci95_high"] == pytest.approx(34 + half)
+    assert ce["ci95_low"] == pytest.approx(22.616, abs=1e-3)
+    knn = stats_row(cells, "ce_region", "knn")  # 50, 52 and a failed seed left out
+    assert knn["n"] == 2 and knn["mean"] == pytest.approx(51.0) and knn["ci95_high"] == pytest.approx(
+        51 + stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2))
+    one = stats_row(cells, "random_init", "classify")  # one seed: no std, no interval
+    assert one["n"] == 1 and math.isnan(one["std"]) and math.isnan(one["ci95_low"]) and math.isnan(one["ci95_high"])
+    failed = stats_row(cells, "random_init", "knn")
+    assert failed["n"] == 0 and math.isnan(failed["mean"]) and failed["metric"] == "kNN top-1 (%)"
+    assert ("autoencoder", "knn") not in table2_stats(cells).entries  # no cell: no row
+
+
+def test_welch_and_paired_p_values() -> None:
+    a, b = [30.0, 33.0, 39.0], [10.0, 14.0, 11.0]
+    cells = runs("random_init", "classify", b) + runs("ce_region", "classify", a)
+    row = stats_row(cells, "ce_region", "classify")
+    assert row["baseline"] == "random_init" and row["diff"] == pytest.approx(34.0 - 35 / 3)
+    # Welch: t = (mean a - mean b) / sqrt(va / na + vb / nb), Welch-Satterthwaite degrees of freedom
+    va, vb = statistics.variance(a), statistics.variance(b)
+    se2 = va / 3 + vb / 3
+    t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(se2)
+    dof = se2 ** 2 / ((va / 3) ** 2 / 2 + (vb / 3) ** 2 / 2)
+    assert row["p_welch"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert row["p_welch"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    # the same seeds 0, 1, 2: the paired test decides; t = mean(d) / (sd(d) / sqrt(n)) with n - 1 dof
+    d = [x - y for x, y in zip(a, b)]
+    t_paired = statistics.mean(d) / (statistics.stdev(d) / math.sqrt(3))
+    assert row["p_paired"] == pytest.approx(2 * stats.t.sf(abs(t_paired), 2))
+    assert row["test"] == "paired" and row["p_paired"] != pytest.approx(row["p_welch"]) and row["resolved"] is True
+    # the baseline ran other seeds: Welch decides and there is no paired p
+    shifted = runs("random_init", "classify", b, seeds=(0, 1, 5)) + runs("ce_region", "classify", a)
+    row = stats_row(shifted, "ce_region", "classify")
+    assert row["test"] == "welch" and math.isnan(row["p_paired"])
+    assert row["p_welch"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_clear_differences_starred_noisy_and_single_seed_not(contrasts: list[dict]) -> None:
+    t = table2(contrasts).set_index("pretraining")["Cls mAP (%)"]
+    assert t["random_init"] == "11.0 ± 1.0"  # the baseline itself: no mark
+    assert t["ce_region"] == "31.3 ± 1.5*"  # better
+    assert t["mean_fill"] == "1.5 ± 0.5*"  # worse: starred as well, the sign is in the stats table
+    assert t["autoencoder"] == "13.0 ± 14.9"  # noisy: 2, 30, 7
+    assert t["one_seed"] == "50.0"  # n = 1: no test, never a star
+    frame = table2_stats(contrasts).frame().set_index("pretraining")
+    assert frame.loc["mean_fill", "diff"] < 0 < frame.loc["ce_region", "diff"]
+    assert frame.loc["autoencoder", "resolved"] is False and frame.loc["autoencoder", "p_paired"] > tables.ALPHA
+    single = frame.loc["one_seed"]
+    assert single["test"] == "n/a" and pd.isna(single["resolved"]) and math.isnan(single["p_welch"])
+    assert single["diff"] == pytest.approx(39.0)
+    base = frame.loc["random_init"]
+    assert pd.isna(base["baseline"]) and pd.isna(base["test"]) and math.isnan(base["diff"])
+
+
+def test_legend_names_the_test_threshold_baseline_and_seeds(tmp_path: Path, contrasts: list[dict]) -> None:
+    write_tables(tmp_path, contrasts)
+    md = (tmp_path / "table2.md").read_text()
+    lines = legend(md)
+    assert len(lines) == 1 and lines[0].startswith("- `*`")
+    for words in ("paired t-test by seed", "p < 0.05", "baseline row random_init", "3 seeds per entry",
+                  "single seed", "table2_stats"):
+        assert words in lines[0], words
+    assert "Welch" not in lines[0]
+    assert "- `" not in (tmp_path / "table2.csv").read_text()  # the CSV stays a clean table
+    assert len(pd.read_csv(tmp_path / "table2.csv")) == 5
+    shifted = runs("random_init", "classify", [10.0, 11.0, 12.0], seeds=(0, 1, 7)) + runs(
+        "ce_region", "classify", [30.0, 31.0, 33.0])
+    (line,) = legend(table2_markdown(shifted))
+    assert "two-sided Welch's t-test" in line and "paired" not in line and "single seed" not in line
+    noisy = [c for c in contrasts if c["pretraining"] in ("random_init", "autoencoder")]
+    assert legend(table2_markdown(noisy)) == []  # no mark used: no legend
+
+
+def test_baseline_argument_default_and_none(cells: list[dict], contrasts: list[dict]) -> None:
+    assert table2_stats(cells).baseline == "random_init"  # the first pretraining with method "random"
+    by_hand = table2_stats(cells, baseline="autoencoder")
+    assert by_hand.baseline == "autoencoder"
+    assert set(by_hand.comparisons) == {("ce_region", "classify"), ("random_init", "classify")}
+    with pytest.raises(ValueError, match="baseline 'nope'.*ce_region"):
+        table2_stats(cells, baseline="nope")
+    t = table2(contrasts, baseline="autoencoder").set_index("pretraining")["Cls mAP (%)"]
+    assert "*" not in "".join(t)  # against the noisy row nothing is resolved
+    no_random = [c for c in contrasts if c["method"] != "random"]
+    frame = table2_stats(no_random).frame()
+    assert table2_stats(no_random).baseline is None and frame["baseline"].isna().all()
+    assert "*" not in "".join(table2(no_random)["Cls mAP (%)"]) and legend(table2_markdown(no_random)) == []
+
+
+def test_not_converged_mark(tmp_path: Path) -> None:
+    settled, moving = {"converged": True, "loss_change": -0.001}, {"converged": False, "loss_change": -0.12}
+    cells = [cell("ce_region", "classify", s, 30.0 + s, metrics=m) for s, m in enumerate((settled, moving, settled))]
+    cells += [cell("autoencoder", "classify", s, 20.0 + s, metrics=settled) for s in range(3)]
+    cells += runs("random_init", "classify", [10.0, 11.0, 12.0])  # cells from before the flags
+    cells += [cell("mean_fill", "classify", 0, 5.0, metrics=settled), cell("mean_fill", "classify", 1, None)]
+    t = table2(cells).set_index("pretraining")["Cls mAP (%)"]
+    assert list(t) == ["31.0 ± 1.0*†", "21.0 ± 1.0*", "11.0 ± 1.0", "5.0 (1/2 seeds)"]
+    frame = table2_stats(cells).frame().set_index("pretraining")
+    assert frame.loc["ce_region", "converged"] is False and frame.loc["autoencoder", "converged"] is True
+    assert pd.isna(frame.loc["random_init", "converged"]) and frame.loc["mean_fill", "converged"] is True
+    write_tables(tmp_path, cells)
+    (line,) = [line for line in legend((tmp_path / "table2.md").read_text()) if line.startswith("- `†`")]
+    assert "not converged" in line and "0.12" in line
+    assert r"31.0 $\pm$ 1.0*$^\dagger$" in (tmp_path / "table2.tex").read_text()
+    assert "†" not in "".join(table2([c for c in cells if c["pretraining"] != "ce_region"])["Cls mAP (%)"])
+
+
+@pytest.mark.parametrize("metrics, problem", [({"converged": "no"}, "metrics.converged"),
+                                              ({"converged": False, "loss_change": "big"}, "metrics.loss_change"),
+                                              ([1, 2], "metrics must be")])
+def test_check_cell_rejects_bad_flags(metrics: object, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        tables.check_cell(cell("ce_region", "classify", 0, 30.0, metrics=metrics))
+    tables.check_cell(cell("ce_region", "classify", 0, 30.0, metrics={"converged": None, "loss_change": None}))
+
+
+def test_fine_tune_below_its_own_linear_probe(tmp_path: Path) -> None:
+    cells = (runs("ce_region", "classify", [30.0, 31.0]) + runs("ce_region", "linear", [35.0, 36.0])
+             + runs("autoencoder", "classify", [30.0, 31.0]) + runs("autoencoder", "linear", [20.0, 21.0])
+             + runs("autoencoder", "knn", [50.0, 51.0])  # higher, but not a linear probe
+             + runs("mean_fill", "classify", [5.0, 6.0]) + runs("mean_fill", "knn", [9.0, 9.5])  # no linear probe
+             + runs("one_seed", "classify", [5.0]) + runs("one_seed", "linear", [None]))  # the probe failed
+    t = table2(cells).set_index("pretraining")
+    assert t.loc["ce_region", "Cls mAP (%)"] == "30.5 ± 0.7‡"
+    assert t.loc["ce_region", "Linear mAP (%)"] == "35.5 ± 0.7"
+    assert [t.loc[p, "Cls mAP (%)"] for p in ("autoencoder", "mean_fill", "one_seed")] == [
+        "30.5 ± 0.7", "5.5 ± 0.7", "5.0"]
+    flags = table2_stats(cells).frame().set_index(["pretraining", "task"])["below_linear_probe"]
+    assert flags[("ce_region", "classify")] is True and flags[("autoencoder", "classify")] is False
+    assert pd.isna(flags[("mean_fill", "classify")]) and pd.isna(flags[("one_seed", "classify")])
+    assert pd.isna(flags[("ce_region", "linear")])
+    (line,) = legend(table2_markdown(cells))
+    assert line.startswith("- `‡`") and "linear probe" in line and "Linear mAP (%)" in line
+    # a probe on another measure (top-1 against the fine-tune's mAP) is not compared
+    other = [c | {"headline": {"name": "Linear top-1 (%)", "value": 90.0}} if c["task"] == "linear" else c
+             for c in cells]
+    assert "‡" not in "".join(table2(other)["Cls mAP (%)"])
+    write_tables(tmp_path, cells)
+    assert r"30.5 $\pm$ 0.7$^\ddagger$" in (tmp_path / "table2.tex").read_text()
+
+
+def test_older_cells_without_the_new_fields_still_load(tmp_path: Path, cells: list[dict]) -> None:
+    old = [c if c["kind"] == "inpainting" else {k: v for k, v in c.items() if k != "metrics"} for c in cells]
+    write_cells(tmp_path, old)
+    loaded = load_cells(tmp_path)
+    write_tables(tmp_path, loaded)
+    back = pd.read_csv(tmp_path / "table2_stats.csv")
+    assert back["converged"].isna().all() and back["below_linear_probe"].isna().all()
+    assert not {"†", "‡"} & set((tmp_path / "table2.md").read_text())
+
+
+def test_table2_stats_csv_loads_with_numeric_dtypes(tmp_path: Path, contrasts: list[dict]) -> None:
+    settled = [c | {"metrics": {"converged": True, "loss_change": 0.0}} for c in contrasts]
+    paths = write_tables(tmp_path, settled)
+    assert {"table2_stats.csv", "table2_stats.md"} <= {p.name for p in paths}
+    back = pd.read_csv(tmp_path / "table2_stats.csv")
+    assert list(back.columns) == list(tables.STATS_COLUMNS)
+    numbers = ["n", "mean", "std", "ci95_low", "ci95_high", "diff", "p_welch", "p_paired"]
+    assert all(pd.api.types.is_numeric_dtype(back[c]) for c in numbers) and back["n"].dtype.kind == "i"
+    pd.testing.assert_frame_equal(back[numbers], table2_stats(settled).frame()[numbers])
+    assert list(back["pretraining"]) == ["random_init", "ce_region", "mean_fill", "autoencoder", "one_seed"]
+    assert list(back["resolved"].fillna("")) == ["", True, True, False, ""]  # true / false / empty
+    assert set(back["converged"]) == {True} and list(back["baseline"].fillna("")) == ["", *["random_init"] * 4]
+    # pandas reads "n/a" (one seed on a side: no test) as missing, like the baseline row's empty test
+    assert list(back["test"].fillna("")) == ["", "paired", "paired", "paired", ""]
+    text = (tmp_path / "table2_stats.csv").read_text()
+    assert "paired,true,true," in text and ",n/a,," in text
+    md = (tmp_path / "table2_stats.md").read_text()
+    assert "| +20.33" in md and "| -9.50" in md and "| true" in md and "| n/a" in md
+
+
+def test_stale_table2_stats_removed(tmp_path: Path, cells: list[dict]) -> None:
+    write_tables(tmp_path, cells)
+    assert (tmp_path / "table2_stats.csv").exists() and (tmp_path / "table2_stats.md").exists()
+    paths = write_tables(tmp_path, [c for c in cells if c["kind"] == "inpainting"])
+    assert "table2_stats.csv" not in {p.name for p in paths}
+    assert not (tmp_path / "table2_stats.csv").exists() and not (tmp_path / "table2_stats.md").exists()
+
+
+def test_main_prints_the_legend_and_takes_a_baseline(tmp_path: Path, contrasts: list[dict],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    write_cells(tmp_path, contrasts)
+    assert main([str(tmp_path)], prog="cebench table") == 0
+    out = capsys.readouterr().out
+    assert "31.3 ± 1.5*" in out and "- `*` differs from the baseline row random_init" in out
+    assert out.startswith((tmp_path / "table2.md").read_text())  # the file as written, legend included
+    assert main([str(tmp_path), "--baseline", "autoencoder"]) == 0
+    assert "baseline row" not in capsys.readouterr().out
+    (tmp_path / "table2.csv").unlink()
+    assert main([str(tmp_path), "--baseline", "nope"]) == 2
+    assert not (tmp_path / "table2.csv").exists()
+
+
+def test_random_method_is_the_random_init_method() -> None:
+    from pretext.methods.random_init import RandomInitMethod
+
+    assert tables.RANDOM_METHOD == RandomInitMethod.name

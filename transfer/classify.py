@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -50,9 +49,10 @@ from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, step_seed
+from pretext.engine.trainer import Engine, convergence, step_seed
 from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
+from pretext.losses import classification_loss, masked_sigmoid_cross_entropy
 
 from .arguments import fine_tune_main, max_images
 from .evaluate import json_safe, provenance
@@ -88,15 +88,16 @@ class HeadConfig:
     fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths")
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     init: str = _opt("gaussian", choices=("gaussian", "kaiming", "data_dependent"),
-                     doc="gaussian N(0, init_std) with bias init_bias; data_dependent = gaussian, then "
-                         "Krahenbuhl et al.'s rescaling of fc6-fc8 on training images")
+                     doc="gaussian N(0, init_std) with bias init_bias; data_dependent = Krahenbuhl et al.: fc6-fc8 "
+                         "scaled to unit pre-activations on training images (within-layer), then every calibrated "
+                         "layer's rate of change equalised and the logits brought to unit scale (between-layer)")
     init_std: float = _opt(0.01, min=0.0)
     init_bias: float = _opt(0.1, doc="bias of the Gaussian init (Krahenbuhl et al.'s code: 0.1)")
     init_images: int = _opt(64, min=2, doc="training images (centre views) for data_dependent")
     init_iterations: int = _opt(10, min=0, doc="data_dependent between-layer iterations; 0 = within-layer scaling only")
-    rescale_encoder: bool = _opt(False, doc="with init=data_dependent, rescale the pretrained encoder's conv layers "
-                                            "too (Krahenbuhl et al.'s rescaling of pretrained networks: per-channel "
-                                            "scale and shift, then between-layer calibration, over encoder and head)")
+    rescale_encoder: bool = _opt(False, doc="with init=data_dependent, calibrate the encoder's conv layers with the "
+                                            "head (Krahenbuhl et al.'s rescaling of pretrained networks: one scale per "
+                                            "layer, biases following; the features themselves are unchanged)")
 
 
 @dataclass
@@ -108,8 +109,12 @@ class SGDConfig:
     weight_decay: float = _opt(1e-6, min=0.0)
     bias_lr_mult: float = _opt(1.0, min=0.0, doc="bias lr / weight lr (Caffe convention: 2)")
     grad_clip: float = _opt(10.0, min=0.0, doc="max global gradient norm; 0 = off")
-    lr_step: int = _opt(10000, min=0, doc="multiply the lr by lr_gamma every lr_step steps; 0 = constant")
+    lr_schedule: str = _opt("step", choices=("step", "cosine"),
+                            doc="step: lr * lr_gamma ** (step // lr_step); cosine: half a cosine from lr to 0 over "
+                                "train.max_steps (then max_steps is part of the result: it cannot change on resume)")
+    lr_step: int = _opt(10000, min=0, doc="step schedule: multiply the lr by lr_gamma every lr_step steps; 0 = constant")
     lr_gamma: float = _opt(0.5, min=0.0, max=1.0)
+    warmup_steps: int = _opt(0, min=0, doc="linear warm-up from 0 to the schedule's lr over the first steps")
 
 
 @dataclass
@@ -120,8 +125,13 @@ class FineTuneConfig:
     max_steps: int = _opt(80000, min=0)
     batch_size: int = _opt(16, min=1, doc="per process")
     seed: int = _opt(0, min=0, doc="weights, data order, augmentation, dropout, test crops, --max-images subsets")
+    val_images: int = _opt(0, min=0, doc="labelled training images held out (drawn by the seed) and scored after "
+                                         "training as metrics.json's `val`: choose hyper-parameters on these, "
+                                         "never on the test set")
     device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
-    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16"))
+    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                          doc="auto = bf16 where the hardware has it natively (AVX512-BF16 / AMX CPUs, bf16 GPUs), "
+                              "fp32 elsewhere; the run records what it used")
     channels_last: bool = _opt(False)
     ckpt_every: int = _opt(1000, min=1)
     log_every: int = _opt(20, min=1)
@@ -327,6 +337,20 @@ class FineTuneClassifier(nn.Module):
         return self.fc8(self.fc7(self.fc6(self.encoder(x, out="pool5").flatten(1))))
 
 
+@torch.no_grad()
+def start_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The fine-tuning start on a batch of training images (eval mode): the loss and the std of the logits. A
+    start far from unit logits begins with a large loss, or with gradients too small to move the encoder."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(images).float()
+    finally:
+        model.train(was_training)
+    return {"loss": float(classification_loss(logits, labels)), "logit_std": float(logits.std()),
+            "images": int(images.shape[0])}
+
+
 def pool5_dim(encoder: nn.Module, crop: int) -> int:
     """Flattened pool5 size for a crop side; a crop the encoder cannot take is a ValueError."""
     with torch.no_grad():
@@ -336,25 +360,14 @@ def pool5_dim(encoder: nn.Module, crop: int) -> int:
             raise ValueError(f"data.crop={crop} does not fit the encoder: {str(exc).splitlines()[0]}") from None
 
 
-def masked_sigmoid_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sigmoid cross-entropy of (N, C) logits and VOC labels {1, 0, -1}: 0 entries ignored, sum / N (as Caffe)."""
-    if logits.shape != labels.shape or logits.dim() != 2:
-        raise ValueError(f"logits and labels must both be (N, C), got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    valid = (labels != 0).to(logits.dtype)  # (N, C)
-    per_entry = F.binary_cross_entropy_with_logits(logits, (labels > 0).to(logits.dtype), reduction="none")
-    return (per_entry * valid).sum() / logits.shape[0]
-
-
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Masked sigmoid cross-entropy for (N, C) multi-label rows, softmax cross-entropy for (N,) class indices."""
-    if labels.dim() == 2:
-        return masked_sigmoid_cross_entropy(logits.float(), labels)
-    return F.cross_entropy(logits.float(), labels.long())
-
-
-def lr_at(cfg: SGDConfig, step: int) -> float:
-    """Step decay: lr * lr_gamma ** (step // lr_step)."""
-    return cfg.lr * cfg.lr_gamma ** (step // cfg.lr_step) if cfg.lr_step else cfg.lr
+def lr_at(cfg: SGDConfig, step: int, total: int) -> float:
+    """The lr of update `step` (0-based) of `total`: step decay (lr * lr_gamma ** (step // lr_step)) or half a
+    cosine from lr to 0 over `total`, after a linear warm-up over `warmup_steps`."""
+    if cfg.lr_schedule == "cosine":
+        lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    else:
+        lr = cfg.lr * cfg.lr_gamma ** (step // cfg.lr_step) if cfg.lr_step else cfg.lr
+    return lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
 
 
 def build_optimizer(model: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
@@ -377,6 +390,7 @@ class RunInputs:
     test: LabelledImages
     out: Path
     max_images: tuple[int | None, int | None] = (None, None)
+    val: LabelledImages | None = None  # train.val_images held out of `train`
 
 
 # Settings that may change when a run is resumed: they do not change what the finished run computes.
@@ -391,7 +405,9 @@ def _resume_relevant(config: dict, free: dict[str, tuple[str, ...]]) -> dict[str
 
 def resume_changes(state: dict, config: dict, record: dict, free: dict[str, tuple[str, ...]] = RESUME_FREE) -> list[str]:
     """Result-changing settings (all but `free` and test) and record entries that differ between a fine-tuning
-    checkpoint and this run, as 'key (old -> new)'."""
+    checkpoint and this run, as 'key (old -> new)'. A cosine schedule spans train.max_steps: then it counts."""
+    if config.get("optim", {}).get("lr_schedule") == "cosine":
+        free = {**free, "train": tuple(k for k in free.get("train", ()) if k != "max_steps")}
     old, new = _resume_relevant(state["config"], free), _resume_relevant(config, free)
     changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
                if old.get(k) != new.get(k)]
@@ -449,19 +465,26 @@ class FineTuner(Engine):
                 nn.init.normal_(layer.weight, 0.0, h.init_std)
                 nn.init.constant_(layer.bias, h.init_bias)
         model.to(self.env.device)
-        if h.init == "data_dependent" and self.state is None:
-            layers = (affine_layers(model.encoder) if h.rescale_encoder else []) + model.head_layers()
-            data_dependent_init(model, self._init_images(), layers=layers, iterations=h.init_iterations,
-                                seed=self.cfg.train.seed)
+        if self.state is None:
+            images, labels = self._init_batch()
+            if h.init == "data_dependent":
+                layers = (affine_layers(model.encoder) if h.rescale_encoder else []) + model.head_layers()
+                data_dependent_init(model, images, layers=layers, new_layers=model.head_layers(),
+                                    iterations=h.init_iterations, seed=self.cfg.train.seed)
+            self.start = start_statistics(model, images, labels)
+        else:
+            self.start = self.state.get("start", {})
         model.freeze(self.cfg.train.layers)
         return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
 
-    def _init_images(self) -> torch.Tensor:
-        """Centre views of the first `model.init_images` training images of a fixed shuffle, normalised."""
+    def _init_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre views (normalised) and labels of the first `model.init_images` training images of a fixed
+        shuffle: the images the data-dependent init and the start statistics see."""
         paths = self.inputs.train.paths
         order = np.random.default_rng(self.cfg.train.seed).permutation(len(paths))[: self.cfg.model.init_images]
         views = torch.stack([centre_view(paths[i], self.train_spec) for i in order])
-        return self._normalise(views)
+        labels = torch.from_numpy(np.asarray(self.inputs.train.labels)[order]).to(self.env.device)
+        return self._normalise(views), labels
 
     def _load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -477,7 +500,7 @@ class FineTuner(Engine):
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One SGD step at the schedule's lr; a non-finite loss stops the run."""
         torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
-        lr = lr_at(self.cfg.optim, self.step)
+        lr = lr_at(self.cfg.optim, self.step, self.cfg.train.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         with self.autocast():
@@ -494,7 +517,7 @@ class FineTuner(Engine):
         if not self.env.is_main:
             return
         state = {**self.engine_state(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "config": self.cfg.to_dict(), "record": self._record()}
+                 "config": self.cfg.to_dict(), "record": self._record(), "start": self.start}
         save_checkpoint(state, self.run_dir / CHECKPOINT)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -508,7 +531,7 @@ class FineTuner(Engine):
     def _log(self, loss: float, logger: RunLogger, bar: tqdm, last: dict) -> None:
         now = time.perf_counter()
         t, world = self.cfg.train, self.env.world_size
-        extra = {"lr": lr_at(self.cfg.optim, self.step - 1),
+        extra = {"lr": lr_at(self.cfg.optim, self.step - 1, self.cfg.train.max_steps),
                  "images_per_s": (self.step - last["step"]) * t.batch_size * world / max(now - last["time"], 1e-9),
                  "epoch": self.step * t.batch_size * world / len(self.inputs.train.paths)}
         last.update(time=now, step=self.step)
@@ -565,8 +588,9 @@ def build_record(cfg: ClassifyConfig, tuner: FineTuner, result: dict, seconds: d
             "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), "crop": tuner.crop,
             "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
             "classes": list(i.train.classes), "steps": tuner.step, "seed": cfg.train.seed,
-            "config_hash": cfg.hash(), "config": cfg.to_dict(), **result,
-            **{k: round(v, 3) for k, v in seconds.items()}, "device": device_description(tuner.env.device),
+            "config_hash": cfg.hash(), "config": cfg.to_dict(), **result, "start": tuner.start,
+            "training": convergence(tuner.losses), **{k: round(v, 3) for k, v in seconds.items()},
+            "precision": tuner.precision, "device": device_description(tuner.env.device),
             "world_size": tuner.env.world_size, **provenance()}
 
 
@@ -584,6 +608,8 @@ def run_classify(cfg: ClassifyConfig, inputs: RunInputs) -> dict | None:
             seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1,
                        "wall_seconds": time.perf_counter() - t0}
             result = {**score(scores, inputs.test), "results_files": write_results_files(inputs.out, inputs.test, scores)}
+            if inputs.val is not None:
+                result["val"] = {**score(tuner.predict(inputs.val), inputs.val), "n_images": len(inputs.val.paths)}
             record = build_record(cfg, tuner, result, seconds)
             atomic_write_text(inputs.out / "metrics.json", json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
         barrier(env)
@@ -592,16 +618,33 @@ def run_classify(cfg: ClassifyConfig, inputs: RunInputs) -> dict | None:
         shutdown(env)
 
 
-def open_inputs(args: argparse.Namespace, seed: int) -> RunInputs:
-    """Labelled training and test sets (subsets by --max-images); refuses to test on the training split."""
+def hold_out(data: LabelledImages, n: int, seed: int) -> tuple[LabelledImages, LabelledImages | None]:
+    """(training images, `n` validation images drawn by `seed`) from one labelled set; (data, None) for n = 0."""
+    if n == 0:
+        return data, None
+    if n >= len(data.paths):
+        raise ValueError(f"train.val_images={n} leaves no training image of the {len(data.paths)} of {data.name}")
+    held = set(np.random.default_rng([seed, 7]).permutation(len(data.paths))[:n].tolist())
+
+    def pick(keep: bool) -> LabelledImages:
+        rows = np.asarray([i for i in range(len(data.paths)) if (i in held) != keep], dtype=np.int64)
+        return dataclasses.replace(data, paths=tuple(data.paths[i] for i in rows), labels=data.labels[rows])
+
+    return pick(True), pick(False)
+
+
+def open_inputs(args: argparse.Namespace, seed: int, val_images: int = 0) -> RunInputs:
+    """Labelled training and test sets (subsets by --max-images, then `val_images` of the training subset held out
+    for validation); refuses to test on the training split."""
     train = open_labelled(args.data, args.train_split)
     test = open_labelled(args.test_data or args.data, args.test_split)
     check_train_test(train, test)
     train, test = subset(train, args.max_images[0], seed), subset(test, args.max_images[1], seed)
+    train, val = hold_out(train, val_images, seed)
     if train.multilabel and np.any((train.labels == 1).sum(0) == 0):
         missing = [c for c, n in zip(train.classes, (train.labels == 1).sum(0)) if n == 0]
         log.warning("classes without positive training images: %s", ", ".join(missing))
-    return RunInputs(args.encoder, train, test, args.out, args.max_images)
+    return RunInputs(args.encoder, train, test, args.out, args.max_images, val)
 
 
 def summary(record: dict) -> str:
@@ -636,7 +679,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Parse, resolve the config, fine-tune and test, print a summary."""
     return fine_tune_main(build_parser(prog), argv, preset_names, load_config,
-                          lambda cfg, args: run_classify(cfg, open_inputs(args, cfg.train.seed)), summary)
+                          lambda cfg, args: run_classify(cfg, open_inputs(args, cfg.train.seed, cfg.train.val_images)),
+                          summary)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, step_seed
+from pretext.engine.trainer import Engine, convergence, step_seed
 from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
@@ -529,7 +529,7 @@ class Detector(Engine):
         """One SGD step at the schedule's lr; a non-finite loss stops the run."""
         images, rois, labels, targets = batch
         torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
-        lr = lr_at(self.cfg.optim, self.step)
+        lr = lr_at(self.cfg.optim, self.step, self.cfg.train.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         dev = self.env.device
@@ -562,7 +562,7 @@ class Detector(Engine):
     def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
         now = time.perf_counter()
         t = self.cfg.train
-        extra = {"lr": lr_at(self.cfg.optim, self.step - 1),
+        extra = {"lr": lr_at(self.cfg.optim, self.step - 1, self.cfg.train.max_steps),
                  "images_per_s": (self.step - last["step"]) * t.batch_size * self.env.world_size
                  / max(now - last["time"], 1e-9)}
         last.update(time=now, step=self.step)
@@ -681,7 +681,8 @@ def build_record(cfg: DetectConfig, det: Detector, result: dict, seconds: dict[s
             "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
             "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
             "classes": list(i.train.classes), "proposals": i.proposal_source, "steps": det.step,
-            "seed": cfg.train.seed, "config_hash": cfg.hash(), "config": cfg.to_dict(), **result,
+            "seed": cfg.train.seed, "config_hash": cfg.hash(), "config": cfg.to_dict(), "training": convergence(det.losses),
+            "precision": det.precision, **result,
             **{k: round(v, 4) for k, v in seconds.items()}, "device": device_description(det.env.device),
             "world_size": det.env.world_size, **provenance()}
 

@@ -135,7 +135,10 @@ def write_det_results(out_dir: str | Path, split: str, classes: Sequence[str],
         for c, dets in enumerate(per_class):
             dets = np.asarray(dets, dtype=np.float64).reshape(-1, 5)
             _check_boxes(dets[:, :4], dets[:, 4], f"detections of image {image_id!r}, class {classes[c]!r}")
-            lines[c] += [f"{image_id} {s:.6f} {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}\n" for x1, y1, x2, y2, s in dets]
+            # repr: the shortest text that reads back as the same double, so the files re-score exactly to the
+            # numbers the run computed in memory (rounded scores re-order near-ties; rounded boxes move IoUs)
+            lines[c] += [f"{image_id} {s!r} {x1!r} {y1!r} {x2!r} {y2!r}\n"
+                         for x1, y1, x2, y2, s in dets.tolist()]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [det_results_path(out_dir, split, name) for name in classes]
     for path, text in zip(paths, lines):

@@ -1,9 +1,10 @@
 """Labelled image sets for probes, and frozen-encoder features extracted once and cached on disk.
 
-Three kinds of labelled data:
+Three kinds of labelled data (`LabelledImages`, read by pretext.data.labels for an ImageFolder or a VOC root, the
+readers method=supervised pretrains with):
 - an ImageFolder (`DIR/<class>/<image>`, single-label; the directory itself is the split, e.g.
   `cifar10/train`), labels are (N,) class indices;
-- a PASCAL VOC-format root (recognised by `ImageSets/Main`) and a split, multi-label from `transfer.voc`,
+- a PASCAL VOC-format root (recognised by `ImageSets/Main`) and a split, multi-label from `pretext.data.voc`,
   labels are (N, C) in {1, 0 = difficult only, -1};
 - a COCO root (recognised by `annotations/instances_*.json`) and a split, multi-label from `transfer.coco`
   (0 = crowd regions only).
@@ -36,48 +37,20 @@ from torch import nn
 
 from pretext.data.dataset import crop_flip, resize_shorter, to_uint8_tensor
 from pretext.data.images import load_rgb
-from pretext.data.sources import SkippedFolder, fixed_subset, folder_images, voc_images
+from pretext.data.labels import LabelledDataError, LabelledImages, open_image_folder, open_voc
+from pretext.data.sources import fixed_subset
 from pretext.engine.checkpoint import atomic_write_bytes
 
 from .coco import annotation_path, is_coco_root, read_coco_classification
-from .voc import read_class_list, read_classification_labels
 
 log = logging.getLogger("cebench")
+
+# One error class for the readers and the probes' own checks, so every `except ProbeError` catches both.
+ProbeError = LabelledDataError
 
 MAX_DIMS = 9216  # Goyal et al. 2019 pool every AlexNet layer to about 9k dimensions
 CACHE_FORMAT = "cebench-features/1"
 DEFAULT_CACHE = Path("~/.cache/cebench/features")
-
-
-class ProbeError(ValueError):
-    """Probe input that cannot be used: a bad data root, mismatched classes, testing on the training split."""
-
-
-@dataclass(frozen=True)
-class LabelledImages:
-    """Image paths with labels: (N,) class indices (ImageFolder) or (N, C) VOC labels in {1, 0, -1}."""
-
-    kind: str  # "imagefolder", "voc" or "coco"
-    root: Path
-    split: str | None  # None for an ImageFolder: the directory is the split
-    paths: tuple[Path, ...]
-    labels: np.ndarray
-    classes: tuple[str, ...]
-
-    @property
-    def multilabel(self) -> bool:
-        """VOC-style (N, C) labels."""
-        return self.labels.ndim == 2
-
-    def describe(self, max_images: int | None) -> dict:
-        """Root, split, kind and size, as metrics.json records an image set."""
-        return {"root": str(self.root), "split": self.split, "kind": self.kind, "n_images": len(self.paths),
-                "max_images": max_images}
-
-    @property
-    def name(self) -> str:
-        """Root and split, as messages and metrics.json show them."""
-        return str(self.root) if self.split is None else f"{self.root} (split {self.split})"
 
 
 @dataclass(frozen=True)
@@ -111,35 +84,6 @@ def open_coco(root: Path, split: str) -> LabelledImages:
     if not paths:
         raise ProbeError(f"{annotation_path(root, split)}: no images")
     return LabelledImages("coco", root, split, tuple(paths), labels, tuple(classes))
-
-
-def open_image_folder(root: Path) -> LabelledImages:
-    """Single-label images `root/<class>/...`; classes are the sorted sub-directory names."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if len(classes) < 2:
-        raise ProbeError(f"{root}: an ImageFolder needs at least 2 class sub-directories, found {classes}")
-    paths, labels, seen = [], [], {}
-    for index, name in enumerate(classes):
-        skipped: list[SkippedFolder] = []
-        found = folder_images(root / name, skipped, seen)
-        for folder in skipped:
-            if not folder.loop and Path(folder.target).parts[:len(root.parts) + 1] != (root / name).parts:
-                raise ProbeError(f"{folder}: two classes of {root} reach this folder, so the label of its images "
-                                 f"would be ambiguous")
-            log.warning("%s", folder)  # a loop, or two links inside one class: listed once, label unchanged
-        if not found:
-            raise ProbeError(f"{root / name}: class {name!r} has no images")
-        paths += found
-        labels += [index] * len(found)
-    return LabelledImages("imagefolder", root, None, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
-
-
-def open_voc(root: Path, split: str) -> LabelledImages:
-    """Multi-label VOC-format split: JPEGImages/<id>.jpg and labels from the class lists or annotations."""
-    classes = read_class_list(root)
-    _, labels = read_classification_labels(root, split, classes)
-    paths = voc_images(root, split)  # the same list file as ids, in the same order
-    return LabelledImages("voc", root, split, tuple(paths), labels, tuple(classes))
 
 
 def subset(data: LabelledImages, max_images: int | None, seed: int) -> LabelledImages:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -56,8 +57,9 @@ from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, step_seed
+from pretext.engine.trainer import Engine, convergence, step_seed
 from pretext.export import load_encoder
+from pretext.init import within_layer_init
 
 from .arguments import fine_tune_main, max_images
 from .classify import RESUME_FREE, FineTuneConfig, SGDConfig, build_optimizer, lr_at, resume_changes
@@ -91,6 +93,11 @@ class SegModelConfig:
     fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths (as convolutions)")
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     fc_std: float = _opt(0.01, min=0.0, doc="N(0, fc_std) of new fc6/fc7")
+    init: str = _opt("gaussian", choices=("gaussian", "data_dependent"),
+                     doc="new fc6/fc7: N(0, fc_std), or data_dependent: then scaled to unit pre-activations on "
+                         "training images (Krahenbuhl et al.'s within-layer init), whatever the encoder's scale; the "
+                         "score layer starts at zero either way")
+    init_images: int = _opt(8, min=1, doc="training images (whole, at the training scale) for data_dependent")
     fc_from: str | None = _opt(None, doc="fc6/fc7 converted from a classifier: a `transfer classify` run directory "
                                          "(or its checkpoint.pt) or a torchvision AlexNet state dict (.pth)")
     conv1_pad: int | None = _opt(None, min=0, doc="conv1 padding; null = 100 (227 px AlexNet) or the small "
@@ -417,8 +424,25 @@ class Segmenter(Engine):
         if m.fc_from and self.state is None:
             self._convert_fc(model, Path(m.fc_from))
         model.to(self.env.device)
+        if m.init == "data_dependent" and self.state is None and not m.fc_from:
+            self._data_dependent_init(model)
         model.freeze(self.cfg.train.layers)
         return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+
+    def _data_dependent_init(self, model: FCN) -> None:
+        """fc6 and fc7 at unit pre-activations on `model.init_images` training images of a fixed shuffle."""
+        n = min(self.cfg.model.init_images, len(self.inputs.train.ids))
+        order = np.random.default_rng(self.cfg.train.seed).permutation(len(self.inputs.train.ids))[:n]
+        pairs = TrainPairs(self.inputs.train, dataclasses.replace(self.cfg, data=dataclasses.replace(
+            self.cfg.data, flip=False)))
+        images = [self._normalise(pairs[(int(i), (0,))][0][None]) for i in order]
+        was_training = model.training
+        model.eval()
+        try:
+            within_layer_init(model, lambda xs: [model.coarse(x) for x in xs], images,
+                              layers=[model.fc6[0], model.fc7[0]])
+        finally:
+            model.train(was_training)
 
     def _convert_fc(self, model: FCN, path: Path) -> None:
         fc = read_fc_weights(path)
@@ -444,7 +468,7 @@ class Segmenter(Engine):
     def train_step(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """One SGD update from the averaged gradients of the batch's images (one forward/backward each)."""
         torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
-        lr = lr_at(self.cfg.optim, self.step)
+        lr = lr_at(self.cfg.optim, self.step, self.cfg.train.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -486,7 +510,7 @@ class Segmenter(Engine):
     def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
         now = time.perf_counter()
         t = self.cfg.train
-        extra = {"lr": lr_at(self.cfg.optim, self.step - 1), "labelled_pixels": values["labelled_pixels"],
+        extra = {"lr": lr_at(self.cfg.optim, self.step - 1, self.cfg.train.max_steps), "labelled_pixels": values["labelled_pixels"],
                  "images_per_s": (self.step - last["step"]) * t.batch_size * self.env.world_size
                  / max(now - last["time"], 1e-9)}
         last.update(time=now, step=self.step)
@@ -534,7 +558,8 @@ def build_record(cfg: SegmentConfig, seg: Segmenter, result: dict, seconds: dict
             "train": i.train.describe(i.max_images[0]),
             "test": {**i.test.describe(i.max_images[1]), "dropped_training_images": i.test_dropped},
             "classes": list(i.train.classes), "steps": seg.step, "seed": cfg.train.seed,
-            "config_hash": cfg.hash(), "config": cfg.to_dict(), "conv1_pad": seg.model.conv1_pad,
+            "config_hash": cfg.hash(), "config": cfg.to_dict(), "training": convergence(seg.losses),
+            "precision": seg.precision, "conv1_pad": seg.model.conv1_pad,
             "crop_offset": seg.model.offset, "stride": seg.model.stride, **result,
             **{k: round(v, 4) for k, v in seconds.items()},
             "train_seconds_per_image": round(seconds["train_seconds"] / images, 5) if seg.step else None,

@@ -1,4 +1,5 @@
-"""Unlabelled image dataset (resize, crop, flip) and a resumable, rank-sharded infinite sampler.
+"""Image datasets (resize, crop, flip), unlabelled or with a label per image, and a resumable, rank-sharded
+infinite sampler.
 
 Every random choice of the pipeline comes from a key the sampler yields with the index
 (seed, epoch, position), so a run restarted at step s sees exactly the batches it would have seen,
@@ -72,13 +73,19 @@ class UnlabelledImages(Dataset):
         return to_uint8_tensor(img)
 
     def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, tuple[str, ...]]:
+        _, image, skipped = self.first_readable(key)
+        return image, skipped
+
+    def first_readable(self, key: int | SampleKey) -> tuple[int, torch.Tensor, tuple[str, ...]]:
+        """(index of the image loaded, the image, paths skipped on the way): with data.on_bad_image=skip an
+        unreadable image gives way to the next readable one."""
         index, aug = (key, None) if isinstance(key, int) else key
         rng = None if aug is None else np.random.default_rng(list(aug))
         skipped: list[str] = []
         for attempt in range(MAX_SKIP_TRIES):
             i = (index + attempt) % len(self.paths)
             try:
-                return self.load(i, rng), tuple(skipped)
+                return i, self.load(i, rng), tuple(skipped)
             except BadImageError as exc:
                 if self.on_bad_image == "error":
                     raise BadImageError(f"{exc} (set data.on_bad_image=skip to skip unreadable images)") from exc
@@ -90,6 +97,27 @@ class UnlabelledImages(Dataset):
 def collate(items: list[tuple[torch.Tensor, tuple[str, ...]]]) -> dict:
     """Stack images; carry the paths of skipped files so the trainer can count them."""
     return {"images": torch.stack([t for t, _ in items]), "skipped": [p for _, s in items for p in s]}
+
+
+class ImagesWithLabels(UnlabelledImages):
+    """Images with a label each: (N,) class indices or (N, C) multi-label rows. An image skipped as unreadable
+    gives way to the next one together with its label."""
+
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray, load_size: int, fine_size: int, flip: bool = True,
+                 on_bad_image: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(paths, load_size, fine_size, flip, on_bad_image, max_pixels)
+        if len(labels) != len(self.paths):
+            raise ValueError(f"{len(labels)} labels for {len(self.paths)} images")
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels))
+
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, tuple[str, ...], torch.Tensor]:
+        index, image, skipped = self.first_readable(key)
+        return image, skipped, self.labels[index]
+
+
+def collate_labelled(items: list[tuple[torch.Tensor, tuple[str, ...], torch.Tensor]]) -> dict:
+    """`collate` of ImagesWithLabels items, with the labels stacked under "labels"."""
+    return {**collate([(t, s) for t, s, _ in items]), "labels": torch.stack([y for _, _, y in items])}
 
 
 class ResumableSampler(Sampler):
@@ -132,7 +160,7 @@ def estimate_mean(dataset: UnlabelledImages, max_images: int = 256) -> list[floa
     idx = np.linspace(0, len(dataset) - 1, num=min(max_images, len(dataset))).round().astype(int)
     total, count = torch.zeros(3, dtype=torch.float64), 0
     for i in dict.fromkeys(idx.tolist()):
-        img, _ = dataset[int(i)]
+        img = dataset[int(i)][0]
         total += img.double().mean(dim=(1, 2)) / 255.0
         count += 1
     return [round(float(v), 6) for v in total / count]

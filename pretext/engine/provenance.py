@@ -30,8 +30,29 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
+def cpu_bf16_listed() -> bool:
+    """The CPU lists bf16 dot-product instructions (AVX512-BF16, AMX or Arm BF16) in /proc/cpuinfo; False when it
+    cannot be read: `precision=auto` picks bf16 only where it is known to be native."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_isa() -> str:
+    """The vector instruction set torch's CPU kernels use here (e.g. AVX512, AVX2), with "+BF16" / "+AMX" when the
+    CPU lists native bf16 instructions: recorded beside every timing."""
+    isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    return isa + ("+AMX" if "amx_bf16" in flags else "") + ("+BF16" if flags & {"avx512_bf16", "bf16"} else "")
+
+
 def device_description(device: torch.device) -> str:
     """Human-readable device, e.g. 'cuda:0 (NVIDIA H100)' or 'cpu (x86_64, 2 threads)'."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.machine()}, {cpu_isa()}, {torch.get_num_threads()} threads)"

@@ -15,14 +15,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable, TypeVar
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..config import ConfigError, PretrainConfig
-from ..data.dataset import UnlabelledImages, build_loader, estimate_mean
+from ..data.dataset import ImagesWithLabels, UnlabelledImages, build_loader, collate, collate_labelled, estimate_mean
+from ..data.labels import LabelSpace, open_labelled_source
 from ..data.sources import list_images
 from ..export import export_encoder
 from ..methods import PretextMethod, StepContext, get_method
@@ -47,10 +49,11 @@ from .distributed import (
 )
 from .health import DiscriminatorMonitor
 from .logger import RunLogger
-from .provenance import device_description, git_commit, versions
+from .provenance import cpu_bf16_listed, device_description, git_commit, versions
 
 log = logging.getLogger("cebench")
-RESUME_MUST_MATCH = ("method", "model", "mask", "loss", "context")
+RESUME_MUST_MATCH = ("method", "model", "mask", "loss", "context", "supervised")
+T = TypeVar("T")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -62,6 +65,31 @@ def cpu_has_native_bf16() -> bool:
     flags = set(text.split())
     listed = "flags" in text or "Features" in text  # x86 / Arm; neither: a CPU this check cannot read
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) or not listed
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the hardware computes it natively (a CUDA GPU with bf16 support, a CPU listing
+    AVX512-BF16 / AMX / Arm BF16), fp32 elsewhere; any other value is returned as it is."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_bf16_listed() else "fp32"
+
+
+def convergence(losses: list[float], tail: float = 0.1, tolerance: float = 0.05) -> dict[str, Any]:
+    """Did the training loss flatten? The mean loss of the last `tail` of the steps against the mean of the tail
+    before it: `loss_change` = (last - before) / |before|; `converged` when the loss fell by less than
+    `tolerance` (5 %) over the last tenth. Fewer than 20 steps: `converged` is None (not measurable)."""
+    n = len(losses)
+    k = max(1, int(n * tail))
+    out: dict[str, Any] = {"initial_loss": losses[0] if losses else None, "final_loss": None, "loss_change": None,
+                           "converged": None, "tail_steps": k}
+    if n < 20:
+        return out
+    last, before = sum(losses[-k:]) / k, sum(losses[-2 * k:-k]) / k
+    change = (last - before) / max(abs(before), 1e-12)
+    return {**out, "final_loss": last, "loss_change": change, "converged": bool(change > -tolerance)}
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -92,12 +120,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 4099 + rank
 
 
-def split_holdout(paths: list[Path], n: int) -> tuple[list[Path], list[Path]]:
-    """(training paths, `n` held-out paths) by a fixed shuffle, independent of the run's seed."""
+def split_holdout(paths: Sequence[T], n: int) -> tuple[list[T], list[T]]:
+    """(training items, `n` held-out items) of a list of paths (or of (path, label) pairs) by a fixed shuffle,
+    independent of the run's seed."""
     if n >= len(paths):
         raise ConfigError(f"data.holdout={n} leaves no training images (the source has {len(paths)})")
     if n == 0:
-        return paths, []
+        return list(paths), []
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0)).tolist()
     held = set(order[:n])
     return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
@@ -132,17 +161,19 @@ class Engine:
     def __init__(self, train_cfg: Any, run_dir: str | Path, env: DistEnv) -> None:
         self.env, self.run_dir = env, Path(run_dir)
         self._train_cfg = train_cfg
-        if train_cfg.precision == "fp16" and env.device.type != "cuda":
+        self.precision = resolve_precision(train_cfg.precision, env.device)  # "auto" decided once, here
+        if self.precision == "fp16" and env.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 on CPU")
-        if train_cfg.precision == "bf16" and env.device.type == "cpu" and not cpu_has_native_bf16() and env.is_main:
+        if self.precision == "bf16" and env.device.type == "cpu" and not cpu_has_native_bf16() and env.is_main:
             log.warning("train.precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 is "
                         "emulated here and runs several times slower than fp32 (`cebench bench` measures it)")
         self.step, self.prior_seconds, self.t_start = 0, 0.0, time.perf_counter()
-        self.scaler = torch.amp.GradScaler("cuda") if train_cfg.precision == "fp16" else None
+        self.losses: list[float] = []  # every step's training loss (rank 0's), kept across resumes
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16/fp16 autocast on the run's device, or nothing in fp32."""
-        p = self._train_cfg.precision
+        p = self.precision
         if p == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.env.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
@@ -192,6 +223,7 @@ class Engine:
         try:
             for batch in loader if self.step < t.max_steps else ():
                 values = step(batch)
+                self.losses.append(float(values["loss"] if isinstance(values, dict) else values))
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == t.max_steps:
                     log_values(values, logger, bar, last)
@@ -232,7 +264,7 @@ class Engine:
     def engine_state(self) -> dict:
         """The shared part of a checkpoint: step, training time, loss scaler and the global RNG."""
         return {"step": self.step, "train_seconds": self.elapsed(), "scaler": self.scaler.state_dict() if self.scaler else {},
-                "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state(), "losses": list(self.losses)}
 
     def load_engine_state(self, state: dict) -> None:
         """Restore what `engine_state` saved."""
@@ -241,6 +273,7 @@ class Engine:
         if state.get("rng") is not None:
             torch.set_rng_state(state["rng"])
         self.step, self.prior_seconds = int(state["step"]), float(state["train_seconds"])
+        self.losses = [float(v) for v in state.get("losses", [])]
         if self.env.is_main:
             log.info("resumed %s at step %d", self.run_dir / CHECKPOINT, self.step)
 
@@ -287,7 +320,9 @@ class Trainer(Engine):
         self.images_seen = 0
         self.skipped: set[str] = set()
         self.discriminator_monitor = DiscriminatorMonitor()
+        self.label_space: LabelSpace | None = None  # set by _build_dataset for a method that `uses_labels`
         self.dataset = self._build_dataset()  # first: it may resolve mask.region_bank=data, which resume compares
+        self.collate = collate if self.label_space is None else collate_labelled
         self.state = self.open_checkpoint(self._mismatches)
         self.fill_mean = self._fill_mean()
         self.method = self._build_method()
@@ -302,13 +337,17 @@ class Trainer(Engine):
         old = state["config"]
         # A section missing from an older checkpoint's config had its default values then.
         defaults, new = PretrainConfig().to_dict(), self.cfg.to_dict()
-        return [f"{k} settings" for k in RESUME_MUST_MATCH if old.get(k, defaults[k]) != new[k]]
+        changed = [f"{k} settings" for k in RESUME_MUST_MATCH if old.get(k, defaults[k]) != new[k]]
+        space = dataclasses.asdict(self.label_space) if self.label_space else None
+        return changed + (["the data's classes"] if state.get("label_space") != space else [])
 
     def _build_dataset(self) -> UnlabelledImages:
         root, source, split = resolve_data(self.cfg, self.env)
         if self.cfg.mask.region_bank == "data":
             self._resolve_data_bank(root)
         d = self.cfg.data
+        if get_method(self.cfg.method).uses_labels:
+            return self._build_labelled(root, source, split)
         paths, held = split_holdout(list_images(root, source, split), d.holdout)
         if self.env.is_main:
             log.info("data: %d images from %s (%d held out)", len(paths), root, len(held))
@@ -316,6 +355,24 @@ class Trainer(Engine):
                                                 d.max_image_pixels)
         self.heldout = make(held, False) if held else None
         return make(paths, d.flip)
+
+    def _build_labelled(self, root: Path, source: str, split: str) -> ImagesWithLabels:
+        """Images with their class labels, for a method that `uses_labels`; sets `label_space`."""
+        d = self.cfg.data
+        data = open_labelled_source(root, source, split, self.cfg.method)
+        self.label_space = LabelSpace(data.classes, data.multilabel)
+        pairs, held = split_holdout(list(zip(data.paths, data.labels)), d.holdout)
+        if self.env.is_main:
+            log.info("data: %d images of %d classes (%s) from %s (%d held out)", len(pairs), len(data.classes),
+                     "multi-label" if data.multilabel else "one per image", root, len(held))
+
+        def make(items: list, flip: bool) -> ImagesWithLabels:
+            paths, labels = zip(*items)
+            return ImagesWithLabels(paths, np.stack(labels), d.load_size, d.fine_size, flip, d.on_bad_image,
+                                    d.max_image_pixels)
+
+        self.heldout = make(held, False) if held else None
+        return make(pairs, d.flip)
 
     def _resolve_data_bank(self, root: Path) -> None:
         """mask.region_bank=data: the training data's SegmentationObject masks, or procedural blobs without them."""
@@ -335,7 +392,8 @@ class Trainer(Engine):
 
     def _build_method(self) -> PretextMethod:
         torch.manual_seed(self.cfg.train.seed)  # identical initial weights for a given seed (and on every rank)
-        method = get_method(self.cfg.method)(self.cfg, self.fill_mean).to(self.env.device)
+        labels = (self.label_space,) if self.label_space is not None else ()
+        method = get_method(self.cfg.method)(self.cfg, self.fill_mean, *labels).to(self.env.device)
         method.use_fast_kernels(self.cfg.train.fast_kernels)
         if self.cfg.train.channels_last:
             method = method.to(memory_format=torch.channels_last)
@@ -368,11 +426,15 @@ class Trainer(Engine):
         x = batch["images"].to(self.env.device, non_blocking=True).float().div_(127.5).sub_(1.0)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
-    def _context(self) -> StepContext:
+    def _labels(self, batch: dict) -> torch.Tensor | None:
+        labels = batch.get("labels")
+        return None if labels is None else labels.to(self.env.device, non_blocking=True)
+
+    def _context(self, labels: torch.Tensor | None = None) -> StepContext:
         seed = step_seed(self.cfg.train.seed, self.step, self.env.rank)
         torch.manual_seed(seed + 1)  # dropout and any other global-RNG draw of this step
         gen = torch.Generator().manual_seed(seed)
-        return StepContext(self.step, gen, self.env.device, self.autocast, self.optimize, no_sync)
+        return StepContext(self.step, gen, self.env.device, self.autocast, self.optimize, no_sync, labels)
 
     # --- outputs ------------------------------------------------------------------------------
     def save(self) -> None:
@@ -386,6 +448,8 @@ class Trainer(Engine):
             "config": self.cfg.to_dict(), "fill_mean": self.fill_mean,
             "skipped": sorted(self.skipped), "method": self.cfg.method,
         }
+        if self.label_space is not None:
+            state["label_space"] = dataclasses.asdict(self.label_space)
         keep = self.cfg.train.keep_checkpoints
         numbered = [self.run_dir / f"checkpoint_step{self.step}.pt"] if keep > 0 else []
         save_checkpoint(state, self.run_dir / CHECKPOINT, *numbered)
@@ -426,7 +490,7 @@ class Trainer(Engine):
         t, env = self.cfg.train, self.env
         self.method.train()
         loader = build_loader(self.dataset, t.batch_size, t.seed, self.cfg.data.workers, env.rank, env.world_size,
-                              start_step=self.step, pin_memory=env.device.type == "cuda")
+                              start_step=self.step, pin_memory=env.device.type == "cuda", collate_fn=self.collate)
         logger, bar = self.begin(self.cfg.to_dict(), self.cfg.method)
         last = {"time": self.t_start, "images": self.images_seen}
         metrics: dict[str, float] = {}
@@ -449,7 +513,7 @@ class Trainer(Engine):
         t = self.cfg.train
         self._note_skipped(batch["skipped"])
         images = self._images(batch)
-        values = self.method.training_step(images, self._context())
+        values = self.method.training_step(images, self._context(self._labels(batch)))
         if self.scaler is not None:
             self.scaler.update()
         self.step += 1
@@ -491,9 +555,10 @@ class Trainer(Engine):
         n = 0
         for i in range(0, min(len(self.heldout), t.eval_batches * t.batch_size), t.batch_size):
             idx = range(i, min(i + t.batch_size, len(self.heldout)))
-            images = self._images({"images": torch.stack([self.heldout[j][0] for j in idx])})
+            batch = self.collate([self.heldout[j] for j in idx])
             with self.autocast():
-                values = self.method.validate(images, torch.Generator().manual_seed(t.seed + i))
+                values = self.method.validate(self._images(batch), torch.Generator().manual_seed(t.seed + i),
+                                              self._labels(batch))
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             n += len(idx)

@@ -8,6 +8,7 @@ from .context_encoder import ContextEncoderMethod
 from .context_prediction import ContextPredictionMethod
 from .gated_inpainting import GatedInpaintingMethod
 from .random_init import RandomInitMethod
+from .supervised import SupervisedMethod
 
 METHODS: dict[str, type[PretextMethod]] = {
     ContextEncoderMethod.name: ContextEncoderMethod,
@@ -15,6 +16,7 @@ METHODS: dict[str, type[PretextMethod]] = {
     ContextPredictionMethod.name: ContextPredictionMethod,
     RandomInitMethod.name: RandomInitMethod,
     GatedInpaintingMethod.name: GatedInpaintingMethod,
+    SupervisedMethod.name: SupervisedMethod,
 }
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import PretrainConfig
+from ..engine.distributed import unwrap
 
 
 @dataclass
@@ -23,12 +24,16 @@ class StepContext:
     autocast: Callable[[], contextlib.AbstractContextManager]
     optimize: Callable[[str, torch.Tensor], None]  # backward + clip + step of the named optimiser
     no_sync: Callable[[nn.Module], contextlib.AbstractContextManager]
+    labels: torch.Tensor | None = None  # on the device, for methods with `uses_labels`: (B,) classes or (B, C) rows
 
 
 class PretextMethod(nn.Module, abc.ABC):
     """A pretext task in one file: config in, losses out. Networks named in `networks()` get DDP-wrapped."""
 
     name: str = ""
+    # True: the trainer reads the data's class labels (pretext.data.labels), passes their LabelSpace to __init__
+    # after `fill_mean`, and each batch's labels as StepContext.labels and validate's `labels`.
+    uses_labels: bool = False
 
     def __init__(self, cfg: PretrainConfig, fill_mean: list[float]) -> None:
         super().__init__()
@@ -69,8 +74,9 @@ class PretextMethod(nn.Module, abc.ABC):
     def initialize(self, images: torch.Tensor) -> None:
         """Called once on real training images before a fresh run starts (not on resume)."""
 
-    def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Metrics on held-out images (eval mode, no gradients); none by default."""
+    def validate(self, images: torch.Tensor, generator: torch.Generator,
+                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Metrics on held-out images (eval mode, no gradients), with their labels for `uses_labels`; none by default."""
         return {}
 
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
@@ -101,3 +107,22 @@ class GeneratorDiscriminator:
             lr_disc = o.lr_disc if o.lr_disc is not None else o.lr / self.disc_lr_divisor
             opts["discriminator"] = self.adam(self.discriminator.parameters(), lr_disc)
         return opts
+
+
+class SingleNetwork:
+    """networks(), build_optimizers() and encoder_export() of a method that trains one network `net` (Adam at
+    optim.lr) and exports its AlexNet `net.encoder`."""
+
+    net: nn.Module
+    cfg: PretrainConfig
+    adam: Callable[..., torch.optim.Adam]
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": self.adam(self.net.parameters(), self.cfg.optim.lr)}
+
+    def encoder_export(self) -> tuple[nn.Module, str, dict]:
+        enc = unwrap(self.net).encoder
+        return enc, "alexnet", enc.spec.to_dict()

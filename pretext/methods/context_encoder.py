@@ -114,7 +114,8 @@ class ContextEncoderMethod(GeneratorDiscriminator, PretextMethod):
                 "d_real": d_real, "d_fake": d_fake}
 
     @torch.no_grad()
-    def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def validate(self, images: torch.Tensor, generator: torch.Generator,
+                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Held-out reconstruction loss with this run's masks."""
         x, hole, region = self.corrupt(images, generator)
         weights = self._crop(region_weights(hole, region, self.cfg.mask.overlap_weight))

@@ -13,14 +13,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..config import PretrainConfig
-from ..engine.distributed import unwrap
 from ..models import alexnet_spec
 from ..models.alexnet import AlexNetEncoder
 from ..models.context_prediction import ContextPredictionNet
-from .base import PretextMethod, StepContext
+from .base import PretextMethod, SingleNetwork, StepContext
 
 # (row, column) offset of the neighbour from the centre patch, by class index: reading order.
 OFFSETS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
@@ -77,7 +75,7 @@ def normalise_patches(x: torch.Tensor) -> torch.Tensor:
     return x / x.flatten(1).std(dim=1).clamp_min(MIN_PATCH_STD)[:, None, None, None]
 
 
-class ContextPredictionMethod(PretextMethod):
+class ContextPredictionMethod(SingleNetwork, PretextMethod):
     """Relative-position classification of patch pairs with a shared AlexNet tower."""
 
     name = "context_prediction"
@@ -89,12 +87,6 @@ class ContextPredictionMethod(PretextMethod):
         self.input_size = c.input_size(cfg.data.fine_size)
         encoder = AlexNetEncoder(alexnet_spec(m.arch, m.widths, self.input_size, m.layout, m.lrn, m.groups))
         self.net = ContextPredictionNet(encoder, c.fc_widths, m.dropout, batch_norm=c.head_norm == "batch")
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"net": self.net}
-
-    def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"net": self.adam(self.net.parameters(), self.cfg.optim.lr)}
 
     def _prepare(self, patches: torch.Tensor, generator: torch.Generator, guard: bool) -> torch.Tensor:
         """Resize to the encoder input; guard against chromatic aberration and normalise (unless `guard` is off)."""
@@ -135,13 +127,10 @@ class ContextPredictionMethod(PretextMethod):
         return {k: v.detach() for k, v in scores.items()}
 
     @torch.no_grad()
-    def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def validate(self, images: torch.Tensor, generator: torch.Generator,
+                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Held-out cross-entropy and 8-way accuracy (chance: 0.125)."""
         return self._scores(images, generator, contextlib.nullcontext)
-
-    def encoder_export(self) -> tuple[nn.Module, str, dict]:
-        enc = unwrap(self.net).encoder
-        return enc, "alexnet", enc.spec.to_dict()
 
     @torch.no_grad()
     def sample_grid(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -82,7 +82,8 @@ class GatedInpaintingMethod(GeneratorDiscriminator, PretextMethod):
                 "d_real_logit": real.detach().float().mean(), "d_fake_logit": fake.detach().float().mean()}
 
     @torch.no_grad()
-    def validate(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def validate(self, images: torch.Tensor, generator: torch.Generator,
+                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Held-out reconstruction loss (coarse + refined, as in training) and the refined L1 on the hole."""
         x, hole = self.corrupt(images, generator)
         coarse, refined, _ = self.generator(x, hole)

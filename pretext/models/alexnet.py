@@ -1,4 +1,5 @@
-"""AlexNet encoder (conv1..pool5) with named stages, in paper, torchvision and small-image variants.
+"""AlexNet encoder (conv1..pool5) with named stages, in paper, torchvision and small-image variants, and the
+fully-connected block of the heads put on it (fc6, fc7).
 
 Parameter names follow `torchvision.models.alexnet().features` (features.0 = conv1, .3 = conv2,
 .6 = conv3, .8 = conv4, .10 = conv5), so weights move between the two; optional LRN is folded into
@@ -132,6 +133,18 @@ class AlexNetEncoder(nn.Module):
                 # Clone where a later in-place ReLU would otherwise overwrite a returned stage.
                 feats[wanted[i]] = x if i == max(wanted) else x.clone()
         return feats[out] if isinstance(out, str) else feats
+
+
+def fc_block(n_in: int, n_out: int, dropout: float, batch_norm: bool = False) -> nn.Sequential:
+    """AlexNet's fully-connected stage: Linear -> (batch norm) -> ReLU -> (dropout)."""
+    # Batch norm without scale and shift, as in Doersch et al., keeps activations varying across examples.
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(n_out, affine=False))
+    layers.append(nn.ReLU(inplace=True))
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
 
 
 def init_gaussian(module: nn.Module, std: float = 0.01) -> None:

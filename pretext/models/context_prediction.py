@@ -7,20 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .alexnet import AlexNetEncoder
+from .alexnet import AlexNetEncoder, fc_block
 
 NUM_POSITIONS = 8
-
-
-def _fc(n_in: int, n_out: int, batch_norm: bool, dropout: float) -> nn.Sequential:
-    # Batch norm without scale and shift, as in the paper, keeps activations varying across examples.
-    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
-    if batch_norm:
-        layers.append(nn.BatchNorm1d(n_out, affine=False))
-    layers.append(nn.ReLU(inplace=True))
-    if dropout > 0:
-        layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
 
 
 class ContextPredictionNet(nn.Module):
@@ -34,8 +23,8 @@ class ContextPredictionNet(nn.Module):
         c, h, w = encoder.feature_shapes()["pool5"]
         fc6, fc7 = (int(v) for v in fc_widths)
         self.encoder = encoder
-        self.fc6 = _fc(c * h * w, fc6, batch_norm, dropout)
-        self.fc7 = _fc(2 * fc6, fc7, batch_norm, dropout)
+        self.fc6 = fc_block(c * h * w, fc6, dropout, batch_norm)
+        self.fc7 = fc_block(2 * fc6, fc7, dropout, batch_norm)
         self.fc8 = nn.Linear(fc7, NUM_POSITIONS)
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
