@@ -174,10 +174,14 @@ def _task(name: str, spec: Any, start: str = "preset", precision: str | None = N
         opts = resolve_options(task, spec, where)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if kind in START_TASKS and STARTS[start]:
-        opts = {**opts, "overrides": [*opts["overrides"], *STARTS[start]]}
-    if kind in TRAINING_TASKS and precision:
-        opts = {**opts, "overrides": [*opts["overrides"], f"train.precision={precision}"]}
+    suite_keys = [*(STARTS[start] if kind in START_TASKS else []),
+                  *([f"train.precision={precision}"] if kind in TRAINING_TASKS and precision else [])]
+    taken = {o.split("=", 1)[0] for o in suite_keys}
+    clash = [o for o in opts.get("overrides", []) if o.split("=", 1)[0] in taken]
+    if clash:
+        raise ConfigError(f"{where}.overrides sets {', '.join(clash)}, which the suite's start / precision set for "
+                          f"every row alike; change the suite key instead")
+    opts = {**opts, "overrides": [*opts["overrides"], *suite_keys]} if suite_keys else opts
     if kind in TRAINING_TASKS:
         try:
             _task_config(kind, opts)
@@ -335,9 +339,15 @@ def _curve(run_dir: Path) -> list[list[float]] | None:
     return [[s, v] for s, v in rows] or None
 
 
+# Raised when what a run computes changes while its config does not (2: issue 20's corrected data-dependent init),
+# so that no cell or encoder of the earlier code is reused.
+CODE_VERSION = 2
+
+
 def _hash(value: Any) -> str:
     import hashlib
 
+    value = {"code_version": CODE_VERSION, "value": value}
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

@@ -107,6 +107,10 @@ def _rates_and_scales(model: nn.Module, forward: Callable[[torch.Tensor], torch.
         probe.remove()
     z = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
     (out * z).sum().backward()
+    missing = [i for i, layer in enumerate(layers) if layer.weight.grad is None]
+    if missing:
+        raise ValueError(f"data-dependent init: layer(s) {missing} of the list got no gradient: not used by the "
+                         f"forward pass, or frozen (requires_grad=False)")
     with torch.no_grad():
         rates = torch.stack([layer.weight.grad.float().square().sum() / layer.weight.float().square().sum().clamp_min(1e-20)
                              for layer in layers])

@@ -106,8 +106,10 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run(encoder_dir: Path, d
     a, b = weights(voc_run), weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in read_csv(run / "metrics.csv")] == [r["loss"] for r in read_csv(voc_run / "metrics.csv")]
-    assert json.loads((run / "metrics.json").read_text())["map_area"] == \
-        json.loads((voc_run / "metrics.json").read_text())["map_area"]
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (run, voc_run))
+    assert ma["map_area"] == mb["map_area"] and ma["start"] == mb["start"]  # the start survives the resume
+    assert load_checkpoint(run / "checkpoint.pt")["losses"] == load_checkpoint(voc_run / "checkpoint.pt")["losses"]
+    assert len(load_checkpoint(run / "checkpoint.pt")["losses"]) == 6  # every step's loss, across the resume
 
 
 def test_resume_refusals_name_the_problem(encoder_dir: Path, demo_root: Path, voc_run: Path, tmp_path: Path,

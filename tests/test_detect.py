@@ -206,3 +206,20 @@ def test_short_training_beats_an_untrained_head_and_rescores_identically(tmp_pat
     rescored = json.loads((tmp_path / "rescored" / "metrics.json").read_text())
     assert rescored["map_voc07_11pt"] == pytest.approx(after["map_voc07_11pt"], abs=1e-9)  # the same numbers
     assert rescored["map_area"] == pytest.approx(after["map_area"], abs=1e-9)
+
+
+def test_data_dependent_start_scales_the_encoder_as_a_whole(encoder_dir: Path, demo_root: Path,
+                                                            tmp_path: Path) -> None:
+    """With the encoder calibrated, each pretrained conv layer keeps its filters' directions and which units fire
+    (one factor per layer), while fc6, fc7 and the classifier get the within-layer start."""
+    from pretext.export import load_encoder
+    from pretext.init import affine_layers
+
+    run = tmp_path / "dd"
+    assert detect(encoder_dir, demo_root, run, "train.max_steps=0", "model.init=data_dependent",
+                  "model.rescale_encoder=true", "model.init_images=2") == 0
+    state = load_checkpoint(run / "checkpoint.pt")["model"]
+    loaded = load_encoder(encoder_dir)[0]
+    for (name, layer) in ((n, m) for n, m in loaded.named_modules() if m in affine_layers(loaded)):
+        factor = (state[f"encoder.{name}.weight"] / layer.weight).detach().flatten()
+        assert torch.allclose(factor, factor[0].expand_as(factor), rtol=1e-4), name

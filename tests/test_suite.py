@@ -131,7 +131,9 @@ def test_validation_names_the_problem(folder: Path, tmp_path: Path, override: st
 def test_start_and_precision_apply_to_every_row_alike(folder: Path, tmp_path: Path) -> None:
     """`start` ends every training task's overrides (after the task's own, so no row or task can differ) and
     `precision` every pretraining's and training task's; both are part of the cells' hashes."""
-    path = write_suite(tmp_path / "s.yaml", folder, start="data_dependent", precision="auto")
+    own = [o for o in TINY_CLASSIFY if not o.startswith("model.init")]  # the suite's start decides the init
+    tasks = {"knn": {"k": 5}, "classify": {"preset": "classify_demo", "overrides": own}}
+    path = write_suite(tmp_path / "s.yaml", folder, start="data_dependent", precision="auto", tasks=tasks)
     suite = load_suite(str(path))
     _, opts = suite.tasks["classify"]
     assert opts["overrides"][-3:] == ["model.init=data_dependent", "model.rescale_encoder=true", "train.precision=auto"]
@@ -139,10 +141,12 @@ def test_start_and_precision_apply_to_every_row_alike(folder: Path, tmp_path: Pa
     assert all(p.overrides[-1] == "train.precision=auto" for p in suite.pretrainings.values())
     cfg = suite_mod._task_config("classify", opts)
     assert (cfg.model.init, cfg.model.rescale_encoder, cfg.train.precision) == ("data_dependent", True, "auto")
+    with pytest.raises(ConfigError, match="tasks.classify.overrides sets model.init=gaussian, .*suite's start"):
+        load_suite(str(path), ["tasks.classify.overrides=[model.init=gaussian]"])
     none = load_suite(str(path), ["start=none"]).tasks["classify"][1]
     assert suite_mod._task_config("classify", none).model.rescale_encoder is False
-    preset = load_suite(str(write_suite(tmp_path / "p.yaml", folder))).tasks["classify"][1]
-    assert preset["overrides"] == TINY_CLASSIFY
+    preset = load_suite(str(write_suite(tmp_path / "p.yaml", folder, tasks=tasks))).tasks["classify"][1]
+    assert preset["overrides"] == own
     data, root = suite_mod.datasets(suite, create=False)
     cell = next(c for c in plan(suite) if c.task == "classify")
     hashes = {suite_mod.cell_hash(cell, s, data, root) for s in (suite, load_suite(str(path), ["start=none"]),

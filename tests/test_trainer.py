@@ -190,3 +190,29 @@ def test_step_checkpoints_are_kept_and_pruned(image_folder: Path, tmp_path: Path
     assert sorted(p.name for p in run.glob("checkpoint_step*.pt")) == ["checkpoint_step3.pt", "checkpoint_step4.pt"]
     assert (run / "checkpoint_step4.pt").read_bytes() == (run / "checkpoint.pt").read_bytes()
     assert load_checkpoint(run / "checkpoint_step3.pt")["step"] == 3
+
+
+def test_convergence_reads_the_last_tenth_of_the_loss() -> None:
+    from pretext.engine.trainer import convergence
+
+    flat = convergence([2.0] * 50 + [1.0] * 50)
+    assert flat["converged"] is True and flat["loss_change"] == 0.0 and flat["initial_loss"] == 2.0
+    falling = convergence([1.0] * 80 + [0.9] * 10 + [0.8] * 10)
+    assert falling["converged"] is False and falling["loss_change"] == pytest.approx(-1 / 9)
+    rising = convergence([1.0] * 90 + [1.5] * 10)  # a loss going up has not converged either
+    assert rising["converged"] is False and rising["loss_change"] == pytest.approx(0.5)
+    assert convergence([1.0] * 10)["converged"] is None and convergence([])["initial_loss"] is None
+
+
+def test_auto_precision_is_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pretext.engine import trainer
+
+    cpu = torch.device("cpu")
+    assert trainer.resolve_precision("fp32", cpu) == "fp32" and trainer.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(trainer, "cpu_bf16_listed", lambda: True)
+    assert trainer.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(trainer, "cpu_bf16_listed", lambda: False)
+    assert trainer.resolve_precision("auto", cpu) == "fp32"
+    for major, expected in ((7, "fp32"), (8, "bf16"), (9, "bf16")):  # V100 / T4 emulate bf16; Ampere on have it
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, m=major: (m, 0))
+        assert trainer.resolve_precision("auto", torch.device("cuda:0")) == expected

@@ -114,7 +114,8 @@ class SGDConfig:
                                 "train.max_steps (then max_steps is part of the result: it cannot change on resume)")
     lr_step: int = _opt(10000, min=0, doc="step schedule: multiply the lr by lr_gamma every lr_step steps; 0 = constant")
     lr_gamma: float = _opt(0.5, min=0.0, max=1.0)
-    warmup_steps: int = _opt(0, min=0, doc="linear warm-up from 0 to the schedule's lr over the first steps")
+    warmup_steps: int = _opt(0, min=0, doc="the schedule's lr scaled linearly from 1/warmup_steps to 1 over the "
+                                           "first steps")
 
 
 @dataclass
@@ -443,7 +444,8 @@ class FineTuner(Engine):
     def _record(self) -> dict:
         """What a checkpoint must share with the run that continues it."""
         return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0]),
-                "world_size": self.env.world_size}  # the data order and the effective batch depend on it
+                "world_size": self.env.world_size,  # the data order and the effective batch depend on it
+                "precision": self.precision}  # what train.precision=auto resolved to: the same on resume
 
     def _mismatches(self, state: dict) -> list[str]:
         """What differs between the checkpoint's run and this one, among the settings that change the result."""

@@ -111,7 +111,7 @@ class DetModelConfig:
     roi_size: int | None = _opt(None, min=1, doc="RoI pooling grid; null = the encoder's pool5 grid")
     init: str = _opt("gaussian", choices=("gaussian", "data_dependent"),
                      doc="fc6/fc7 N(0, 0.01) (Fast R-CNN: the classifier's ImageNet fc layers; here new), or "
-                         "Krahenbuhl et al.'s data-dependent rescaling of them on training RoIs")
+                         "Krahenbuhl et al.'s data-dependent start of them and of the classifier on training RoIs")
     cls_std: float = _opt(0.01, min=0.0, doc="N(0, cls_std) of the classifier")
     bbox_std: float = _opt(0.001, min=0.0, doc="N(0, bbox_std) of the box regressor")
     rescale_encoder: bool = _opt(False, doc="with init=data_dependent, rescale the encoder's conv layers too")
@@ -162,6 +162,9 @@ class DetectConfig(ConfigRoot):
     def check(self) -> None:
         """Per-field ranges and choices, then the rules that tie fields together."""
         check_fields(self)
+        if self.train.val_images:
+            raise ConfigError(f"train.val_images={self.train.val_images}: a validation split is implemented for "
+                              f"classification only; hold images out of the split lists instead")
         if not self.data.scales:
             raise ConfigError("data.scales must list at least one shorter side")
         s = self.sample
@@ -510,14 +513,18 @@ class Detector(Engine):
         return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
 
     def _data_dependent_init(self, model: FastRCNN) -> None:
-        """Krahenbuhl et al.'s rescaling of fc6/fc7 (and the encoder) on the RoIs of a few training images."""
+        """Krahenbuhl et al.'s start of fc6, fc7 and the classifier (and the encoder's calibration) on the RoIs of a
+        few training images."""
         n = min(self.cfg.model.init_images, len(self.train_set))
         items = [self.train_set[(i, (self.cfg.train.seed, 0, i))] for i in range(n)]
         images, rois, _, _ = Collate(self.fill)(items)
         rois = rois.to(self.env.device)
-        layers = (affine_layers(model.encoder) if self.cfg.model.rescale_encoder else []) + [model.fc6.fc, model.fc7.fc]
+        # New layers: fc6, fc7 and the classifier, whose logits the calibration brings to unit scale (the box
+        # regressor keeps its N(0, bbox_std) start); pretrained conv layers are only scaled as a whole.
+        new = [model.fc6.fc, model.fc7.fc, model.cls_score]
+        layers = (affine_layers(model.encoder) if self.cfg.model.rescale_encoder else []) + new
         data_dependent_init(model, self._normalise(images), forward=lambda x: model(x, rois)[0], layers=layers,
-                            iterations=self.cfg.model.init_iterations, seed=self.cfg.train.seed)
+                            new_layers=new, iterations=self.cfg.model.init_iterations, seed=self.cfg.train.seed)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         from .features import _normalise_input

@@ -140,6 +140,12 @@ class SegmentConfig(ConfigRoot):
         check_fields(self)
         if len(self.model.fc_widths) != 2:
             raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7), got {self.model.fc_widths}")
+        if self.model.init == "data_dependent" and self.model.fc_from:
+            raise ConfigError("model.init=data_dependent starts new fc6/fc7; with model.fc_from they are converted "
+                              "from a classifier instead: choose one")
+        if self.train.val_images:
+            raise ConfigError(f"train.val_images={self.train.val_images}: a validation split is implemented for "
+                              f"classification only; hold images out of the split lists instead")
         check_device(self.train.device)
 
 

@@ -72,15 +72,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     AVX512-BF16 / AMX / Arm BF16), fp32 elsewhere; any other value is returned as it is."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":  # native bf16 from Ampere (compute capability 8) on; older GPUs only emulate it
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp32"
     return "bf16" if device.type == "cpu" and cpu_bf16_listed() else "fp32"
 
 
 def convergence(losses: list[float], tail: float = 0.1, tolerance: float = 0.05) -> dict[str, Any]:
     """Did the training loss flatten? The mean loss of the last `tail` of the steps against the mean of the tail
-    before it: `loss_change` = (last - before) / |before|; `converged` when the loss fell by less than
-    `tolerance` (5 %) over the last tenth. Fewer than 20 steps: `converged` is None (not measurable)."""
+    before it: `loss_change` = (last - before) / |before|; `converged` when it moved by less than `tolerance` (5 %)
+    either way over the last tenth (a rising loss has not converged either). Fewer than 20 steps: `converged` is
+    None (not measurable). Under a schedule that decays to 0 the last tenth is nearly flat by construction: read
+    it beside the validation score, not instead of it."""
     n = len(losses)
     k = max(1, int(n * tail))
     out: dict[str, Any] = {"initial_loss": losses[0] if losses else None, "final_loss": None, "loss_change": None,
@@ -89,7 +91,7 @@ def convergence(losses: list[float], tail: float = 0.1, tolerance: float = 0.05)
         return out
     last, before = sum(losses[-k:]) / k, sum(losses[-2 * k:-k]) / k
     change = (last - before) / max(abs(before), 1e-12)
-    return {**out, "final_loss": last, "loss_change": change, "converged": bool(change > -tolerance)}
+    return {**out, "final_loss": last, "loss_change": change, "converged": bool(abs(change) < tolerance)}
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -473,7 +475,8 @@ class Trainer(Engine):
             return result
         enc, arch, spec = self.method.encoder_export()
         record = {"wall_seconds": round(result.wall_seconds, 3), "steps": self.step, "images_seen": self.images_seen,
-                  "device": device_description(self.env.device), "world_size": self.env.world_size}
+                  "precision": self.precision, "device": device_description(self.env.device),
+                  "world_size": self.env.world_size}
         if self.discriminator_monitor.episodes:
             record["discriminator_collapses"] = self.discriminator_monitor.episodes
         meta = {"method": self.cfg.method, "pretrain": record, "config_hash": self.cfg.hash(),
