@@ -142,9 +142,6 @@ def _rescale(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tens
     finally:
         for handle in handles:
             handle.remove()
-    missed = [i for i in range(len(layers)) if i not in done]
-    if missed:
-        raise ValueError(f"data-dependent init: layer(s) {missed} of the list are not used by the forward pass")
 
 
 def between_layer_init(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,

@@ -216,3 +216,18 @@ def test_auto_precision_is_bf16_only_where_native(monkeypatch: pytest.MonkeyPatc
     for major, expected in ((7, "fp32"), (8, "bf16"), (9, "bf16")):  # V100 / T4 emulate bf16; Ampere on have it
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, m=major: (m, 0))
         assert trainer.resolve_precision("auto", torch.device("cuda:0")) == expected
+
+
+def test_cpu_flags_are_read_once_and_unknown_cpus_are_handled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One reader of /proc/cpuinfo: `auto` picks bf16 only where bf16 is listed; the emulation warning stays quiet
+    where nothing is known; the device string carries the instruction set."""
+    from pretext.engine import provenance, trainer
+
+    for flags, listed, native in ((frozenset({"avx2", "avx512_bf16"}), True, True), (frozenset({"avx2"}), False, False),
+                                  (None, False, True)):
+        monkeypatch.setattr(provenance, "cpu_flags", lambda f=flags: f)
+        assert provenance.cpu_bf16_listed() is listed and trainer.cpu_has_native_bf16() is native
+        assert trainer.resolve_precision("auto", torch.device("cpu")) == ("bf16" if listed else "fp32")
+    monkeypatch.setattr(provenance, "cpu_flags", lambda: frozenset({"amx_bf16", "avx512_bf16"}))
+    assert provenance.cpu_isa().endswith("+AMX+BF16")
+    assert "+AMX+BF16" in provenance.device_description(torch.device("cpu"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from pathlib import Path
@@ -30,24 +31,37 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def cpu_bf16_listed() -> bool:
-    """The CPU lists bf16 dot-product instructions (AVX512-BF16, AMX or Arm BF16) in /proc/cpuinfo; False when it
-    cannot be read: `precision=auto` picks bf16 only where it is known to be native."""
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16, AMX; Arm BF16
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"), read once; None where they cannot
+    be read (another OS, or a CPU that lists neither)."""
     try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        return None
+    return frozenset(text.split()) if "flags" in text or "Features" in text else None
+
+
+def cpu_bf16_listed() -> bool:
+    """The CPU lists bf16 dot-product instructions; False when its flags cannot be read: `precision=auto` picks
+    bf16 only where it is known to be native."""
+    return bool((cpu_flags() or frozenset()) & BF16_FLAGS)
+
+
+def cpu_has_native_bf16() -> bool:
+    """The CPU has bf16 dot-product instructions; unknown CPUs count as yes (for the emulation warning: no warning
+    where nothing is known)."""
+    return cpu_flags() is None or cpu_bf16_listed()
 
 
 def cpu_isa() -> str:
-    """The vector instruction set torch's CPU kernels use here (e.g. AVX512, AVX2), with "+BF16" / "+AMX" when the
+    """The vector instruction set torch's CPU kernels use here (e.g. AVX512, AVX2), with "+AMX" / "+BF16" when the
     CPU lists native bf16 instructions: recorded beside every timing."""
+    flags = cpu_flags() or frozenset()
     isa = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
     return isa + ("+AMX" if "amx_bf16" in flags else "") + ("+BF16" if flags & {"avx512_bf16", "bf16"} else "")
 
 

@@ -49,22 +49,11 @@ from .distributed import (
 )
 from .health import DiscriminatorMonitor
 from .logger import RunLogger
-from .provenance import cpu_bf16_listed, device_description, git_commit, versions
+from .provenance import cpu_bf16_listed, cpu_has_native_bf16, device_description, git_commit, versions
 
 log = logging.getLogger("cebench")
 RESUME_MUST_MATCH = ("method", "model", "mask", "loss", "context", "supervised")
 T = TypeVar("T")
-
-
-def cpu_has_native_bf16() -> bool:
-    """The CPU has bf16 dot-product instructions (x86 AVX512-BF16 or AMX, Arm BF16); unknown CPUs count as yes."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    flags = set(text.split())
-    listed = "flags" in text or "Features" in text  # x86 / Arm; neither: a CPU this check cannot read
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) or not listed
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
