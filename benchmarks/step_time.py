@@ -21,6 +21,7 @@ from pretext.data.labels import LabelSpace
 from pretext.engine.distributed import select_device
 from pretext.engine.trainer import resolve_precision
 from pretext.methods import StepContext, get_method
+from pretext.models.kernels import to_channels_last
 
 RANDOM_LABELS = LabelSpace(tuple(f"class{i}" for i in range(1000)), multilabel=False)
 
@@ -58,7 +59,10 @@ def step_runner(cfg: PretrainConfig, labels: LabelSpace = RANDOM_LABELS) -> Call
     x = torch.rand(cfg.train.batch_size, 3, size, size, device=device) * 2 - 1
     y = random_labels(labels, cfg.train.batch_size, device) if label_args else None
     if cfg.train.channels_last:
-        method, x = method.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        method, x = to_channels_last(method, device), x.contiguous(memory_format=torch.channels_last)
+    if cfg.train.compile:  # as the trainer does: each network compiled on its own
+        for name, net in method.networks().items():
+            setattr(method, name, torch.compile(net))
 
     def step(i: int) -> float:
         ctx = StepContext(i, torch.Generator().manual_seed(i), device, autocast, optimize,

@@ -13,6 +13,7 @@ import torch
 from benchmarks import perf
 from pretext.config import load_config
 from pretext.methods import StepContext, get_method
+from pretext.models.kernels import to_channels_last
 
 
 @pytest.mark.slow
@@ -39,9 +40,31 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert r["proposals"]["boxes_per_image"] > 10
     assert r["detection_inference"]["seconds_per_image"] > 0 and r["segmentation_inference"]["seconds_per_image"] > 0
     assert r["voc_scoring"]["images"] == perf.QUICK.eval_images and 0 <= r["voc_scoring"]["map_voc07_11pt"] <= 100
-    assert len(r["targets"]) >= 7 and all(isinstance(t["met"], bool) for t in r["targets"])
+    assert r["peer_gan"]["images_per_s"] > 0 and r["peer_gan"]["batch"] == perf.QUICK.step_batch
+    assert [t["layer"] for t in r["transposed_layers"]] == [t[0] for t in perf.TRANSPOSED]
+    assert all(t["fp32_plain_s"] > 0 and t["fp32_fast_s"] > 0 for t in r["transposed_layers"])
+    assert len(r["targets"]) >= 7
+    for t in r["targets"]:  # a target that does not apply to this machine is neither met nor missed
+        assert isinstance(t["met"], bool) if t["applies"] else t["met"] is None, t
+    assert [t["applies"] for t in r["targets"] if "bf16, vs" in t["target"]] == [r["native_bf16"]] * 3
     md = (tmp_path / "perf.md").read_text()
     assert "--quick" in md and "| ce227_plain_fp32 |" in md and "## Targets" in md
+    assert "| straightforward GAN port" in md and "## Transposed convolutions" in md
+
+
+def test_the_straightforward_gan_port_is_the_suites_gan_architecture() -> None:
+    """The yardstick computes the same networks as the suite's inpaint_paper step, written the plain way."""
+    from benchmarks import peer_gan
+    from pretext.models.dcgan import DCGANDiscriminator, DCGANGenerator
+
+    def shapes(net: torch.nn.Module) -> list[tuple[int, ...]]:
+        return sorted(tuple(p.shape) for p in net.parameters())
+
+    assert shapes(peer_gan.generator()) == shapes(DCGANGenerator(128, [64, 64, 128, 256, 512], 4000, "center"))
+    assert shapes(peer_gan.discriminator()) == shapes(DCGANDiscriminator(64, [64, 128, 256, 512]))
+    assert peer_gan.generator()(torch.zeros(2, 3, 128, 128)).shape == (2, 3, 64, 64)
+    step = peer_gan.step_runner(batch=2)
+    assert step(0) > 0
 
 
 def test_exact_search_agrees_with_scikit_learn() -> None:
@@ -75,8 +98,8 @@ def _one_step(preset: str, overrides: list[str], seed: int = 0) -> tuple[dict, d
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
     autocast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
     x = torch.rand(4, 3, cfg.data.fine_size, cfg.data.fine_size, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    if cfg.train.channels_last:
-        method = method.to(memory_format=torch.channels_last)
+    if cfg.train.channels_last:  # as the trainer does it (on CPU the parameters stay contiguous)
+        method = to_channels_last(method, torch.device("cpu"))
         x = x.contiguous(memory_format=torch.channels_last)
     torch.manual_seed(seed + 1)
     ctx = StepContext(0, torch.Generator().manual_seed(2), torch.device("cpu"), autocast, optimize,
@@ -116,7 +139,7 @@ def test_bf16_autocast_stays_close_to_fp32(preset: str) -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_whole_input_layers_equal_their_convolutions(channels_last: bool) -> None:
-    from pretext.models.dcgan import WholeInputConv2d, WholeInputConvTranspose2d
+    from pretext.models.kernels import WholeInputConv2d, WholeInputConvTranspose2d
 
     torch.manual_seed(0)
     for layer, shape in ((WholeInputConv2d(32, 48, 4, bias=True), (5, 32, 4, 4)),
@@ -127,7 +150,7 @@ def test_whole_input_layers_equal_their_convolutions(channels_last: bool) -> Non
             layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         outs = []
         for matmul in (False, True):
-            layer.matmul = matmul
+            layer.fast = matmul
             xi = x.clone().requires_grad_(True)
             y = layer(xi)
             (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
@@ -179,3 +202,29 @@ def test_compiled_networks_compute_what_eager_computes(preset: str) -> None:
         assert len(outs[0][1]) == len(outs[1][1]) > 0
         for a, b in zip(outs[0][1], outs[1][1]):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_step_runner_compiles_each_network_as_the_trainer_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.compile in the speed benchmark's step: every network wrapped by torch.compile (here the aot_eager
+    backend, the same graphs without a C++ build), and the step still trains."""
+    from benchmarks.step_time import step_runner
+
+    compile_ = torch.compile
+    wrapped = []
+    monkeypatch.setattr(torch, "compile", lambda net: wrapped.append(net) or compile_(net, backend="aot_eager"))
+    cfg = load_config("demo", ["mask.region_bank=null", "train.batch_size=2", "train.compile=true",
+                               "train.channels_last=true"])
+    step = step_runner(cfg)
+    assert len(wrapped) == 1 and step(0) > 0 and step(1) > 0
+
+
+def test_report_renders_a_perf_json_of_an_older_version() -> None:
+    """`cebench bench --report-only` on results/perf.json, written before the straightforward port, the transposed
+    layers and the compile timing existed; and a compile measurement that failed."""
+    old = json.loads((Path(__file__).resolve().parents[1] / "results" / "perf.json").read_text())
+    assert "peer_gan" not in old
+    text = perf.report(old, "cebench bench --out results")
+    assert "## Targets" in text and "## Transposed convolutions" not in text
+    failed = perf.report({**old, "compile": {"error": "Traceback ...\nInvalidCxxCompiler: no working C++ compiler"}},
+                         "x")
+    assert "The measurement failed: InvalidCxxCompiler: no working C++ compiler" in failed

@@ -53,6 +53,7 @@ from pretext.engine.trainer import Engine, convergence, step_seed
 from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
 from pretext.losses import classification_loss, masked_sigmoid_cross_entropy
+from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main, max_images
 from .evaluate import json_safe, provenance
@@ -477,7 +478,7 @@ class FineTuner(Engine):
         else:
             self.start = self.state.get("start", {})
         model.freeze(self.cfg.train.layers)
-        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+        return to_channels_last(model, self.env.device) if self.cfg.train.channels_last else model
 
     def _init_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Centre views (normalised) and labels of the first `model.init_images` training images of a fixed

@@ -60,6 +60,7 @@ from pretext.engine.trainer import Engine, convergence, step_seed
 from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
+from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main, max_images
 from .classify import RESUME_FREE as CLASSIFY_RESUME_FREE
@@ -510,7 +511,7 @@ class Detector(Engine):
         if m.init == "data_dependent" and self.state is None:
             self._data_dependent_init(model)
         model.freeze(self.cfg.train.layers)
-        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+        return to_channels_last(model, self.env.device) if self.cfg.train.channels_last else model
 
     def _data_dependent_init(self, model: FastRCNN) -> None:
         """Krahenbuhl et al.'s start of fc6, fc7 and the classifier (and the encoder's calibration) on the RoIs of a

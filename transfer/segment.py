@@ -60,6 +60,7 @@ from pretext.engine.provenance import device_description
 from pretext.engine.trainer import Engine, convergence, step_seed
 from pretext.export import load_encoder
 from pretext.init import within_layer_init
+from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main, max_images
 from .classify import RESUME_FREE, FineTuneConfig, SGDConfig, build_optimizer, lr_at, resume_changes
@@ -433,7 +434,7 @@ class Segmenter(Engine):
         if m.init == "data_dependent" and self.state is None and not m.fc_from:
             self._data_dependent_init(model)
         model.freeze(self.cfg.train.layers)
-        return model.to(memory_format=torch.channels_last) if self.cfg.train.channels_last else model
+        return to_channels_last(model, self.env.device) if self.cfg.train.channels_last else model
 
     def _data_dependent_init(self, model: FCN) -> None:
         """fc6 and fc7 at unit pre-activations on `model.init_images` training images of a fixed shuffle."""

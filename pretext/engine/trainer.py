@@ -30,6 +30,7 @@ from ..export import export_encoder
 from ..methods import PretextMethod, StepContext, get_method
 from ..models import timm_name
 from ..models.alexnet import AlexNetEncoder
+from ..models.kernels import to_channels_last
 from .checkpoint import (
     CHECKPOINT,
     CheckpointError,
@@ -387,7 +388,7 @@ class Trainer(Engine):
         method = get_method(self.cfg.method)(self.cfg, self.fill_mean, *labels).to(self.env.device)
         method.use_fast_kernels(self.cfg.train.fast_kernels)
         if self.cfg.train.channels_last:
-            method = method.to(memory_format=torch.channels_last)
+            method = to_channels_last(method, self.env.device)
         self.raw_networks = dict(method.networks())
         for name, net in self.raw_networks.items():
             wrapped = wrap_ddp(net, self.env)

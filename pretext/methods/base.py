@@ -50,10 +50,10 @@ class PretextMethod(nn.Module, abc.ABC):
                                 **({"fused": True} if fused else {}))
 
     def use_fast_kernels(self, enabled: bool) -> None:
-        """Whole-input convolutions as matrix products (or plain PyTorch modules) in every network."""
-        from pretext.models.dcgan import set_matmul_kernels
+        """The fast layers of every network (pretext.models.kernels) on their fast path, or as plain PyTorch."""
+        from pretext.models.kernels import set_fast_kernels
 
-        set_matmul_kernels(self, enabled)
+        set_fast_kernels(self, enabled)
 
     @abc.abstractmethod
     def networks(self) -> dict[str, nn.Module]:

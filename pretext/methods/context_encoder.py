@@ -7,7 +7,8 @@ from torch import nn
 
 from ..config import PretrainConfig
 from ..engine.distributed import unwrap
-from ..losses import discriminator_loss, generator_adversarial_loss, joint_loss, reconstruction_loss, region_weights
+from ..losses import (discriminator_loss, generator_adversarial_loss, joint_loss, match_layout, reconstruction_loss,
+                      region_weights)
 from ..masks import MaskGenerator, build_mask_generator, prediction_region
 from ..models import alexnet_spec
 from ..models.alexnet import AlexNetEncoder
@@ -64,7 +65,7 @@ class ContextEncoderMethod(GeneratorDiscriminator, PretextMethod):
         b, _, h, w = images.shape
         hole = self.masks(b, h, w, generator, images.device)
         region = prediction_region(hole, self.cfg.mask.overlap)
-        return torch.where(hole, self.fill.to(images.dtype), images), hole, region
+        return torch.where(match_layout(hole, images), self.fill.to(images.dtype), images), hole, region
 
     def _crop(self, t: torch.Tensor) -> torch.Tensor:
         # The centre-output generator predicts exactly the central quarter.

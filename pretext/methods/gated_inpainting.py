@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import PretrainConfig
 from ..engine.distributed import unwrap
-from ..losses import hinge_discriminator_loss, hinge_generator_loss, joint_loss
+from ..losses import hinge_discriminator_loss, hinge_generator_loss, joint_loss, match_layout
 from ..models.gated import GatedGenerator, SNPatchDiscriminator, flow_to_color
 from .base import GeneratorDiscriminator, PretextMethod, StepContext
 from .context_encoder import build_masks
@@ -52,7 +52,7 @@ class GatedInpaintingMethod(GeneratorDiscriminator, PretextMethod):
         """(input with the hole filled by the mean, hole mask)."""
         b, _, h, w = images.shape
         hole = self.masks(b, h, w, generator, images.device)
-        return torch.where(hole, self.fill.to(images.dtype), images), hole
+        return torch.where(match_layout(hole, images), self.fill.to(images.dtype), images), hole
 
     def _reconstruction(self, coarse: torch.Tensor, refined: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         kind = self.cfg.loss.reconstruction
@@ -66,7 +66,7 @@ class GatedInpaintingMethod(GeneratorDiscriminator, PretextMethod):
         if self.discriminator is None:
             ctx.optimize("generator", rec)
             return {"loss": rec.detach(), "rec": rec.detach()}
-        complete = torch.where(hole, refined.to(images.dtype), images)
+        complete = torch.where(match_layout(hole, images), refined.to(images.dtype), images)
         with ctx.autocast():
             real = self.discriminator(images, hole)
             fake = self.discriminator(complete.detach(), hole)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .kernels import FastConvTranspose2d, is_channels_last
+
 
 class ChannelWiseFC(nn.Module):
     """Per-channel dense map of the n x n feature grid: m * n^4 weights instead of m^2 * n^4."""
@@ -74,7 +76,7 @@ class UpconvDecoder(nn.Module):
         plan = upconv_plan(in_size, target, layers=len(chans) - 1)
         layers: list[nn.Module] = []
         for i, (_, _, k, s, p) in enumerate(plan):
-            layers.append(nn.ConvTranspose2d(chans[i], chans[i + 1], k, stride=s, padding=p))
+            layers.append(FastConvTranspose2d(chans[i], chans[i + 1], k, stride=s, padding=p))
             if i < len(plan) - 1:
                 if norm == "batch":
                     layers.append(nn.BatchNorm2d(chans[i + 1]))
@@ -108,4 +110,7 @@ class ContextEncoderNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Masked image (B, 3, H, W) -> prediction (B, 3, out, out)."""
-        return self.decoder(self.bottleneck(self.encoder(x)))
+        z = self.bottleneck(self.encoder(x))
+        # the channel-wise FC answers in NCHW: the decoder gets the input's layout back (after the dropout, whose
+        # random mask follows memory order, so both layouts draw the same one)
+        return self.decoder(z.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else z)

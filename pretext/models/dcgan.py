@@ -6,47 +6,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .kernels import FastConvTranspose2d, WholeInputConv2d, WholeInputConvTranspose2d, is_channels_last
+
 DCGAN_WIDTHS = (64, 64, 128, 256, 512)
-
-
-class WholeInputConv2d(nn.Conv2d):
-    """A convolution whose kernel covers its whole input (the 4x4 -> 1x1 bottleneck, the discriminator's last
-    layer): a fully connected layer. With `matmul` (the default) it runs as one matrix product, which oneDNN's
-    convolution kernels are ~5-10x slower at on CPU for these shapes; the weights, the state dict and the result
-    are nn.Conv2d's (`matmul = False` runs nn.Conv2d itself, the speed benchmark's plain reference)."""
-
-    matmul = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.matmul or tuple(x.shape[-2:]) != self.kernel_size or self.padding != (0, 0) or self.groups != 1:
-            return super().forward(x)
-        y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
-        return y.view(len(x), self.out_channels, 1, 1)
-
-
-class WholeInputConvTranspose2d(nn.ConvTranspose2d):
-    """A transposed convolution of a 1x1 input (the bottleneck -> 4x4 decoder start): a fully connected layer,
-    run as one matrix product when `matmul` is set (see WholeInputConv2d)."""
-
-    matmul = True
-
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if (not self.matmul or output_size is not None or tuple(x.shape[-2:]) != (1, 1) or self.padding != (0, 0)
-                or self.output_padding != (0, 0) or self.groups != 1):
-            return super().forward(x, output_size)
-        y = F.linear(x.flatten(1), self.weight.flatten(1).t())
-        y = y.view(len(x), self.out_channels, *self.kernel_size)
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
-
-
-def set_matmul_kernels(module: nn.Module, enabled: bool) -> None:
-    """Switch every whole-input layer of `module` between the matrix-product path and plain PyTorch."""
-    for m in module.modules():
-        if isinstance(m, (WholeInputConv2d, WholeInputConvTranspose2d)):
-            m.matmul = enabled
 
 
 def _down(cin: int, cout: int, bn: bool) -> list[nn.Module]:
@@ -58,7 +22,7 @@ def _down(cin: int, cout: int, bn: bool) -> list[nn.Module]:
 
 
 def _up(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+    return [FastConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -109,14 +73,17 @@ class DCGANGenerator(nn.Module):
         chans = list(reversed(widths)) if output == "full" else list(reversed(widths))[:-1]
         layers = [WholeInputConvTranspose2d(bottleneck, chans[0], 4, bias=False), nn.BatchNorm2d(chans[0]), nn.ReLU(True)]
         layers += [m for a, b in zip(chans[:-1], chans[1:]) for m in _up(a, b)]
-        layers += [nn.ConvTranspose2d(chans[-1], 3, 4, stride=2, padding=1), nn.Tanh()]
+        layers += [FastConvTranspose2d(chans[-1], 3, 4, stride=2, padding=1), nn.Tanh()]
         self.decoder = nn.Sequential(*layers)
         self.out_size = input_size if output == "full" else input_size // 2
         dcgan_init(self.decoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Masked image (B, 3, S, S) -> prediction (B, 3, out, out) in [-1, 1]."""
-        return self.decoder(self.encoder(x))
+        h = self.decoder[0](self.encoder(x))  # the 1x1 -> 4x4 matrix product answers in NCHW ...
+        if is_channels_last(x):  # ... the up-convolutions get the input's layout back
+            h = h.contiguous(memory_format=torch.channels_last)
+        return self.decoder[1:](h)
 
 
 class DCGANDiscriminator(nn.Module):
