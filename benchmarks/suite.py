@@ -546,10 +546,12 @@ def _reusable(path: Path, spec: str) -> bool:
 
 def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:
     from .tables import load_cells, write_figures, write_tables
+    from .verdict import summary
 
     cells = load_cells(out, specs)  # only this plan's cells: not those of removed seeds, tasks or settings
     write_tables(out, cells, reference=list(suite.reference) or None)
     write_figures(out, cells)
+    print(summary(out, cells, list(suite.reference) or None), end="")
 
 
 def _describe(suite: Suite, data: Datasets, pretrain_root: Path) -> dict:

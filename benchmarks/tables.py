@@ -612,12 +612,37 @@ def _write_table2(results_dir: Path, cells: list[dict], reference: list[dict] | 
     return [results_dir / name for name in texts]
 
 
+RESULTS_COLUMNS = ("suite", "pretraining", "method", "task", "kind", "seed", "metric", "value", "headline")
+
+
+def results_frame(cells: list[dict]) -> pd.DataFrame:
+    """The long-format results.csv: a row per (cell, number): the headline under its table name (headline true)
+    and every other numeric metric of the cell under its key (per-class values and nested records left out:
+    per_class_<task>.csv has the former); failed cells have no numbers and no rows (failed.md lists them)."""
+    rows = []
+    for c in cells:
+        if _failed(c):
+            continue
+        head = {k: c[k] for k in ("suite", "pretraining", "method", "task", "kind", "seed")}
+        rows.append({**head, "metric": c["headline"]["name"], "value": float(c["headline"]["value"]),
+                     "headline": True})
+        for key, value in (c.get("metrics") or {}).items():
+            if _is_number(value) and not isinstance(value, bool):
+                rows.append({**head, "metric": key, "value": float(value), "headline": False})
+        if _is_number(c.get("pretrain_seconds")):
+            rows.append({**head, "metric": "pretrain_seconds", "value": float(c["pretrain_seconds"]),
+                         "headline": False})
+    return pd.DataFrame(rows, columns=list(RESULTS_COLUMNS)).astype({"seed": int, "value": float, "headline": bool})
+
+
 def write_tables(results_dir: Path, cells: list[dict], reference: list[dict] | None = None,
                  baseline: str | None = None) -> list[Path]:
-    """Write table2 (marks against the `baseline` row: see pick_baseline), table2_stats, table1, per-class tables and
-    failed.md atomically into results_dir; the paths written. ValueError, before writing, for an unknown baseline."""
+    """Write table2 (marks against the `baseline` row: see pick_baseline), table2_stats, results.csv (every number,
+    long format), table1, per-class tables and failed.md atomically into results_dir; the paths written. ValueError, before writing, for an unknown baseline."""
     results_dir = Path(results_dir)
     written = _write_table2(results_dir, cells, reference, table2_stats(cells, baseline))
+    atomic_write_text(results_dir / "results.csv", results_frame(cells).to_csv(index=False))
+    written.append(results_dir / "results.csv")
     inpainting = table1(cells)
     if inpainting is not None:
         written += _write_frame(results_dir / "table1", inpainting, (".csv", ".md", ".tex"))
@@ -792,10 +817,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (ValueError, CheckpointError) as exc:  # a bad cell file or baseline, or results_dir not writable
         log.error("%s", exc)
         return 2
-    print(table2_markdown(cells, reference, args.baseline), end="")
-    failed = sum(map(_failed, cells))
-    print(f"{len(cells)} cells ({failed} failed{', see failed.md' if failed else ''}) -> "
-          f"{len(paths)} files in {args.results_dir}")
+    from .verdict import summary
+
+    print(summary(args.results_dir, cells, reference, args.baseline), end="")
+    print(f"{len(paths)} files written in {args.results_dir}")
     return 0
 
 

@@ -167,7 +167,7 @@ def test_write_tables_files_and_round_trip(tmp_path: Path, cells: list[dict]) ->
     names = sorted(p.name for p in paths)
     assert names == sorted(["table2.csv", "table2.md", "table2.tex", "table2_stats.csv", "table2_stats.md",
                             "table1.csv", "table1.md", "table1.tex", "per_class_classify.csv", "per_class_classify.md",
-                            "failed.md"])
+                            "failed.md", "results.csv"])
     assert all(p.stat().st_size > 0 for p in paths)
     back = pd.read_csv(tmp_path / "table2.csv", dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(back, table2(cells))
@@ -220,7 +220,7 @@ def test_main_writes_and_prints(tmp_path: Path, cells: list[dict], capsys: pytes
     write_cells(tmp_path, cells)
     assert main([str(tmp_path)], prog="cebench table") == 0
     out = capsys.readouterr().out
-    assert "| pretraining" in out and "34.0 ± 4.6" in out and "12 cells (2 failed" in out
+    assert "| pretraining" in out and "34.0 ± 4.6" in out and "Verdict: 12 cells, 10 ok, 2 failed." in out
     assert (tmp_path / "table2.md").exists() and (tmp_path / "figures" / "bars.png").exists()
 
 
@@ -474,7 +474,7 @@ def test_main_prints_the_legend_and_takes_a_baseline(tmp_path: Path, contrasts: 
     assert main([str(tmp_path)], prog="cebench table") == 0
     out = capsys.readouterr().out
     assert "31.3 ± 1.5*" in out and "- `*` differs from the baseline row random_init" in out
-    assert out.startswith((tmp_path / "table2.md").read_text())  # the file as written, legend included
+    assert (tmp_path / "table2.md").read_text() in out  # the file as written, legend included
     assert main([str(tmp_path), "--baseline", "autoencoder"]) == 0
     assert "baseline row" not in capsys.readouterr().out
     (tmp_path / "table2.csv").unlink()
@@ -486,3 +486,23 @@ def test_random_method_is_the_random_init_method() -> None:
     from pretext.methods.random_init import RandomInitMethod
 
     assert tables.RANDOM_METHOD == RandomInitMethod.name
+
+
+def test_results_csv_is_long_format_and_loads_as_numbers(tmp_path: Path, cells: list[dict]) -> None:
+    write_tables(tmp_path, cells)
+    back = pd.read_csv(tmp_path / "results.csv")
+    assert list(back.columns) == list(tables.RESULTS_COLUMNS)
+    assert back["value"].dtype == float and back["seed"].dtype == int and back["headline"].dtype == bool
+    heads = back[back["headline"]]
+    ok = [c for c in cells if c["status"] == "ok"]
+    assert len(heads) == len(ok)  # one headline per ok cell; the failed ones have none
+    ce = heads[(heads["pretraining"] == "ce_region") & (heads["task"] == "classify")].sort_values("seed")
+    assert list(ce["value"]) == [30.0, 33.0, 39.0] and set(ce["metric"]) == {"Cls mAP (%)"}
+    # the inpainting cells' numeric metrics come along; their text ("row") does not
+    psnr = back[(back["task"] == "inpaint") & (back["metric"] == "mean_l2")]
+    assert sorted(psnr["value"]) == [2.0, 2.5, 8.0] and "row" not in set(back["metric"])
+    pretrain = back[(back["metric"] == "pretrain_seconds") & (back["pretraining"] == "ce_region")]
+    assert 7000.0 in set(pretrain["value"])
+    # a plot in two lines: the mean headline per pretraining and task
+    means = heads.groupby(["pretraining", "task"])["value"].mean()
+    assert means[("ce_region", "classify")] == pytest.approx(34.0)
