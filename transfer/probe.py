@@ -32,11 +32,11 @@ from sklearn.svm import LinearSVC
 
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
-from pretext.export import load_encoder
 from pretext.models.alexnet import STAGES
 from pretext.models.gated import GATED_STAGES
 
 from .arguments import max_images, number_list
+from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import DEFAULT_CACHE, Features, cached_features, check_train_test, open_labelled
 from .knn import DEFAULT_KS, TEMPERATURE, knn_probe
@@ -155,6 +155,7 @@ def build_record(args: argparse.Namespace, meta: dict, train: Features, test: Fe
     """Everything metrics.json says besides the probe's own results."""
     return {"probe": args.probe, "layer": args.layer, "feature_dim": int(train.x.shape[1]),
             "encoder": str(args.encoder), "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
+            **encoder_record(meta),
             "train": train.source.describe(args.max_images[0]), "test": test.source.describe(args.max_images[1]),
             "classes": list(train.classes), "seed": args.seed, **provenance()}
 
@@ -164,7 +165,8 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features]:
     train_set, test_set = open_labelled(args.train, args.train_split), open_labelled(args.test, args.test_split)
     check_train_test(train_set, test_set)
     device = select_device(args.device)
-    encoder, meta = load_encoder(args.encoder)
+    encoder, meta = open_encoder(args.encoder, args.weights)
+    args.layer = args.layer or default_layer(encoder)
     stages = getattr(encoder, "stages", STAGES)
     if args.layer not in stages:
         raise ValueError(f"{args.encoder}: unknown layer {args.layer!r} for a {meta.get('arch')} encoder; choose from "
@@ -215,10 +217,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the probe command."""
     p = argparse.ArgumentParser(prog=prog, description="Linear probe or weighted kNN on frozen encoder features.")
     p.add_argument("probe", choices=("knn", "linear", "svm"))
-    p.add_argument("--encoder", type=Path, required=True, metavar="RUN_DIR", help="run directory or encoder.json")
-    p.add_argument("--layer", default="pool5",
-                   help=f"encoder stage (default: pool5); AlexNet: {', '.join(STAGES)}; the free-form inpainting "
-                        f"model's coarse encoder: {', '.join(GATED_STAGES)}")
+    p.add_argument("--encoder", required=True, metavar="RUN_DIR|timm:NAME|torchvision:NAME",
+                   help="run directory or encoder.json, or a timm / torchvision model by name")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="weights of a timm: / torchvision: encoder: a state dict of any trainer (random init without)")
+    p.add_argument("--layer", default=None,
+                   help=f"encoder stage (default: pool5, or a backbone's last stage); AlexNet: {', '.join(STAGES)}; "
+                        f"the free-form inpainting model's coarse encoder: {', '.join(GATED_STAGES)}; a backbone's "
+                        f"stages are listed when a wrong one is asked for")
     p.add_argument("--train", type=Path, required=True, metavar="ROOT_OR_DIR",
                    help="VOC-format root (has ImageSets/Main) or ImageFolder directory DIR/<class>/<image>")
     p.add_argument("--train-split", default="trainval", help="VOC split to train on (default: trainval)")

@@ -36,10 +36,10 @@ from torch import nn
 from pretext.data.sources import IMAGE_EXTS, folder_images
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
-from pretext.export import load_encoder
 from pretext.masks import CentralMask
 
 from .arguments import max_images, positive_int
+from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import (DEFAULT_CACHE, Features, LabelledImages, cached_features, fill_value, is_voc_root, load_batch,
                        open_labelled)
@@ -251,7 +251,8 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features, t
     """Encoder metadata, database and query features (masked as asked), and the hole (None without a mask)."""
     db_set, query_set = open_images(args.database, args.database_split), open_images(args.queries, args.query_split)
     device = select_device(args.device)
-    encoder, meta = load_encoder(args.encoder)
+    encoder, meta = open_encoder(args.encoder, args.weights)
+    args.layer = args.layer or default_layer(encoder)
     check_layer(encoder, meta, args.layer, args.encoder)
     hole = central_hole(int(meta["input_size"])) if args.mask == "central" else None
     db_hole = hole if args.database_mask == "same" else None
@@ -286,7 +287,7 @@ def build_record(args: argparse.Namespace, meta: dict, db: Features, queries: Fe
     if not reason and n_used < len(queries.x):
         reason = f"{len(queries.x) - n_used} queries without a present class are left out of the mean"
     return {"task": "retrieval", "encoder": str(args.encoder), "encoder_sha256": meta["sha256"],
-            "encoder_method": meta.get("method"), "layer": args.layer, "feature_dim": int(db.x.shape[1]),
+            "encoder_method": meta.get("method"), **encoder_record(meta), "layer": args.layer, "feature_dim": int(db.x.shape[1]),
             "mask": args.mask, "database_mask": args.database_mask if args.mask != "none" else "none",
             "fill": fill_value(meta) if args.mask != "none" else None,
             "database": db.source.describe(args.max_images[0]), "queries": queries.source.describe(args.max_images[1]),
@@ -328,7 +329,10 @@ def summary(record: dict) -> str:
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the retrieve command."""
     p = argparse.ArgumentParser(prog=prog, description="Nearest-neighbour retrieval on frozen encoder features.")
-    p.add_argument("--encoder", type=Path, required=True, metavar="RUN_DIR", help="run directory or encoder.json")
+    p.add_argument("--encoder", required=True, metavar="RUN_DIR|timm:NAME|torchvision:NAME",
+                   help="run directory or encoder.json, or a timm / torchvision model by name")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="weights of a timm: / torchvision: encoder: a state dict of any trainer (random init without)")
     p.add_argument("--database", type=Path, required=True, metavar="DIR",
                    help="ImageFolder, VOC/COCO root or flat image folder searched")
     p.add_argument("--database-split", default="trainval", help="VOC/COCO split of the database (default: trainval)")
@@ -336,7 +340,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--query-split", default="test", help="VOC/COCO split of the queries (default: test)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
                    help="directory for neighbours.json, metrics.json, grid.png")
-    p.add_argument("--layer", default="pool5", help="encoder stage (default: pool5)")
+    p.add_argument("--layer", default=None, help="encoder stage (default: pool5, or a backbone's last stage)")
     p.add_argument("--k", type=positive_int, default=10, help="neighbours per query (default: 10)")
     p.add_argument("--mask", choices=("none", "central"), default="none",
                    help="central: fill the central square (half the side) with the encoder's fill mean")

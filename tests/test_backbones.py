@@ -1,0 +1,199 @@
+"""Any backbone as an encoder: timm and torchvision models by name, weights saved by other SSL trainers, and the
+probe and retrieval commands on them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from transfer.backbones import (BackboneError, default_layer, is_backbone_spec, load_backbone_weights, open_backbone,
+                                open_encoder, read_state_dict)
+from tests.test_probes import stripes
+
+
+@pytest.fixture(scope="module")
+def resnet() -> tuple[torch.nn.Module, dict]:
+    return open_backbone("timm:resnet18")
+
+
+def test_timm_backbone_stages_shapes_and_metadata(resnet) -> None:
+    backbone, meta = resnet
+    assert backbone.stages == ("act1", "layer1", "layer2", "layer3", "layer4")
+    assert meta["input_size"] == 224 and meta["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["stages"]["layer3"] == {"channels": 256, "stride": 16}
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        y = backbone(x, out="layer3")
+        both = backbone(x, out=("layer1", "layer4"))
+    assert y.shape == (2, 256, 6, 6) and both["layer1"].shape == (2, 64, 24, 24) and both["layer4"].shape[1] == 512
+    with pytest.raises(ValueError, match="layer5.*choose from act1"):
+        backbone(x, out="layer5")
+    assert default_layer(backbone) == "layer4"
+    # random init is seeded: the same spec is the same network, and its identity says so
+    again, meta2 = open_backbone("timm:resnet18")
+    assert meta2["sha256"] == meta["sha256"] != open_backbone("timm:resnet18", seed=1)[1]["sha256"]
+    torch.testing.assert_close(again.model.conv1.weight, backbone.model.conv1.weight)
+
+
+def test_torchvision_backbone_stages_and_early_stop() -> None:
+    backbone, meta = open_backbone("torchvision:resnet18")
+    assert backbone.stages[-4:] == ("layer1", "layer2", "layer3", "layer4") and "fc" not in backbone.stages
+    assert meta["stages"]["layer4"] == {"channels": 512, "stride": 32}
+    calls = []
+    backbone.model.layer4.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        assert backbone(torch.randn(1, 3, 64, 64), out="layer2").shape == (1, 128, 8, 8)
+        assert not calls  # stopped after layer2
+        assert backbone(torch.randn(1, 3, 64, 64)).shape == (1, 512, 2, 2)  # default: the last stage
+    vgg, _ = open_backbone("torchvision:vgg11")
+    assert vgg.stages[0] == "features.0" and all(s.startswith("features.") for s in vgg.stages)
+
+
+@pytest.mark.parametrize("spec, problem", [("timm:no_such_net", "timm has no model 'no_such_net'"),
+                                           ("torchvision:no_such_net", "torchvision has no classification model")])
+def test_unknown_model_names(spec: str, problem: str) -> None:
+    with pytest.raises(BackboneError, match=problem):
+        open_backbone(spec)
+
+
+def _reference(seed: int = 5) -> dict[str, torch.Tensor]:
+    """The weights another trainer would have produced: a differently seeded resnet18."""
+    return {k: v.clone() for k, v in open_backbone("timm:resnet18", seed=seed)[0].model.state_dict().items()}
+
+
+@pytest.mark.parametrize("layout", ["solo_learn", "dino", "moco", "mocov3", "lightly_safetensors", "vissl"])
+def test_weights_of_other_trainers_load_and_extras_are_listed(tmp_path: Path, layout: str) -> None:
+    ref = _reference()
+    junk = torch.zeros(3)
+    if layout == "solo_learn":  # backbone.* beside projector.*, a momentum copy, a loss's buffer, any other head
+        obj = {"state_dict": {**{f"backbone.{k}": v for k, v in ref.items()}, "projector.0.weight": junk,
+                              "momentum_backbone.conv1.weight": junk, "dino_loss_func.center": junk,
+                              "momentum_head.mlp.0.weight": junk}, "epoch": 3}
+        expected = ["dino_loss_func.center", "momentum_backbone.conv1.weight", "momentum_head.mlp.0.weight",
+                    "projector.0.weight"]
+    elif layout == "dino":  # teacher and student, DDP prefixes, a head, the run's arguments; the teacher is the one
+        teacher = {**{f"module.backbone.{k}": v for k, v in ref.items()}, "module.head.last_layer.weight": junk}
+        student = {f"module.backbone.{k}": torch.zeros_like(v) for k, v in ref.items()}
+        obj = {"teacher": teacher, "student": student, "epoch": 100, "args": argparse.Namespace(arch="resnet18")}
+        expected = ["head.last_layer.weight"]
+    elif layout == "mocov3":  # base and momentum encoders, a predictor
+        obj = {"state_dict": {**{f"module.base_encoder.{k}": v for k, v in ref.items()},
+                              "module.momentum_encoder.conv1.weight": junk, "module.predictor.0.weight": junk}}
+        expected = ["momentum_encoder.conv1.weight", "predictor.0.weight"]
+    elif layout == "moco":  # query encoder, key (momentum) encoder, queue
+        obj = {"state_dict": {**{f"module.encoder_q.{k}": v for k, v in ref.items()},
+                              **{f"module.encoder_k.{k}": torch.zeros_like(v) for k, v in list(ref.items())[:2]},
+                              "module.queue": junk}, "arch": "resnet18"}
+        expected = sorted(["queue", *(f"encoder_k.{k}" for k in list(ref)[:2])])
+    elif layout == "lightly_safetensors":  # a plain state dict under "backbone." in a safetensors file
+        obj = {**{f"backbone.{k}": v for k, v in ref.items()}, "projection_head.layers.0.weight": junk}
+        expected = ["projection_head.layers.0.weight"]
+    else:  # VISSL: classy_state_dict / base_model / model / trunk, with _feature_blocks.
+        obj = {"classy_state_dict": {"base_model": {"model": {"trunk": {f"_feature_blocks.{k}": v
+                                                                        for k, v in ref.items()},
+                                                              "heads": {"0.weight": junk}}}}}
+        expected = []
+    path = tmp_path / ("w.safetensors" if layout == "lightly_safetensors" else "w.pth")
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in obj.items()}, str(path))
+    else:
+        torch.save(obj, path)
+    backbone, meta = open_backbone("timm:resnet18", weights=path)
+    for k, v in ref.items():
+        torch.testing.assert_close(backbone.model.state_dict()[k], v, msg=k)
+    assert meta["ignored_keys"] == expected and meta["weights"] == str(path) and len(meta["sha256"]) == 64
+
+
+def test_weights_that_do_not_fit_are_refused_with_every_problem(tmp_path: Path) -> None:
+    ref = _reference()
+    bad = {k: v for k, v in ref.items() if not k.startswith("layer4")}  # missing keys
+    bad["conv1.weight"] = torch.zeros(8, 3, 3, 3)  # mis-shaped
+    bad["extra_block.weight"] = torch.zeros(2)  # unexpected, not a known head
+    torch.save({"state_dict": bad}, tmp_path / "bad.pth")
+    with pytest.raises(BackboneError) as info:
+        open_backbone("timm:resnet18", weights=tmp_path / "bad.pth")
+    text = str(info.value)
+    assert "bad.pth" in text and "missing (layer4." in text and "unexpected (extra_block.weight)" in text
+    assert "conv1.weight: file (8, 3, 3, 3), model (64, 3, 7, 7)" in text
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneError, match="junk.pth: not a readable weights file"):
+        read_state_dict(tmp_path / "junk.pth")
+    with pytest.raises(BackboneError, match="weights file not found"):
+        read_state_dict(tmp_path / "absent.pth")
+    torch.save({"epoch": 3, "args": "x"}, tmp_path / "empty.pth")
+    with pytest.raises(BackboneError, match="no tensors found"):
+        read_state_dict(tmp_path / "empty.pth")
+
+
+def test_a_classifier_head_missing_from_the_file_is_fine(tmp_path: Path) -> None:
+    """SSL checkpoints carry no classifier: the head a feature extractor never uses may be absent."""
+    model = open_backbone("torchvision:resnet18")[0].model
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    torch.save(weights, tmp_path / "w.pt")
+    assert load_backbone_weights(model, tmp_path / "w.pt") == {"loaded": len(weights), "ignored": []}
+
+
+def test_open_encoder_dispatch(tmp_path: Path) -> None:
+    assert is_backbone_spec("timm:resnet18") and is_backbone_spec("torchvision:resnet50")
+    assert not is_backbone_spec("runs/ce") and not is_backbone_spec("C:/runs/ce")
+    with pytest.raises(BackboneError, match="--weights is for timm"):
+        open_encoder(tmp_path, weights=tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="encoder metadata not found"):
+        open_encoder(tmp_path / "missing_run")
+
+
+def test_probe_and_retrieval_commands_on_backbones(tmp_path: Path) -> None:
+    from transfer.probe import main as probe_main
+    from transfer.retrieve import main as retrieve_main
+
+    train, test = stripes(tmp_path / "train", 6, seed=0), stripes(tmp_path / "test", 6, seed=1)
+    ref = _reference(seed=7)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in ref.items()}}, tmp_path / "ssl.pth")
+    out = tmp_path / "knn"
+    assert probe_main(["knn", "--encoder", "timm:resnet18", "--weights", str(tmp_path / "ssl.pth"), "--train",
+                       str(train), "--test", str(test), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                       "--k", "3", "--batch-size", "6"], prog="cebench probe") == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["encoder"] == "timm:resnet18" and record["layer"] == "layer4"
+    assert record["encoder_method"] == "external" and record["train"]["n_images"] == 12
+    assert record["encoder_weights"] == str(tmp_path / "ssl.pth") and record["encoder_ignored_keys"] == []
+    out = tmp_path / "retrieval"
+    assert retrieve_main(["--encoder", "torchvision:resnet18", "--layer", "layer3", "--database", str(train),
+                          "--queries", str(test), "--out", str(out), "--cache", str(tmp_path / "cache"), "--k", "3"],
+                         prog="cebench retrieve") == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["layer"] == "layer3" and record["encoder"] == "torchvision:resnet18"
+    # a stage the backbone does not have: a clear error, exit code 2
+    assert probe_main(["knn", "--encoder", "timm:resnet18", "--layer", "pool5", "--train", str(train), "--test",
+                       str(test), "--out", str(tmp_path / "x"), "--cache", str(tmp_path / "cache")]) == 2
+
+
+class Hyper:
+    """A class a weights_only load does not know (as Lightning's hyper-parameter containers)."""
+
+
+def test_a_classifier_of_another_size_is_ignored_and_arguments_objects_are_refused_clearly(tmp_path: Path) -> None:
+    model = open_backbone("torchvision:resnet18")[0].model
+    weights = dict(model.state_dict())
+    weights["fc.weight"], weights["fc.bias"] = torch.zeros(128, 512), torch.zeros(128)  # MoCo v1's 128-d head
+    torch.save({"state_dict": weights}, tmp_path / "moco_v1.pth")
+    loaded = load_backbone_weights(model, tmp_path / "moco_v1.pth")
+    assert loaded["ignored"] == ["fc.bias", "fc.weight"] and loaded["loaded"] == len(weights) - 2
+
+    torch.save({"state_dict": weights, "hyper": Hyper()}, tmp_path / "lightning.ckpt")
+    with pytest.raises(BackboneError, match="lightning.ckpt: holds Python objects other than tensors"):
+        read_state_dict(tmp_path / "lightning.ckpt")
+
+
+def test_torchvision_transformers_point_to_timm_and_timm_tags_work() -> None:
+    with pytest.raises(BackboneError, match="vit_b_16 is a transformer.*timm:NAME"):
+        open_backbone("torchvision:vit_b_16")
+    vit, meta = open_backbone("timm:vit_tiny_patch16_224.augreg_in21k")
+    assert vit.stages[-1] == "blocks.11" and meta["stages"]["blocks.11"] == {"channels": 192, "stride": 16}
+    with torch.no_grad():
+        assert vit(torch.randn(1, 3, 224, 224)).shape == (1, 192, 14, 14)

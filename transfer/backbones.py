@@ -1,0 +1,328 @@
+"""Any backbone as an encoder of the transfer tasks: a module with named stages (`forward(x, out=STAGE)`), its input
+size and normalisation, from a spec string.
+
+- a run directory, `encoder.json` or `encoder.safetensors`: the suite's own exported encoders (pretext.export);
+- `timm:NAME`: a timm model (no download: random init, or `--weights FILE`), stages = its `feature_info` modules
+  (e.g. resnet18: act1, layer1 ... layer4; a ViT: blocks.0 ... blocks.11), computed by `forward_intermediates`;
+- `torchvision:NAME`: a torchvision classification model (random init, or `--weights FILE`), stages = the top-level
+  modules (or those of `features`) whose output is a feature map.
+
+`--weights` takes a state dict saved by any trainer (safetensors, or a torch checkpoint read with
+weights_only=True): nested under state_dict / model / teacher / student (DINO: the teacher) / VISSL's
+classy_state_dict; prefixes such as `module.`, `backbone.`, `encoder.`, `model.`, `encoder_q.`, `_orig_mod.` are
+stripped where stripping makes more keys match; projector, predictor, prototype, momentum, EMA and classifier keys are
+ignored and listed; anything else that does not fit is an error listing the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pretext.export import EncoderLoadError, load_encoder, sha256_file
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": "pixels / 255"}
+KINDS = ("timm", "torchvision")
+# Containers a checkpoint may nest its weights in, most preferred first (DINO: the teacher is the eval model).
+NESTS = ("state_dict", "model", "teacher", "target_encoder", "student", "network", "classy_state_dict", "base_model",
+         "trunk", "model_state")
+WRAPPERS = ("module.", "_orig_mod.", "model.", "net.")  # DDP, torch.compile and generic wrappers
+# Prefixes naming the backbone inside a training model: once one is stripped, every key outside it is the trainer's
+# (heads, losses, momentum copies) and is ignored and listed.
+BACKBONE_PREFIXES = ("backbone.", "encoder_q.", "base_encoder.", "encoder.", "trunk.", "_feature_blocks.")
+PREFIXES = WRAPPERS + BACKBONE_PREFIXES
+# First name components of keys that belong to a training-time head or a momentum / EMA copy, not the backbone.
+IGNORED = ("projector", "projection", "projection_head", "prediction_head", "predictor", "prototypes", "head",
+           "heads", "fc", "classifier", "momentum_backbone", "momentum_encoder", "momentum_projector", "encoder_k",
+           "ema", "ema_model", "teacher", "target_encoder", "queue", "queue_ptr", "center", "loss")
+# A backbone's own keys that a feature extractor never uses, so a file may leave them out.
+UNUSED = ("fc.", "head.", "classifier.", "avgpool.", "head_drop.", "fc_norm.")
+
+
+class BackboneError(EncoderLoadError):
+    """A backbone spec, a model name or a weights file that cannot be used."""
+
+
+class TimmBackbone(nn.Module):
+    """A timm model's feature maps by stage name (its feature_info modules), through forward_intermediates."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        info = list(model.feature_info)
+        self.stages = tuple(f["module"] for f in info)
+        self.channels = {f["module"]: int(f["num_chs"]) for f in info}
+        self.strides = {f["module"]: int(f["reduction"]) for f in info}
+
+    def forward(self, x: torch.Tensor, out: str | Sequence[str] = "") -> torch.Tensor | dict[str, torch.Tensor]:
+        names = (out or self.stages[-1],) if isinstance(out, str) else tuple(out)
+        _check_stages(names, self.stages)
+        indices = sorted({self.stages.index(n) for n in names})
+        maps = self.model.forward_intermediates(x, indices=indices, intermediates_only=True, stop_early=True)
+        found = dict(zip((self.stages[i] for i in indices), maps))
+        return found[names[0]] if isinstance(out, str) else {n: found[n] for n in names}
+
+
+class _Stop(Exception):
+    pass
+
+
+class TorchvisionBackbone(nn.Module):
+    """A torchvision model's feature maps by stage name (module outputs caught by hooks; the forward pass stops
+    after the deepest stage asked for)."""
+
+    def __init__(self, model: nn.Module, input_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.stages, self.channels, self.strides = _map_stages(model, input_size)
+        if not self.stages:
+            raise BackboneError(f"{type(model).__name__}: no module gives a feature map")
+        self._modules_by_name = dict(model.named_modules())
+
+    def forward(self, x: torch.Tensor, out: str | Sequence[str] = "") -> torch.Tensor | dict[str, torch.Tensor]:
+        names = (out or self.stages[-1],) if isinstance(out, str) else tuple(out)
+        _check_stages(names, self.stages)
+        last = max(self.stages.index(n) for n in names)
+        found: dict[str, torch.Tensor] = {}
+
+        def catch(name: str):
+            def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+                found[name] = output if name == self.stages[last] else output.clone()
+                if name == self.stages[last]:
+                    raise _Stop
+
+            return hook
+
+        handles = [self._modules_by_name[n].register_forward_hook(catch(n)) for n in names]
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return found[names[0]] if isinstance(out, str) else {n: found[n] for n in names}
+
+
+def _check_stages(names: Sequence[str], stages: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(stages)}")
+
+
+def _candidates(model: nn.Module) -> list[str]:
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        return [f"features.{name}" for name, _ in features.named_children()]
+    return [name for name, _ in model.named_children()]
+
+
+def _map_stages(model: nn.Module, size: int) -> tuple[tuple[str, ...], dict[str, int], dict[str, int]]:
+    """The candidate modules whose output on a size x size image is a map of more than one pixel, in the order they
+    run, with channels and strides."""
+    modules = dict(model.named_modules())
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:  # returns None: output unchanged
+            if isinstance(output, torch.Tensor):
+                shapes.setdefault(name, output.shape)
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(record(n)) for n in _candidates(model)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    stages = tuple(n for n in shapes if len(shapes[n]) == 4 and shapes[n][-1] > 1)
+    return (stages, {n: int(shapes[n][1]) for n in stages},
+            {n: max(1, round(size / int(shapes[n][-1]))) for n in stages})
+
+
+# ---- weights of other trainers ------------------------------------------------------------------------------------
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, unnested (see NESTS); BackboneError naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path))
+        else:
+            import argparse
+
+            # trainers store their arguments beside the weights (DINO: an argparse.Namespace): harmless to read
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise BackboneError(f"{path}: not a readable weights file ({str(exc).splitlines()[0]})") from exc
+        unsupported = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), "")
+        raise BackboneError(f"{path}: holds Python objects other than tensors, which a weights_only load refuses "
+                            f"({unsupported}); save its state dict alone, e.g. torch.save(torch.load("
+                            f"PATH, weights_only=False)['state_dict'], 'weights.pth') for a file you trust") from exc
+    except Exception as exc:  # zip and safetensors errors differ by version: name the file either way
+        raise BackboneError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from exc
+    seen = []
+    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        key = next((k for k in NESTS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                return tensors
+            raise BackboneError(f"{path}: no tensors found (top-level keys: {sorted(map(str, obj))[:12]})")
+        seen.append(key)
+        obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise BackboneError(f"{path}: no state dict found" + (f" under {'/'.join(seen)}" if seen else ""))
+    return dict(obj)
+
+
+def _strip(keys: dict[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Strip PREFIXES from every key that has them, one at a time, while it makes more keys match the model, or
+    every key carries the prefix (a wrapper's, such as DDP's `module.` in front of `backbone.`) and stripping it
+    loses no match. Returns the keys and those left outside a stripped BACKBONE_PREFIXES prefix."""
+    def score(names: list[str]) -> int:
+        return sum(n in model_keys for n in names)
+
+    names, outside = list(keys), [False] * len(keys)
+    improved = True
+    while improved:
+        improved = False
+        for prefix in PREFIXES:
+            stripped = [n[len(prefix):] if n.startswith(prefix) else n for n in names]
+            if len(set(stripped)) != len(stripped):  # two keys would collide: not this prefix
+                continue
+            wrapper = all(n.startswith(prefix) for n in names)
+            if score(stripped) > score(names) or (wrapper and score(stripped) >= score(names)):
+                if prefix in BACKBONE_PREFIXES:
+                    outside = [o or not n.startswith(prefix) for n, o in zip(names, outside)]
+                names, improved = stripped, True
+    values = list(keys.values())
+    return dict(zip(names, values)), {n for n, o in zip(names, outside) if o}
+
+
+def load_backbone_weights(model: nn.Module, path: Path) -> dict:
+    """Load a trainer's weights file into `model`; returns {"loaded": n, "ignored": [keys]}. BackboneError listing
+    missing, unexpected and mis-shaped keys when the file does not fit."""
+    own = model.state_dict()
+    keys, outside = _strip(read_state_dict(path), set(own))
+    # a classifier of another size (MoCo v1's 128-d fc, a Places365 head) is as unused as an absent one
+    misfit_head = {k for k, v in keys.items() if k in own and k.startswith(UNUSED) and v.shape != own[k].shape}
+    ignored = sorted(k for k in keys if (k not in own and (k.split(".")[0] in IGNORED or k in outside))
+                     or k in misfit_head)
+    unexpected = sorted(k for k in keys if k not in own and k not in ignored)
+    missing = sorted(k for k in own if k not in keys and not k.startswith(UNUSED)
+                     and not k.endswith("num_batches_tracked"))
+    shapes = sorted(f"{k}: file {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in keys.items()
+                    if k in own and k not in misfit_head and v.shape != own[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing ({', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})" if missing
+                 else "", f"{len(unexpected)} unexpected ({', '.join(unexpected[:8])}"
+                 f"{' ...' if len(unexpected) > 8 else ''})" if unexpected else "",
+                 f"mis-shaped: {'; '.join(shapes[:8])}" if shapes else ""]
+        raise BackboneError(f"{path}: the weights do not fit {type(model).__name__}: "
+                            + "; ".join(p for p in parts if p))
+    usable = {k: v for k, v in keys.items() if k in own and k not in misfit_head}
+    model.load_state_dict(usable, strict=False)
+    return {"loaded": len(usable), "ignored": ignored}
+
+
+# ---- specs --------------------------------------------------------------------------------------------------------
+
+def is_backbone_spec(spec: str | Path) -> bool:
+    """Whether `spec` names a timm / torchvision model rather than a path."""
+    return isinstance(spec, str) and spec.split(":", 1)[0] in KINDS and ":" in spec
+
+
+def _build(kind: str, name: str) -> tuple[nn.Module, int, dict]:
+    if kind == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise BackboneError(f"timm has no model {name!r} (timm.list_models() lists them; a tag such as "
+                                f"vit_small_patch16_224.dino picks the pretrained config: input size, mean, std)")
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        if not hasattr(model, "feature_info") or not hasattr(model, "forward_intermediates"):
+            raise BackboneError(f"timm model {name!r} exposes no feature stages (feature_info and "
+                                f"forward_intermediates)")
+        cfg = model.pretrained_cfg or {}
+        size = int((cfg.get("input_size") or (3, 224, 224))[-1])
+        norm = {"mean": [float(v) for v in cfg.get("mean", IMAGENET["mean"])],
+                "std": [float(v) for v in cfg.get("std", IMAGENET["std"])], "scale": "pixels / 255"}
+        return model, size, norm
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise BackboneError(f"torchvision has no classification model {name!r} "
+                            f"(torchvision.models.list_models() lists them)")
+    model = torchvision.models.get_model(name, weights=None)
+    transformers = (torchvision.models.VisionTransformer, torchvision.models.SwinTransformer, torchvision.models.MaxVit)
+    if isinstance(model, transformers):  # token or NHWC outputs: not feature maps by module
+        raise BackboneError(f"torchvision's {name} is a transformer whose stages are not NCHW feature maps; use the "
+                            f"timm model of the same name (timm:NAME), whose stages timm exposes")
+    return model, 224, dict(IMAGENET)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
+
+
+def open_backbone(spec: str, weights: Path | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
+    """(module with `stages` and `forward(x, out=STAGE)`, metadata as pretext.export's) for `timm:NAME` or
+    `torchvision:NAME`; random init from `seed` unless `weights` is given."""
+    kind, name = spec.split(":", 1)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's random state
+        torch.manual_seed(seed)
+        model, size, norm = _build(kind, name)
+    loaded = load_backbone_weights(model, Path(weights)) if weights is not None else None
+    backbone = TimmBackbone(model) if kind == "timm" else TorchvisionBackbone(model, size)
+    versions = f"timm {_version('timm')}, torchvision {_version('torchvision')}"
+    source = f"weights {sha256_file(Path(weights))}" if weights is not None else f"random init, seed {seed}, {versions}"
+    identity = hashlib.sha256(f"{spec} {source}".encode()).hexdigest()  # the feature cache's key
+    meta = {"format": "external", "arch": spec, "method": "external", "input_size": size, "normalization": norm,
+            "sha256": identity, "weights": str(weights) if weights is not None else None,
+            "stages": {s: {"channels": backbone.channels[s], "stride": backbone.strides[s]} for s in backbone.stages},
+            "ignored_keys": loaded["ignored"] if loaded else []}
+    return backbone.eval(), meta
+
+
+def open_encoder(spec: str | Path, weights: Path | None = None) -> tuple[nn.Module, dict]:
+    """Any encoder the transfer tasks take: a run directory / encoder.json (the suite's), or a backbone spec."""
+    if is_backbone_spec(str(spec)):
+        return open_backbone(str(spec), weights)
+    if weights is not None:
+        raise BackboneError(f"--weights is for timm:NAME / torchvision:NAME encoders; {spec} carries its own")
+    return load_encoder(spec)
+
+
+def default_layer(encoder: nn.Module) -> str:
+    """The stage probed when none is asked for: pool5 for the suite's AlexNets, the last stage otherwise."""
+    stages = tuple(getattr(encoder, "stages", ()))
+    return "pool5" if not stages or "pool5" in stages else stages[-1]
+
+
+def encoder_record(meta: dict) -> dict:
+    """What a metrics.json says of a backbone encoder beyond its path and sha256: its weights file and the keys of
+    that file left out (projectors, momentum copies ...); nothing for the suite's own encoders."""
+    if meta.get("format") != "external":
+        return {}
+    return {"encoder_weights": meta["weights"], "encoder_ignored_keys": meta["ignored_keys"]}
