@@ -60,10 +60,13 @@ def verdict(cells: list[dict], results_dir: Path, baseline: str | None = None) -
         else:
             tests = {c.test for c in stats.comparisons.values() if c.test != NOT_TESTED}
             how = ("paired t-test by seed" if tests == {PAIRED} else "Welch's t-test" if tests == {WELCH} else
-                   "paired t-test by seed where both rows ran the same seeds, else Welch's t-test" if tests else
-                   "no test: a single seed on one side")
-            lines.append(f"Against {stats.baseline} (two-sided {how}; resolved means p < {ALPHA}; differences in "
-                         f"the entries' own units):")
+                   "paired t-test by seed where both rows ran the same seeds, else Welch's t-test")
+            if tests:
+                lines.append(f"Against {stats.baseline} (two-sided {how}; resolved means p < {ALPHA}; differences "
+                             f"in the entries' own units):")
+            else:
+                lines.append(f"Against {stats.baseline} (not tested: a single seed on one side of every comparison; "
+                             f"run more seeds to resolve differences):")
             base_tasks = {t for (p, t), e in stats.entries.items() if p == stats.baseline and e.n}
             lines += _row_lines(stats) or [f"  nothing to compare: {stats.baseline} has no value" if not base_tasks
                                            else "  no other row has an entry of the same task."]

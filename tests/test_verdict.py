@@ -81,3 +81,10 @@ def test_verdict_says_what_it_could_not_compare(tmp_path: Path) -> None:
     welch = runs("random_init", "classify", [10.0, 11.0, 12.0]) + runs("ce_region", "classify", [30.0, 31.0],
                                                                          seeds=(5, 6))
     assert "two-sided Welch's t-test" in verdict(welch, tmp_path)
+
+
+def test_verdict_of_a_one_seed_suite_says_nothing_is_tested(tmp_path: Path) -> None:
+    cells = runs("random_init", "classify", [10.0]) + runs("ce_region", "classify", [30.0])
+    text = verdict(cells, tmp_path)
+    assert "Against random_init (not tested: a single seed on one side of every comparison" in text
+    assert "  ce_region: not tested (one seed) on classify." in text
