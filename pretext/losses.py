@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .models.kernels import is_channels_last
+
 
 def match_layout(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`mask` (B, 1, H, W) with the memory format of `like` (B, C, H, W): the same values, strides that let an
-    elementwise op broadcast it over channels_last images at full speed (mixed formats run ~5x slower on CPU)."""
-    from .models.kernels import is_channels_last
-
+    elementwise op broadcast it over channels_last images at full speed (mixed formats are much slower on CPU)."""
     return mask.contiguous(memory_format=torch.channels_last) if is_channels_last(like) else mask
 
 
@@ -42,7 +42,7 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch
 
 class _WeightedError(torch.autograd.Function):
     """sum(w * err(pred - target)) / count in fp32, with a backward that keeps pred's memory format (autograd's
-    own, through a broadcast weight, mixes formats and runs ~5x slower on channels_last images)."""
+    own, through a broadcast weight, mixes formats and runs far slower on channels_last images)."""
 
     @staticmethod
     def forward(ctx, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, count: torch.Tensor,

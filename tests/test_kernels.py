@@ -125,3 +125,34 @@ def test_whole_input_kernels_are_used_in_place(channels_last: bool) -> None:
         weight = weight.contiguous(memory_format=torch.channels_last)
     matrix, order_hwc = kernels._matrix(weight)
     assert matrix.data_ptr() == weight.data_ptr() and matrix.shape == (8, 96) and order_hwc == channels_last
+
+
+def test_channels_last_on_cpu_keeps_parameters_contiguous_and_the_layout_flows_through() -> None:
+    """On CPU `to_channels_last` leaves the parameters contiguous (the inputs carry the layout); both decoders hand
+    the input's channels_last layout to their up-convolutions and compute what NCHW computes."""
+    from pretext.models.context_encoder import ContextEncoderNet
+    from pretext.models.dcgan import DCGANGenerator
+    from pretext.models.alexnet import AlexNetEncoder
+    from pretext.models.kernels import to_channels_last
+
+    torch.manual_seed(0)
+    encoder = AlexNetEncoder(widths=(8, 16, 16, 16, 8), input_size=64, small=True)
+    c, n, _ = encoder.feature_shapes()["pool5"]
+    nets = [(ContextEncoderNet(encoder, c, n, 64, (8, 8, 8, 8), dropout=0.0), 64),
+            (DCGANGenerator(32, [8, 8, 8], 16, "center"), 32)]
+    for net, size in nets:
+        net.eval()
+        assert to_channels_last(net, torch.device("cpu")) is net
+        assert all(p.is_contiguous() for p in net.parameters())
+        x = torch.randn(2, 3, size, size)
+        seen = []
+        for m in net.modules():
+            if isinstance(m, FastConvTranspose2d) and m.stride != (1, 1):
+                m.register_forward_pre_hook(lambda _m, args: seen.append(kernels.is_channels_last(args[0])))
+        with torch.no_grad():
+            plain = net(x)
+            seen.clear()
+            fast = net(x.contiguous(memory_format=torch.channels_last))
+        assert seen and all(seen), type(net).__name__
+        assert kernels.is_channels_last(fast)
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)

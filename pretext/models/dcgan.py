@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -83,7 +84,9 @@ class DCGANGenerator(nn.Module):
         h = self.decoder[0](self.encoder(x))  # the 1x1 -> 4x4 matrix product answers in NCHW ...
         if is_channels_last(x):  # ... the up-convolutions get the input's layout back
             h = h.contiguous(memory_format=torch.channels_last)
-        return self.decoder[1:](h)
+        for layer in itertools.islice(self.decoder, 1, None):
+            h = layer(h)
+        return h
 
 
 class DCGANDiscriminator(nn.Module):

@@ -7,8 +7,8 @@ speed benchmark's reference, `train.fast_kernels=false`).
   slower on CPU for these shapes.
 - FastConvTranspose2d: a transposed convolution is the input gradient of the convolution with the same weight, so it
   runs as that convolution's backward-data kernel (and its backward as a forward convolution plus a weight
-  gradient). On CPU oneDNN's backward-data kernels are ~3-20x faster than its transposed-convolution path for the
-  decoders' stride-2 layers, most in bf16 (`cebench bench` measures both paths on your machine).
+  gradient), which oneDNN runs faster than its transposed-convolution path on CPU (`cebench bench` times both
+  paths for the decoders' layers: 1.1-1.7x at batch 64 on an AVX512-BF16 CPU, results/perf_avx512/perf.md).
 """
 
 from __future__ import annotations
@@ -146,6 +146,6 @@ def to_channels_last(module: nn.Module, device: torch.device) -> nn.Module:
     """Prepare `module` for channels_last inputs. On CUDA its 4-d parameters become channels_last too (cuDNN picks
     NHWC kernels from the weights). On CPU they stay contiguous: the inputs carry the layout through every
     convolution (oneDNN answers a channels_last input in channels_last whatever the weight's layout), and the fused
-    Adam update runs ~6x slower on channels_last parameters, which it copies to and from contiguous ones every step
-    (`python -m benchmarks.perf` times both)."""
+    Adam update runs several times slower on channels_last parameters, which it copies to and from contiguous ones
+    every step."""
     return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
