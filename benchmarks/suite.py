@@ -44,8 +44,10 @@ STARTS = {
     "data_dependent": ["model.init=data_dependent", "model.rescale_encoder=true"],  # + encoder and head calibrated
 }
 START_TASKS = ("classify", "detection")
-DATA_KEYS = {"root", "pretrain", "train_split", "test_split", "check_images"}
-PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "tasks"}
+DATA_KEYS = {"root", "pretrain", "train_split", "test_split", "check_images", "labelled", "object_size"}
+LABELLED = ("images", "objects")  # data.labelled: the labelled tasks on whole images, or on crops of VOC boxes
+PRETRAIN_DATA = ("pretrain", "labelled")  # pretrainings.NAME.data: which images (and labels) it trains on
+PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "tasks", "data"}
 SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
                "context_prediction": "relative position", "random": "none", "supervised": "labels",
                "gated_inpainting": "context (free-form holes)"}
@@ -63,6 +65,7 @@ class Pretraining:
     overrides: tuple[str, ...] = ()
     weights: Path | None = None  # import: a torchvision AlexNet state dict
     tasks: tuple[str, ...] | None = None  # the suite's tasks it is evaluated on; None = all
+    data: str = "pretrain"  # "labelled": trains on the labelled training set (a supervised row), not data.pretrain
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class Suite:
     tasks: dict[str, tuple[Task, dict]]
     reference: tuple[dict, ...] = ()
     check_images: int | None = 200  # images decoded by the pre-flight data check; None = all, 0 = no check
+    labelled: str = "images"  # "objects": the labelled tasks on crops of the VOC root's boxes (transfer.objects)
+    object_size: int = 72  # side of those crops in pixels
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,9 @@ def _pretraining(name: str, spec: Any, seeds_where: str, precision: str | None =
     if tasks is not None and (not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks)):
         raise ConfigError(f"{where}.tasks must be a non-empty list of the suite's task names, got {tasks!r}")
     tasks = tuple(tasks) if tasks is not None else None
+    data = spec.get("data", "pretrain")
+    if data not in PRETRAIN_DATA:
+        raise ConfigError(f"{where}.data must be one of {', '.join(PRETRAIN_DATA)}, got {data!r}")
     if spec.get("import") is not None:
         if spec.get("preset") is not None:
             raise ConfigError(f"{where}: give preset or import, not both")
@@ -147,7 +155,7 @@ def _pretraining(name: str, spec: Any, seeds_where: str, precision: str | None =
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return Pretraining(name, cfg.method, str(spec.get("supervision") or SUPERVISION[cfg.method]), spec["preset"],
-                       tuple(overrides), tasks=tasks)
+                       tuple(overrides), tasks=tasks, data=data)
 
 
 # Tasks that train, with the module whose `load_config` resolves their preset and overrides.
@@ -234,7 +242,16 @@ def build_suite(raw: dict, name: str) -> Suite:
                  str(data.get("test_split", "test")),
                  {str(n): _pretraining(str(n), s, "seeds", precision) for n, s in pre.items()},
                  {str(n): _task(str(n), s, start, precision) for n, s in tasks.items()}, tuple(reference),
-                 _check_images(data.get("check_images", 200), name))
+                 _check_images(data.get("check_images", 200), name), *_labelled(data, name))
+
+
+def _labelled(data: dict, name: str) -> tuple[str, int]:
+    labelled, size = data.get("labelled", "images"), data.get("object_size", 72)
+    if labelled not in LABELLED:
+        raise ConfigError(f"suite {name}: data.labelled must be one of {', '.join(LABELLED)}, got {labelled!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ConfigError(f"suite {name}: data.object_size must be an integer >= 8, got {size!r}")
+    return labelled, size
 
 
 def _check_images(value: Any, name: str) -> int | None:
@@ -253,8 +270,10 @@ def load_suite(name_or_path: str, overrides: list[str] | None = None) -> Suite:
 # --- data -------------------------------------------------------------------------------------------
 
 def datasets(suite: Suite, create: bool) -> tuple[Datasets, Path]:
-    """(labelled train/test, pretraining images) of the suite; the demo data is generated when `create`."""
+    """(labelled train/test, pretraining images) of the suite; the demo data and object crops are made when
+    `create` (without it, the crops' folders are named but may not exist yet)."""
     from pretext.engine.trainer import default_demo_dir
+    from transfer.coco import is_coco_root
     from transfer.features import is_voc_root
 
     root = suite.data_root
@@ -264,19 +283,36 @@ def datasets(suite: Suite, create: bool) -> tuple[Datasets, Path]:
             from pretext.data.demo import ensure_demo_data
 
             ensure_demo_data(root)
-        labelled = Datasets(root, root, suite.train_split, suite.test_split)
-        return labelled, suite.pretrain_root or root
-    if not root.is_dir():
+    elif not root.is_dir():
         raise ConfigError(f"data.root: directory not found: {root}")
-    from transfer.coco import is_coco_root
-
-    if is_voc_root(root) or is_coco_root(root):
+    if suite.labelled == "objects":
+        return _object_crops(suite, root, create), suite.pretrain_root or root
+    if suite.data_root is None or is_voc_root(root) or is_coco_root(root):
         labelled = Datasets(root, root, suite.train_split, suite.test_split)
         return labelled, suite.pretrain_root or root
     train, test = root / "train", root / "test"
     if not train.is_dir() or not test.is_dir():
         raise ConfigError(f"data.root {root}: not a VOC or COCO root, and has no train/ and test/ ImageFolders")
     return Datasets(train, test, suite.train_split, suite.test_split), suite.pretrain_root or train
+
+
+def _object_crops(suite: Suite, root: Path, create: bool) -> Datasets:
+    """data.labelled=objects: ImageFolders of the VOC root's boxes, train/ from train_split, test/ from test_split."""
+    from transfer.features import is_voc_root
+    from transfer.objects import ensure_object_crops, object_crops_dir
+
+    splits = {suite.train_split: "train", suite.test_split: "test"}
+    if not create and not (root / "ImageSets").is_dir():  # the demo data, not generated yet
+        crops = root.parent / "objects" / f"{root.name}-(made on first run)"
+    elif not is_voc_root(root):
+        raise ConfigError(f"data.labelled=objects needs a VOC root (Annotations/ with boxes); {root} is not one")
+    else:
+        try:
+            make = ensure_object_crops if create else object_crops_dir
+            crops = make(root, splits, size=suite.object_size)
+        except ValueError as exc:
+            raise ConfigError(f"data.labelled=objects: {exc}") from None
+    return Datasets(crops / "train", crops / "test", suite.train_split, suite.test_split, scenes=root)
 
 
 def plan(suite: Suite) -> list[Cell]:
@@ -294,8 +330,9 @@ def plan(suite: Suite) -> list[Cell]:
 # --- running ----------------------------------------------------------------------------------------
 
 def _pretrain_overrides(p: Pretraining, data: Datasets, pretrain_root: Path, suite: Suite, seed: int) -> list[str]:
-    data_keys = [] if suite.data_root is None and suite.pretrain_root is None else [
-        f"data.root={pretrain_root}", f"data.split={data.train_split}"]
+    root = data.train if p.data == "labelled" else pretrain_root
+    data_keys = [] if suite.data_root is None and suite.pretrain_root is None and p.data == "pretrain" else [
+        f"data.root={root}", f"data.split={data.train_split}"]
     return [*data_keys, *p.overrides, f"train.seed={seed}", "train.progress=false"]
 
 
@@ -557,8 +594,8 @@ def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:
 def _describe(suite: Suite, data: Datasets, pretrain_root: Path) -> dict:
     return {"name": suite.name, "seeds": list(suite.seeds), "labelled_train": str(data.train),
             "labelled_test": str(data.test), "splits": [data.train_split, data.test_split],
-            "pretrain_images": str(pretrain_root),
-            "pretrainings": {n: {"method": p.method, "preset": p.preset, "overrides": list(p.overrides),
+            "pretrain_images": str(pretrain_root), "labelled": suite.labelled,
+            "pretrainings": {n: {"method": p.method, "preset": p.preset, "overrides": list(p.overrides), "data": p.data,
                                  "import": str(p.weights) if p.weights else None} for n, p in suite.pretrainings.items()},
             "tasks": {n: {"task": t.name, **opts} for n, (t, opts) in suite.tasks.items()}}
 
@@ -569,7 +606,7 @@ def dry_run(suite: Suite) -> str:
     """The plan, after checking every path; raises ConfigError for a missing one."""
     data, pretrain_root = datasets(suite, create=False)
     if suite.data_root is not None:
-        for path in {data.train, data.test, pretrain_root}:
+        for path in {data.train, data.test, pretrain_root} if suite.labelled == "images" else {pretrain_root}:
             if not path.exists():
                 raise ConfigError(f"path not found: {path}")
     for p in suite.pretrainings.values():
@@ -581,7 +618,8 @@ def dry_run(suite: Suite) -> str:
                 raise ConfigError(f"tasks.{name}.{key}: directory not found: {opts[key]}")
     lines = [f"suite {suite.name}: {len(suite.pretrainings)} pretrainings x {len(suite.tasks)} tasks x "
              f"{len(suite.seeds)} seeds", f"labelled data: {data.train} -> {data.test}"
-             f" (splits {data.train_split} -> {data.test_split})", f"pretraining images: {pretrain_root}"]
+             f" (splits {data.train_split} -> {data.test_split}"
+             f"{'; crops of the boxes' if suite.labelled == 'objects' else ''})", f"pretraining images: {pretrain_root}"]
     images = 0
     for p in suite.pretrainings.values():
         if p.weights is not None:

@@ -30,6 +30,11 @@ class Datasets:
     test: Path
     train_split: str = "trainval"
     test_split: str = "test"
+    scenes: Path | None = None  # data.labelled=objects: the VOC root whose boxes the train/test crops come from
+
+    def whole_images(self) -> Datasets:
+        """The data of the tasks on whole images (inpainting, NN inpainting): the VOC root of object crops."""
+        return self if self.scenes is None else Datasets(self.scenes, self.scenes, self.train_split, self.test_split)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,7 @@ def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pa
     """`cebench eval-inpainting` on the test split's holes of the task's `mask` kind (central: the central quarter
     shrunk by `overlap` px; region, freeform: drawn by the seed), the same for every model of the suite, whatever
     each was trained with: the encoder's Table 1 row for that kind of hole."""
+    data = data.whole_images()
     argv = ["--checkpoint", str(encoder), "--images", str(data.test), "--split", data.test_split, "--mask",
             opts["mask"], "--seed", str(seed), "--overlap", str(opts["overlap"]), *_hole_args(data, opts),
             *(["--max-images", str(opts["max_images"])] if opts.get("max_images") else [])]
@@ -246,6 +252,7 @@ def run_nn_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out:
     nearest in the encoder's features (the paper's "NN-inpainting w/ our features"), and with `hog`, in HOG
     features (encoder-independent; every cell stores it, the table averages them). Images, crop, hole and
     --max-images subset are those of the inpainting task with the same max_images, overlap and seed."""
+    data = data.whole_images()
     size, load_size = _image_sizes(encoder)
     common = ["--database", str(data.train), "--database-split", data.train_split, "--images", str(data.test),
               "--split", data.test_split, "--size", str(size), "--load-size", str(load_size), *_max_images(opts),

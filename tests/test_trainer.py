@@ -202,6 +202,12 @@ def test_convergence_reads_the_last_tenth_of_the_loss() -> None:
     rising = convergence([1.0] * 90 + [1.5] * 10)  # a loss going up has not converged either
     assert rising["converged"] is False and rising["loss_change"] == pytest.approx(0.5)
     assert convergence([1.0] * 10)["converged"] is None and convergence([])["initial_loss"] is None
+    # a loss fitted to near zero: -40 % of 0.05 is 0.7 % of the first step's 3.0, flat in absolute terms
+    fitted = convergence([3.0] + [1.0] * 79 + [0.05] * 10 + [0.03] * 10)
+    assert fitted["loss_change"] == pytest.approx(-0.4) and fitted["change_of_initial"] == pytest.approx(-0.02 / 3)
+    assert fitted["converged"] is True
+    # the same relative fall higher up (-40 % of 0.5 = 6.7 % of 3.0) has not flattened
+    assert convergence([3.0] + [1.0] * 79 + [0.5] * 10 + [0.3] * 10)["converged"] is False
 
 
 def test_auto_precision_is_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch) -> None:

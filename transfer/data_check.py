@@ -303,15 +303,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are problems")
     check.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
+    check.set_defaults(run=_run_check)
+    from .objects import add_parser
+
+    add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Check, print the report; 0 when clean, 1 with problems."""
+    """`check`: print the report, 0 when clean, 1 with problems; `objects`: write object crops."""
     from pretext.cli import setup_logging
 
     setup_logging()
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as exc:  # bad input named by the reader that found it
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+
+def _run_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.root, args.format, args.max_images, args.seed, args.max_pixels)
     print(report.text())
     if args.json:

@@ -67,21 +67,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_bf16_listed() else "fp32"
 
 
-def convergence(losses: list[float], tail: float = 0.1, tolerance: float = 0.05) -> dict[str, Any]:
+def convergence(losses: list[float], tail: float = 0.1, tolerance: float = 0.05,
+                fitted: float = 0.01) -> dict[str, Any]:
     """Did the training loss flatten? The mean loss of the last `tail` of the steps against the mean of the tail
     before it: `loss_change` = (last - before) / |before|; `converged` when it moved by less than `tolerance` (5 %)
-    either way over the last tenth (a rising loss has not converged either). Fewer than 20 steps: `converged` is
-    None (not measurable). Under a schedule that decays to 0 the last tenth is nearly flat by construction: read
-    it beside the validation score, not instead of it."""
+    either way over the last tenth (a rising loss has not converged either), or by less than `fitted` (1 %) of the
+    first step's loss (`change_of_initial`): a loss that has fallen to near zero on a small labelled set moves by
+    large fractions of almost nothing. Fewer than 20 steps: `converged` is None (not measurable). Under a schedule
+    that decays to 0 the last tenth is nearly flat by construction: read it beside the validation score, not
+    instead of it."""
     n = len(losses)
     k = max(1, int(n * tail))
     out: dict[str, Any] = {"initial_loss": losses[0] if losses else None, "final_loss": None, "loss_change": None,
-                           "converged": None, "tail_steps": k}
+                           "change_of_initial": None, "converged": None, "tail_steps": k}
     if n < 20:
         return out
     last, before = sum(losses[-k:]) / k, sum(losses[-2 * k:-k]) / k
     change = (last - before) / max(abs(before), 1e-12)
-    return {**out, "final_loss": last, "loss_change": change, "converged": bool(abs(change) < tolerance)}
+    of_initial = (last - before) / max(abs(losses[0]), 1e-12)
+    return {**out, "final_loss": last, "loss_change": change, "change_of_initial": of_initial,
+            "converged": bool(abs(change) < tolerance or abs(of_initial) < fitted)}
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
