@@ -582,7 +582,8 @@ def _reusable(path: Path, spec: str) -> bool:
 
 
 def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:
-    from .tables import load_cells, write_figures, write_tables
+    from .figures import write_figures
+    from .tables import load_cells, write_tables
     from .verdict import summary
 
     cells = load_cells(out, specs)  # only this plan's cells: not those of removed seeds, tasks or settings

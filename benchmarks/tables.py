@@ -8,14 +8,13 @@ from the baseline row that a t-test resolves, † not converged, ‡ fine-tune b
 file explains the marks it uses under the table), table2_stats.{csv,md} (a row per pretraining x task: n, mean,
 std, 95 % confidence interval, difference from the baseline and p-values), table1.{csv,md,tex} (Table 1,
 inpainting) when inpainting cells exist, per_class_<task>.{csv,md}, failed.md when cells failed, and
-figures/bars.png and figures/loss_curves.png. Failed cells are left out of the means; an entry whose cells all
+figures/bars.{png,pdf} and figures/loss_curves.{png,pdf} (benchmarks.figures). Failed cells are left out of the means; an entry whose cells all
 failed reads "failed", one with no cell is empty. Outputs of an earlier call that no longer apply are removed.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -28,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
 from scipy import stats as scipy_stats
 
-from pretext.engine.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text
+from pretext.engine.checkpoint import CheckpointError, atomic_write_text
 
 log = logging.getLogger("cebench")
 
@@ -44,11 +42,6 @@ TABLE1_OPTIONAL = {"SSIM": ("ssim", 4)}  # column -> (metric, digits); cells mad
 # Outputs of an earlier call that a new call may no longer produce; removed so none of them is left stale.
 OPTIONAL_OUTPUTS = ("table1.csv", "table1.md", "table1.tex", "table2_stats.csv", "table2_stats.md", "failed.md",
                     "per_class_*.csv", "per_class_*.md")
-OPTIONAL_FIGURES = ("bars.png", "loss_curves.png")
-PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974",
-           "#64b5cd")
-PANEL = (340, 270)  # width, height in pixels of one metric's bar panel
-LINE_HEIGHT = 18
 # Table 2 statistics: a difference from the baseline row is resolved when its t-test gives p < ALPHA.
 ALPHA = 0.05
 CONFIDENCE = 0.95  # of the interval of each entry's mean (Student t)
@@ -587,7 +580,7 @@ def failed_markdown(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _remove_stale(folder: Path, patterns: tuple[str, ...], written: list[Path]) -> None:
+def remove_stale(folder: Path, patterns: tuple[str, ...], written: list[Path]) -> None:
     for pattern in patterns:
         for path in folder.glob(pattern):
             if path not in written:
@@ -651,57 +644,13 @@ def write_tables(results_dir: Path, cells: list[dict], reference: list[dict] | N
     if any(map(_failed, cells)):
         atomic_write_text(results_dir / "failed.md", failed_markdown(cells))
         written.append(results_dir / "failed.md")
-    _remove_stale(results_dir, OPTIONAL_OUTPUTS, written)
+    remove_stale(results_dir, OPTIONAL_OUTPUTS, written)
     return written
 
 
-# ---- figures (PIL: matplotlib is not a dependency of the project) ---------------------------------------------
-
-def _font(size: int = 13) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-def _colours(cells: list[dict]) -> dict[str, str]:
-    """pretraining -> colour, the same in every figure."""
-    names = dict.fromkeys(c["pretraining"] for c in cells)
-    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
-
-
-def _y_axis(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], lo: float, hi: float,
-            font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> Callable[[float], float]:
-    """Draw a y axis with 5 ticks and grid lines over box; the value -> pixel row mapping."""
-    x0, y0, x1, y1 = box
-    hi = hi if hi > lo else lo + 1
-
-    def y(v: float) -> float:
-        return y1 - (v - lo) / (hi - lo) * (y1 - y0)
-
-    for i in range(5):
-        v = lo + i * (hi - lo) / 4
-        draw.line([(x0, y(v)), (x1, y(v))], fill="#e0e0e0")
-        draw.text((x0 - 4, y(v)), f"{v:.3g}", fill="black", font=font, anchor="rm")
-    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill="black")
-    return y
-
-
-def _legend(draw: ImageDraw.ImageDraw, origin: tuple[int, int], colours: dict[str, str],
-            font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
-    x, y = origin
-    for i, (name, colour) in enumerate(colours.items()):
-        row = y + i * LINE_HEIGHT
-        draw.rectangle([x, row + 3, x + 12, row + 15], fill=colour)
-        draw.text((x + 18, row + 2), name, fill="black", font=font)
-
-
-def _png(image: Image.Image, path: Path) -> Path:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def bar_data(cells: list[dict]) -> dict[str, dict[str, tuple[float, float | None]]]:
-    """Headline name -> pretraining -> (mean, sample std or None for one seed) over the cells that did not fail."""
+    """Headline name -> pretraining -> (mean, sample std or None for one seed) over the cells that did not fail:
+    what figures/bars shows."""
     names = headline_columns(cells)
     data: dict[str, dict[str, tuple[float, float | None]]] = {}
     for (task, pretraining), group in _group(cells, lambda c: (c["task"], c["pretraining"])).items():
@@ -710,85 +659,6 @@ def bar_data(cells: list[dict]) -> dict[str, dict[str, tuple[float, float | None
             std = statistics.stdev(values) if len(values) > 1 else None
             data.setdefault(names[task], {})[pretraining] = (statistics.mean(values), std)
     return data
-
-
-def _bar_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], title: str,
-               bars: dict[str, tuple[float, float | None]], colours: dict[str, str]) -> None:
-    font, (x, y) = _font(), origin
-    draw.text((x + PANEL[0] // 2, y + 6), title, fill="black", font=_font(14), anchor="mt")
-    plot = (x + 55, y + 30, x + PANEL[0] - 15, y + PANEL[1] - 20)
-    ends = [m + s * sign for m, s in ((m, s or 0) for m, s in bars.values()) for sign in (-1, 1)]
-    to_y = _y_axis(draw, plot, min(0.0, *ends), max(0.0, *ends) * 1.12, font)
-    step = (plot[2] - plot[0]) / len(bars)
-    for i, (name, (mean, std)) in enumerate(bars.items()):
-        left, right = plot[0] + (i + 0.2) * step, plot[0] + (i + 0.8) * step
-        draw.rectangle([left, min(to_y(mean), to_y(0)), right, max(to_y(mean), to_y(0))], fill=colours[name])
-        mid = (left + right) / 2
-        if std:
-            draw.line([(mid, to_y(mean - std)), (mid, to_y(mean + std))], fill="black", width=2)
-            for v in (mean - std, mean + std):
-                draw.line([(mid - 5, to_y(v)), (mid + 5, to_y(v))], fill="black", width=2)
-        draw.text((mid, to_y(mean + (std or 0)) - 3), f"{mean:.1f}", fill="black", font=font, anchor="mb")
-
-
-def bar_figure(cells: list[dict]) -> Image.Image | None:
-    """A panel per headline metric, a bar per pretraining (mean, +- std for several seeds); None without data."""
-    data, colours = bar_data(cells), _colours(cells)
-    if not data:
-        return None
-    shown = {name: colours[name] for bars in data.values() for name in bars}
-    ncols = min(3, len(data))
-    nrows = -(-len(data) // ncols)
-    image = Image.new("RGB", (ncols * PANEL[0], nrows * PANEL[1] + 10 + LINE_HEIGHT * len(shown)), "white")
-    draw = ImageDraw.Draw(image)
-    for i, (title, bars) in enumerate(data.items()):
-        _bar_panel(draw, ((i % ncols) * PANEL[0], (i // ncols) * PANEL[1]), title, bars, colours)
-    _legend(draw, (15, nrows * PANEL[1] + 5), shown, _font())
-    return image
-
-
-def loss_figure(cells: list[dict]) -> Image.Image | None:
-    """Pretraining loss against step, one colour per pretraining (a line per seed); None without curves."""
-    curves = {}
-    for cell in cells:
-        if cell.get("pretrain_curve"):
-            curves.setdefault((cell["pretraining"], cell["seed"]), cell["pretrain_curve"])
-    if not curves:
-        return None
-    colours = {name: colour for name, colour in _colours(cells).items() if any(p == name for p, _ in curves)}
-    points = [p for curve in curves.values() for p in curve]
-    steps, losses = [p[0] for p in points], [p[1] for p in points]
-    image = Image.new("RGB", (640, 420 + LINE_HEIGHT * len(colours)), "white")
-    draw, font = ImageDraw.Draw(image), _font()
-    draw.text((320, 6), "pretraining loss", fill="black", font=_font(14), anchor="mt")
-    plot = (70, 30, 620, 380)
-    to_y = _y_axis(draw, plot, min(losses), max(losses), font)
-    lo = min(steps)
-    hi = max(steps) if max(steps) > lo else lo + 1
-
-    def to_x(step: float) -> float:
-        return plot[0] + (step - lo) / (hi - lo) * (plot[2] - plot[0])
-
-    for v in (lo, (lo + hi) / 2, hi):
-        draw.text((to_x(v), plot[3] + 4), f"{v:.6g}", fill="black", font=font, anchor="mt")
-    draw.text((plot[2], plot[3] + 20), "step", fill="black", font=font, anchor="rt")
-    for (pretraining, _), curve in curves.items():
-        xy = [(to_x(s), to_y(v)) for s, v in curve]
-        draw.line(xy if len(xy) > 1 else xy * 2, fill=colours[pretraining], width=2)
-    _legend(draw, (plot[0], 410), colours, font)
-    return image
-
-
-def write_figures(results_dir: Path, cells: list[dict]) -> list[Path]:
-    """figures/bars.png (headline metrics) and, when cells carry curves, figures/loss_curves.png; the paths."""
-    folder = Path(results_dir) / "figures"
-    written = []
-    for name, image in (("bars.png", bar_figure(cells)), ("loss_curves.png", loss_figure(cells))):
-        if image is not None:
-            written.append(_png(image, folder / name))
-    if folder.is_dir():
-        _remove_stale(folder, OPTIONAL_FIGURES, written)
-    return written
 
 
 # ---- command --------------------------------------------------------------------------------------------------
@@ -813,6 +683,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cells = load_cells(args.results_dir, planned)
         if not cells:
             raise ValueError(f"{args.results_dir / 'cells'}: no cell files (*.json) of the suite's plan")
+        from .figures import write_figures
+
         paths = write_tables(args.results_dir, cells, reference, args.baseline) + write_figures(args.results_dir, cells)
     except (ValueError, CheckpointError) as exc:  # a bad cell file or baseline, or results_dir not writable
         log.error("%s", exc)

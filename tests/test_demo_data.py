@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -145,6 +147,45 @@ def test_ensure_demo_data_reuses_a_complete_copy_and_regenerates_otherwise(tmp_p
     assert jpeg.stat().st_mtime_ns != stamp and (root / MARKER_NAME).is_file()
     ensure_demo_data(root, num_images=10, seed=1)
     assert len(read_ids(root / "ImageSets/Main/trainval.txt")) + len(read_ids(root / "ImageSets/Main/test.txt")) == 10
+
+
+def test_concurrent_first_use_generates_once(tmp_path: Path) -> None:
+    """Two commands starting on a fresh machine at once: one generates, the other waits and reuses."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "d"
+    code = ("import sys; from pathlib import Path; from pretext.data.demo import _ensure; "
+            "print(_ensure(Path(sys.argv[1]), 8, 1))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
+    assert outs == ["False", "True"] and all(p.returncode == 0 for p in procs)
+    assert json.loads((root / MARKER_NAME).read_text())["num_images"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]  # no temporary folder left
+
+
+def test_a_failed_generation_leaves_nothing_that_looks_complete(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import pretext.data.demo as demo
+
+    root = tmp_path / "d"
+    ensure_demo_data(root, num_images=8, seed=1)
+    stamp = (root / MARKER_NAME).read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the process were stopped while writing the split lists
+
+    monkeypatch.setattr(demo, "_write_image_sets", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_demo_data(root, num_images=10, seed=1)
+    # the complete 8-image copy is untouched, and no partial 10-image copy is anywhere
+    assert (root / MARKER_NAME).read_text() == stamp and len(list((root / "JPEGImages").iterdir())) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]
+    shutil.rmtree(root)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_demo_data(root, num_images=8, seed=1)
+    assert not root.exists()
 
 
 def test_invalid_arguments_are_rejected(tmp_path: Path) -> None:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 from scipy import stats
 
 from benchmarks import tables
 from benchmarks.tables import (format_duration, load_cells, main, per_class, table1, table2, table2_markdown,
-                               table2_stats, write_figures, write_tables)
+                               table2_stats, write_tables)
 
 PRETRAININGS = {"ce_region": ("context_encoder", "context"), "random_init": ("random", "none"),
                 "autoencoder": ("autoencoder", "reconstruction"), "mean_fill": ("mean_fill", "none"),
@@ -193,20 +192,6 @@ def test_write_tables_removes_stale_outputs(tmp_path: Path, cells: list[dict]) -
     assert not (tmp_path / "failed.md").exists() and not (tmp_path / "table1.csv").exists()
 
 
-def test_write_figures(tmp_path: Path, cells: list[dict]) -> None:
-    paths = write_figures(tmp_path, cells)
-    assert [p.name for p in paths] == ["bars.png", "loss_curves.png"]
-    for path in paths:
-        assert path.parent == tmp_path / "figures" and path.stat().st_size > 0
-        with Image.open(path) as image:
-            image.load()
-            colours = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 20)}
-        assert (0x4C, 0x72, 0xB0) in colours  # the first pretraining's colour: bars / lines were drawn
-    no_curves = [{k: v for k, v in c.items() if k != "pretrain_curve"} for c in cells]
-    assert [p.name for p in write_figures(tmp_path, no_curves)] == ["bars.png"]
-    assert not (tmp_path / "figures" / "loss_curves.png").exists()
-
-
 def test_bar_data_means_and_stds(cells: list[dict]) -> None:
     data = tables.bar_data(cells)
     assert list(data) == ["Cls mAP (%)", "kNN top-1 (%)", "PSNR (dB)"]
@@ -222,6 +207,7 @@ def test_main_writes_and_prints(tmp_path: Path, cells: list[dict], capsys: pytes
     out = capsys.readouterr().out
     assert "| pretraining" in out and "34.0 ± 4.6" in out and "Verdict: 12 cells, 10 ok, 2 failed." in out
     assert (tmp_path / "table2.md").exists() and (tmp_path / "figures" / "bars.png").exists()
+    assert (tmp_path / "figures" / "bars.pdf").exists()
 
 
 @pytest.mark.parametrize("content, problem", [("{not json", "invalid cell file"),

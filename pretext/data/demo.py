@@ -15,12 +15,15 @@ Usage: ``python -m pretext.data.demo DIR [--num-images N] [--seed S] [--workers 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import Pool
@@ -800,11 +803,59 @@ def make_demo_data(root: str | Path, num_images: int = 3000, seed: int = 0, work
 
 
 def ensure_demo_data(root: str | Path, num_images: int = 3000, seed: int = 0) -> Path:
-    """Return `root`, generating the demo data first unless a complete copy with these parameters is there."""
-    root = Path(root)
-    if _read_marker(root) != _marker(num_images, seed):
-        make_demo_data(root, num_images=num_images, seed=seed)
-    return root
+    """Return `root`, generating the demo data first unless a complete copy with these parameters is there.
+    Generation happens once however many processes ask at the same time (a lock beside `root`; the others wait
+    and reuse it), into a temporary folder renamed to `root` when complete, so a killed generation leaves nothing
+    that looks like demo data and a reader never meets a half-written file."""
+    _ensure(Path(root), num_images, seed)
+    return Path(root)
+
+
+def _ensure(root: Path, num_images: int, seed: int) -> bool:
+    """`ensure_demo_data`; True when this call generated the data."""
+    want = _marker(num_images, seed)
+    if _read_marker(root) == want:
+        return False
+    _validate(root, num_images, seed, None)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(root.parent / f".{root.name}.lock"):
+        if _read_marker(root) == want:  # another process generated it while this one waited
+            return False
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        try:
+            make_demo_data(tmp, num_images=num_images, seed=seed)
+            _swap_into_place(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (fcntl; where the platform has none, no lock: the rename still keeps
+    half-written data out of sight)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _swap_into_place(new: Path, root: Path) -> None:
+    """Rename the finished `new` to `root`; a stale or incomplete `root` is moved aside first, then removed."""
+    old = None
+    if root.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent)) / root.name
+        os.rename(root, old)
+    os.rename(new, root)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def _parser(prog: str | None = None) -> argparse.ArgumentParser:
