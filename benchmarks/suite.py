@@ -24,6 +24,7 @@ from typing import Any
 
 
 from pretext.config import ConfigError, apply_overrides, load_raw, preset_names
+from pretext.data.fingerprint import data_fingerprint
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.provenance import device_description, git_commit, versions
 
@@ -378,7 +379,7 @@ def _curve(run_dir: Path) -> list[list[float]] | None:
 
 # Raised when what a run computes changes while its config does not (2: issue 20's corrected data-dependent init),
 # so that no cell or encoder of the earlier code is reused.
-CODE_VERSION = 2
+CODE_VERSION = 3  # 3: cells and pretrainings keyed by their data's fingerprints
 
 
 def _hash(value: Any) -> str:
@@ -409,21 +410,56 @@ def pretraining_hash(p: Pretraining, suite: Suite, data: Datasets, pretrain_root
     from pretext.config import load_config
 
     cfg = load_config(p.preset, _pretrain_overrides(p, data, pretrain_root, suite, 0))
-    return _hash(_resolved(cfg.to_dict()))
+    images = data.train if p.data == "labelled" else pretrain_root
+    return _hash({"config": _resolved(cfg.to_dict()), "data": data_fingerprint(images, cfg.data.split)})
 
 
-def cell_hash(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path, pretrained: str | None = None) -> str:
-    """Identifies what a cell computes: a finished cell is reused only while this is unchanged. `pretrained`:
-    the cell's pretraining_hash when the caller has it already."""
+def data_prints(data: Datasets) -> dict[str, str]:
+    """The fingerprints of a suite's labelled data (and of the whole images behind object crops): computed once
+    per run, they key every cell, so an edited dataset re-runs the cells that read it."""
+    prints = {"train": data_fingerprint(data.train, data.train_split), "test": data_fingerprint(data.test, data.test_split)}
+    if data.scenes is not None:
+        prints.update(scenes_train=data_fingerprint(data.scenes, data.train_split),
+                      scenes_test=data_fingerprint(data.scenes, data.test_split))
+    return prints
+
+
+def cell_spec(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path, pretrained: str | None = None,
+              prints: dict[str, str] | None = None) -> dict[str, Any]:
+    """What a cell computes, in parts (the code version, the encoder's pretraining, the task's settings and seed,
+    the data): a finished cell is reused only while every part is unchanged, and the parts say why it is not.
+    `pretrained`, `prints`: the cell's pretraining_hash and data_prints(data) when the caller has them already."""
     task, opts = suite.tasks[cell.task]
     p = suite.pretrainings[cell.pretraining]
-    pretrained = pretrained or pretraining_hash(p, suite, data, pretrain_root)
     resolved = None
     if task.name in TRAINING_TASKS:
         resolved = _resolved(_task_config(task.name, opts).to_dict())
-    return _hash({"pretraining": pretrained, "task": task.name,
-                  "options": opts, "resolved": resolved, "seed": cell.seed,
-                  "data": [str(data.train), str(data.test), data.train_split, data.test_split]})
+    return {"code_version": CODE_VERSION,
+            "pretraining": pretrained or pretraining_hash(p, suite, data, pretrain_root),
+            "task": _hash({"task": task.name, "options": opts, "resolved": resolved, "seed": cell.seed}),
+            "data": _hash({"paths": [str(data.train), str(data.test), data.train_split, data.test_split],
+                           "prints": prints or data_prints(data)})}
+
+
+def cell_hash(cell: Cell, suite: Suite, data: Datasets, pretrain_root: Path, pretrained: str | None = None) -> str:
+    """The digest of `cell_spec`: the cell's name for its work directory and its `spec_hash`."""
+    return _hash(cell_spec(cell, suite, data, pretrain_root, pretrained))
+
+
+SPEC_REASONS = {"code_version": "the code that computes it changed", "pretraining": "its pretraining changed "
+                "(preset, overrides or pretraining images)", "task": "the task's settings changed",
+                "data": "its data changed (images, labels or split lists)"}
+
+
+def rerun_reason(stored: dict, parts: dict[str, Any]) -> str | None:
+    """Why a stored cell cannot be reused with `parts`, or None when it can."""
+    if stored.get("status") != "ok":
+        return "it failed"
+    old = stored.get("spec_parts")
+    if not isinstance(old, dict):
+        return None if stored.get("spec_hash") == _hash(parts) else "it was computed by an earlier version"
+    changed = [SPEC_REASONS[k] for k in SPEC_REASONS if old.get(k) != parts[k]]
+    return "; ".join(changed) or None
 
 
 def run_cell(cell: Cell, suite: Suite, data: Datasets, out: Path, encoder_dir: Path, record: dict,
@@ -534,7 +570,10 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
     (out / "cells").mkdir(parents=True, exist_ok=True)
     cells = plan(suite)
     pretrained = {name: pretraining_hash(p, suite, data, pretrain_root) for name, p in suite.pretrainings.items()}
-    specs = {cell.key: cell_hash(cell, suite, data, pretrain_root, pretrained[cell.pretraining]) for cell in cells}
+    prints = data_prints(data)
+    parts = {cell.key: cell_spec(cell, suite, data, pretrain_root, pretrained[cell.pretraining], prints)
+             for cell in cells}
+    specs = {key: _hash(value) for key, value in parts.items()}
     atomic_write_text(out / "suite.json", json.dumps({**_describe(suite, data, pretrain_root), "cells": specs,
                                                       "reference": list(suite.reference)}, indent=2) + "\n")
     failed = 0
@@ -542,10 +581,11 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
     for i, cell in enumerate(cells, 1):
         path = out / "cells" / f"{cell.key}.json"
         spec = specs[cell.key]
-        if path.is_file() and not force and _reusable(path, spec):
+        why = _why_run(path, parts[cell.key], force)
+        if why is None:
             log.info("[%d/%d] %s: done, skipped", i, len(cells), cell.key)
             continue
-        log.info("[%d/%d] %s", i, len(cells), cell.key)
+        log.info("[%d/%d] %s (%s)", i, len(cells), cell.key, why)
         p = suite.pretrainings[cell.pretraining]
         encoder_dir = out / "pretrain" / f"{p.name}-{pretrained[p.name]}" / f"seed{cell.seed}"
         try:
@@ -562,7 +602,7 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
             log.debug("%s", traceback.format_exc())
             error = str(exc) if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}"
             result = failed_cell(suite, cell, error, spec)
-        atomic_write_text(path, json.dumps(json_safe(result), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(json_safe({**result, "spec_parts": parts[cell.key]}), indent=2) + "\n")
         failed += result["status"] != "ok"
     _tables(out, suite, specs)
     if failed:
@@ -570,15 +610,17 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
     return 1 if failed else 0
 
 
-def _reusable(path: Path, spec: str) -> bool:
-    """A stored cell that finished with the same pretraining, task options, seed and data."""
+def _why_run(path: Path, parts: dict[str, Any], force: bool) -> str | None:
+    """Why the cell stored at `path` runs (not there, --force, or what changed), or None when it is reused."""
+    if not path.is_file():
+        return "new"
+    if force:
+        return "--force"
     try:
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    if stored.get("status") == "ok" and stored.get("spec_hash") != spec:
-        log.info("%s: the suite's settings for this cell changed since it ran: running it again", path.name)
-    return stored.get("status") == "ok" and stored.get("spec_hash") == spec
+        return "its stored record is unreadable"
+    return rerun_reason(stored, parts)
 
 
 def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:
@@ -603,8 +645,9 @@ def _describe(suite: Suite, data: Datasets, pretrain_root: Path) -> dict:
 
 # --- dry run ----------------------------------------------------------------------------------------
 
-def dry_run(suite: Suite) -> str:
-    """The plan, after checking every path; raises ConfigError for a missing one."""
+def dry_run(suite: Suite, out: Path | None = None) -> str:
+    """The plan, after checking every path; raises ConfigError for a missing one. With the results directory
+    `out` of an earlier run: which cells would run again, and why."""
     data, pretrain_root = datasets(suite, create=False)
     if suite.data_root is not None:
         for path in {data.train, data.test, pretrain_root} if suite.labelled == "images" else {pretrain_root}:
@@ -642,6 +685,15 @@ def dry_run(suite: Suite) -> str:
         lines.append(f"  task {name}: {task.name} ({task.kind}){extra}, options {opts}")
     cells = plan(suite)
     lines.append(f"{len(cells)} cells; about {images:,} training images through the networks in all")
+    if out is not None and (out / "cells").is_dir():
+        pretrained = {name: pretraining_hash(p, suite, data, pretrain_root) for name, p in suite.pretrainings.items()}
+        prints = data_prints(data)
+        whys = {cell.key: _why_run(out / "cells" / f"{cell.key}.json",
+                                   cell_spec(cell, suite, data, pretrain_root, pretrained[cell.pretraining], prints),
+                                   False) for cell in cells}
+        lines.append(f"in {out}: {sum(w is None for w in whys.values())} cell(s) would be reused, "
+                     f"{sum(w is not None for w in whys.values())} would run:")
+        lines += [f"  run {key} ({why})" for key, why in whys.items() if why is not None]
     return "\n".join(lines)
 
 
@@ -674,7 +726,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         suite = load_suite(args.suite, args.overrides)
         if args.dry_run:
-            print(dry_run(suite))
+            print(dry_run(suite, args.out or Path("runs") / "suites" / suite.name))
             return 0
         return run_suite(suite, args.out or Path("runs") / "suites" / suite.name, args.force)
     except ConfigError as exc:

@@ -53,6 +53,17 @@ def test_imagefolder_tree_is_read_as_a_folder(tmp_path: Path) -> None:
     assert list_images(tmp_path / "train") == sorted(wanted)
 
 
+def test_tiff_and_netpbm_images_are_read_as_torchvision_reads_them(tmp_path: Path) -> None:
+    from pretext.data.labels import open_image_folder
+
+    for cls, name, mode in (("a", "x.tif", "RGB"), ("a", "y.tiff", "RGB"), ("b", "z.ppm", "RGB"), ("b", "w.pgm", "L")):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        Image.new(mode, (12, 10), 200).save(tmp_path / cls / name)
+    data = open_image_folder(tmp_path)
+    assert sorted(p.name for p in data.paths) == ["w.pgm", "x.tif", "y.tiff", "z.ppm"]
+    assert all(load_rgb(p).size == (12, 10) and load_rgb(p).mode == "RGB" for p in data.paths)
+
+
 def test_list_file_relative_absolute_and_comments(tmp_path: Path) -> None:
     rel = _touch(tmp_path / "imgs" / "one.png")
     absolute = _touch(tmp_path / "elsewhere" / "two.jpg")

@@ -65,6 +65,8 @@ def test_every_bad_input_of_the_corpus_is_reported_with_its_file(tmp_path: Path,
     write_label_png(seg / "009.png", stray)  # stray value
     (jpg / "010.jpg").unlink()  # listed, missing
     Image.new("CMYK", (40, 30)).save(jpg / "011.jpg")  # CMYK: decodes fine, not a problem
+    # a split list with a path-traversal id and a duplicate: reported, and every other problem still is
+    (root / "ImageSets" / "Main" / "test.txt").write_text("../etc/passwd\n000\n000\n")
     assert main(["check", str(root), "--max-pixels", "1000000"]) == 1
     out = capsys.readouterr().out
     expected = {"000.jpg": "", "001.jpg": "", "002.jpg": "exceeds the limit", "003.xml": "malformed XML",
@@ -75,6 +77,8 @@ def test_every_bad_input_of_the_corpus_is_reported_with_its_file(tmp_path: Path,
     for name, words in expected.items():
         assert any(name in p and words in p for p in problems), (name, problems)
     assert not any("011.jpg" in p for p in problems)
+    assert any("test.txt:1: invalid image id '../etc/passwd'" in p for p in problems)
+    assert any("test.txt:3: duplicate image id '000'" in p for p in problems)
     # bad lists: a duplicate id, a path-traversal id
     (root / "ImageSets" / "Main" / "bad.txt").write_text("000\n000\n")
     assert any("duplicate image id" in p for p in check_dataset(root).problems)
@@ -110,7 +114,7 @@ def test_coco_and_folders(tmp_path: Path) -> None:
     assert len(report.problems) == 1 and "y.png" in report.problems[0]
     flat = tmp_path / "flat"
     flat.mkdir()
-    assert check_dataset(flat, "folder").problems == [f"{flat}: no image files (.bmp, .jpeg, .jpg, .png, .webp)"]
+    assert check_dataset(flat, "folder").problems == [f"{flat}: no image files (.bmp, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp)"]
 
 
 _XML_PIECES = st.sampled_from(["<annotation>", "</annotation>", "<object>", "</object>", "<name>cat</name>",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,45 @@ def test_feature_cache_hit_skips_the_encoder_and_key_follows_the_layer(encoder_d
     assert len(calls) > n_first and conv3.x.shape != first.x.shape and len(list(tmp_path.glob("*.npz"))) == 2
     sub = cached_features(encoder, meta, data, "pool5", tmp_path, max_images=10, seed=3)
     assert sub.x.shape[0] == 10 and len(list(tmp_path.glob("*.npz"))) == 3
+
+
+def test_a_replaced_image_is_extracted_again_and_the_log_says_why(encoder_dir: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The same file name with other pixels: its features (and the probe's) change; the others come from the
+    cache; the features of a fresh extraction and of the patched cache agree."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(stripes(tmp_path / "src", 8, seed=0), root)
+    encoder, meta = load_encoder(encoder_dir)
+    batches = []
+    encoder.register_forward_hook(lambda _m, inputs, _o: batches.append(inputs[0].shape[0]))
+    data = open_labelled(root, "unused")
+    first = cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
+    target = data.paths[3]
+    other = np.asarray(Image.open(data.paths[-1]))  # an image of the other class, under this one's name
+    Image.fromarray(other).save(target)
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    batches.clear()
+    with caplog.at_level(logging.WARNING):
+        again = cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
+    assert batches == [1]  # only the replaced image went through the encoder
+    assert "1 of 16 images of" in caplog.text and str(target) in caplog.text
+    changed = np.flatnonzero(~np.isclose(first.x, again.x).all(axis=1))
+    assert changed.tolist() == [3]
+    fresh = cached_features(encoder, meta, data, "pool5", tmp_path / "fresh", batch_size=64)
+    assert np.allclose(fresh.x, again.x, atol=1e-5)
+    batches.clear()
+    cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
+    assert batches == []  # the patched cache is complete
+
+
+def test_the_feature_cache_follows_cebench_cache(encoder_dir: Path, stripe_data, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEBENCH_CACHE", str(tmp_path / "c"))
+    encoder, meta = load_encoder(encoder_dir)
+    cached_features(encoder, meta, open_labelled(stripe_data[0], "unused"), "pool5", None, batch_size=64)
+    assert len(list((tmp_path / "c" / "features").glob("*.npz"))) == 1
 
 
 def test_bad_image_error_names_the_file(encoder_dir: Path, stripe_data, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     # a changed task option re-runs that task's cells only; a changed pretraining gets a new encoder directory
     caplog.clear()
     assert main([str(only_ok), "--out", str(out), "tasks.knn.k=3"]) == 0
-    assert caplog.text.count("settings for this cell changed") == 2 and caplog.text.count("done, skipped") == 3
+    assert caplog.text.count("(the task's settings changed)") == 2 and caplog.text.count("done, skipped") == 3
     assert cells(out)["ce__knn__seed0"]["options"]["k"] == 3
     assert len(list((out / "pretrain").glob("ce-*"))) == 1
 
@@ -277,6 +277,45 @@ def test_inpainting_rows_on_every_kind_of_hole(demo_root: Path, tmp_path: Path) 
         assert (out / "figures" / f"attention_{task}_gated_seed0.png").is_file()
     table = (out / "table1.md").read_text()
     assert "| holes" in table and "SSIM" in table and "freeform" in table and "region" in table
+
+
+def test_an_edited_annotation_reruns_the_cells_that_read_it(demo_root: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture, capsys) -> None:
+    """Relabel one test object of a VOC tree: the next run re-runs every cell (they all score the test split) and
+    says why, the pretrainings (on trainval) are reused; --dry-run says the same beforehand; unchanged, all is
+    reused."""
+    import shutil
+
+    root = tmp_path / "voc"
+    shutil.copytree(demo_root, root)
+    raw = {"name": "edit", "seeds": [0], "data": {"root": str(root), "check_images": 0},
+           "pretrainings": {"ce": {"preset": "demo", "overrides": [*TINY, "train.max_steps=2", "mask.region_bank=null"]},
+                            "random": {"preset": "demo_random", "overrides": [*TINY, "mask.region_bank=null"]}},
+           "tasks": {"knn": {"k": 3}}}
+    out = run_suite(tmp_path, raw)
+    encoders = sorted(p.name for p in (out / "pretrain").iterdir())
+    assert all(c["spec_parts"]["data"] for c in cells(out).values())
+    test_id = (root / "ImageSets/Main/test.txt").read_text().split()[0]
+    xml = root / "Annotations" / f"{test_id}.xml"
+    text = xml.read_text()
+    old = text.split("<name>")[1].split("</name>")[0]
+    xml.write_text(text.replace(f"<name>{old}</name>", f"<name>{'square' if old == 'circle' else 'circle'}</name>", 1))
+    stat = xml.stat()
+    os.utime(xml, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert main([str(tmp_path / "edit.yaml"), "--out", str(out), "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "0 cell(s) would be reused, 2 would run" in planned and planned.count("its data changed") == 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main([str(tmp_path / "edit.yaml"), "--out", str(out)]) == 0
+    assert caplog.text.count("(its data changed (images, labels or split lists))") == 2
+    assert "done: 2 steps" not in caplog.text  # the pretrainings read trainval, which did not change
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == encoders
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main([str(tmp_path / "edit.yaml"), "--out", str(out)]) == 0
+    assert caplog.text.count("done, skipped") == 2
 
 
 def test_fixed_subset_is_the_same_for_every_command(folder: Path) -> None:

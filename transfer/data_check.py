@@ -106,20 +106,32 @@ def _sample(items: list, max_images: int | None, seed: int) -> list:
 
 # --- VOC ----------------------------------------------------------------------------------------------------
 
-def _voc_splits(root: Path, classes: list[str]) -> dict[str, list[str]]:
-    """split -> ids of ImageSets/Main and ImageSets/Segmentation lists (per-class lists left out)."""
+def _voc_splits(root: Path, classes: list[str] | None, report: Report) -> dict[str, list[str]]:
+    """split -> ids of ImageSets/Main and ImageSets/Segmentation lists (per-class lists left out: with no class
+    list, those named `<something>_<split>.txt` beside a `<split>.txt`); every bad line and unreadable list is a
+    problem of the report, and the rest is read."""
     from pretext.data.sources import read_id_list
 
     splits: dict[str, list[str]] = {}
     for sub in ("Main", "Segmentation"):
-        for path in sorted((root / "ImageSets" / sub).glob("*.txt")):
-            if sub == "Main" and any(path.stem.startswith(f"{c}_") for c in classes):
+        lists = sorted((root / "ImageSets" / sub).glob("*.txt"))
+        stems = {p.stem for p in lists}
+        for path in lists:
+            per_class = (any(path.stem.startswith(f"{c}_") for c in classes) if classes is not None
+                         else "_" in path.stem and path.stem.rsplit("_", 1)[1] in stems)
+            if sub == "Main" and per_class:
                 continue
-            splits[f"{sub}/{path.stem}"] = read_id_list(path)
+            problems: list[str] = []
+            try:
+                splits[f"{sub}/{path.stem}"] = read_id_list(path, problems)
+            except (ValueError, UnicodeDecodeError) as exc:
+                problems.append(f"{path}: {exc}" if isinstance(exc, UnicodeDecodeError) else str(exc))
+            for problem in problems:
+                report.problem(problem)
     return splits
 
 
-def _check_xml(path: Path, size: tuple[int, int] | None, classes: set[str], report: Report) -> None:
+def _check_xml(path: Path, size: tuple[int, int] | None, classes: set[str] | None, report: Report) -> None:
     from .detection_eval import read_boxes
     from .voc import read_objects
 
@@ -140,7 +152,7 @@ def _check_xml(path: Path, size: tuple[int, int] | None, classes: set[str], repo
         if (w, h) != (0, 0) and (w, h) != size:
             report.problem(f"{path}: <size> {w}x{h} but the image is {size[0]}x{size[1]}")
     for n, ((name, _), box) in enumerate(zip(objects, boxes), 1):
-        if name not in classes:
+        if classes is not None and name not in classes:
             report.problem(f"{path}: object {n}: unknown class {name!r}")
         report.classes[name] += 1
         if size is not None and (box[0] < 1 or box[1] < 1 or box[2] > size[0] or box[3] > size[1]):
@@ -156,16 +168,20 @@ def check_voc(root: Path, max_images: int | None = None, seed: int = 0, max_pixe
 
     report = Report(str(root), "voc")
     try:
-        names = read_class_list(root, classes)
-        splits = _voc_splits(root, names)
-    except ValueError as exc:
+        names: list[str] | None = read_class_list(root, classes)
+    except ValueError as exc:  # reported; the rest is still checked, without the unknown-class check
         report.problem(str(exc))
-        return report
+        names = None
+    splits = _voc_splits(root, names, report)
     if not splits:
         report.problem(f"{root / 'ImageSets'}: no split lists")
     report.splits = {s: len(ids) for s, ids in splits.items()}
     seg_ids = {i for s, ids in splits.items() if s.startswith("Segmentation/") for i in ids}
-    n_seg = len(segmentation_classes(root, "voc", classes)) if seg_ids else 0
+    try:
+        n_seg = len(segmentation_classes(root, "voc", classes)) if seg_ids else 0
+    except ValueError as exc:  # no class list to read the masks by: reported, the masks are left unchecked
+        report.problem(str(exc))
+        seg_ids, n_seg = set(), 0
     all_ids = list(dict.fromkeys(i for ids in splits.values() for i in ids))
     for image_id in _sample(all_ids, max_images, seed):
         image = root / "JPEGImages" / f"{image_id}.jpg"
@@ -173,7 +189,7 @@ def check_voc(root: Path, max_images: int | None = None, seed: int = 0, max_pixe
             f"{image}: listed in ImageSets but missing")
         xml = root / "Annotations" / f"{image_id}.xml"
         if xml.is_file():
-            _check_xml(xml, size, set(names), report)
+            _check_xml(xml, size, None if names is None else set(names), report)
         if image_id in seg_ids:
             mask = root / "SegmentationClass" / f"{image_id}.png"
             try:

@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,7 @@ log = logging.getLogger("cebench")
 ProbeError = LabelledDataError
 
 MAX_DIMS = 9216  # Goyal et al. 2019 pool every AlexNet layer to about 9k dimensions
-CACHE_FORMAT = "cebench-features/1"
-DEFAULT_CACHE = Path("~/.cache/cebench/features")
+CACHE_FORMAT = "cebench-features/2"  # 2: per-image size and modification time beside the features
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def extract_features(encoder: nn.Module, meta: dict, images: Sequence[Path], lay
 
 
 def cache_key(meta: dict, data: LabelledImages, layer: str, max_images: int | None, seed: int) -> dict:
-    """Everything the cached features depend on."""
+    """Everything the cached features depend on but the images' contents (`file_stamps` checks those per image)."""
     return {"format": CACHE_FORMAT, "encoder_sha256": meta["sha256"], "layer": layer, "max_dims": MAX_DIMS,
             "pool": "avg", "root": str(data.root), "split": data.split,
             "images_sha256": hashlib.sha256("\n".join(p.relative_to(data.root).as_posix() for p in data.paths)
@@ -169,34 +169,50 @@ def cache_key(meta: dict, data: LabelledImages, layer: str, max_images: int | No
             "normalization": meta["normalization"]}
 
 
-def cache_path(cache_dir: Path, key: dict) -> Path:
-    """File of one key: the sha256 of its canonical JSON."""
+def file_stamps(paths: Sequence[Path]) -> np.ndarray:
+    """(N, 2) int64: each file's size and modification time in ns. A file replaced or re-exported under the same
+    name changes its stamp, so its cached features are extracted again."""
+    stamps = np.zeros((len(paths), 2), dtype=np.int64)
+    for i, path in enumerate(paths):
+        stat = path.stat()
+        stamps[i] = stat.st_size, stat.st_mtime_ns
+    return stamps
+
+
+def default_cache() -> Path:
+    """$CEBENCH_CACHE/features, else ~/.cache/cebench/features."""
+    return Path(os.environ.get("CEBENCH_CACHE", Path.home() / ".cache" / "cebench")) / "features"
+
+
+def cache_path(cache_dir: Path | None, key: dict) -> Path:
+    """File of one key: the sha256 of its canonical JSON, in `cache_dir` (None: `default_cache()`)."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_dir).expanduser() / f"{digest}.npz"
+    return Path(cache_dir or default_cache()).expanduser() / f"{digest}.npz"
 
 
-def _read_cache(path: Path, key: dict, n: int) -> np.ndarray | None:
+def _read_cache(path: Path, key: dict, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(features, stamps) stored for `key`, or None (absent, unreadable, or for other images)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            stored, x = json.loads(str(f["key"])), f["x"]
+            stored, x, stamps = json.loads(str(f["key"])), f["x"], f["stamps"]
     except (OSError, ValueError, KeyError) as exc:
         log.warning("feature cache %s unreadable (%s): extracting again", path, exc)
         return None
-    if stored != key or x.shape[0] != n:
+    if stored != key or x.shape[0] != n or stamps.shape != (n, 2):
         log.warning("feature cache %s holds other features: extracting again", path)
         return None
-    return x
+    return x, stamps
 
 
-def _write_cache(path: Path, key: dict, x: np.ndarray) -> None:
+def _write_cache(path: Path, key: dict, x: np.ndarray, stamps: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, x=x, key=np.array(json.dumps(key, sort_keys=True)))
+    np.savez(buf, x=x, stamps=stamps, key=np.array(json.dumps(key, sort_keys=True)))
     atomic_write_bytes(path, buf.getvalue())
 
 
-def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer: str, cache_dir: Path,
+def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer: str, cache_dir: Path | None,
                     max_images: int | None = None, seed: int = 0, batch_size: int = 64,
                     device: torch.device = torch.device("cpu"), hole: torch.Tensor | None = None) -> Features:
     """Features of (a subset of) a labelled set, from the cache when there, else extracted and cached."""
@@ -204,12 +220,23 @@ def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer:
     key = cache_key(meta, data, layer, max_images, seed)
     if hole is not None:  # only then, so the keys of unmasked features stay as they were
         key["hole"] = {"sha256": hashlib.sha256(hole.cpu().numpy().tobytes()).hexdigest(), "fill": fill_value(meta)}
-    path = cache_path(cache_dir, key)
-    x = _read_cache(path, key, len(data.paths))
-    if x is None:
+    path, stamps = cache_path(cache_dir, key), file_stamps(data.paths)
+    cached = _read_cache(path, key, len(data.paths))
+    if cached is None:
         log.info("extracting %s features of %d images of %s", layer, len(data.paths), data.name)
         x = extract_features(encoder, meta, data.paths, layer, batch_size, device, hole)
-        _write_cache(path, key, x)
+        _write_cache(path, key, x, stamps)
+        return Features(x, data.labels, data.classes, data)
+    x, stored = cached
+    changed = np.flatnonzero((stored != stamps).any(axis=1))
+    if len(changed):
+        log.warning("feature cache %s: %d of %d images of %s changed since their features were cached (size or "
+                    "modification time; first: %s): extracting those again", path, len(changed), len(data.paths),
+                    data.name, data.paths[changed[0]])
+        x = x.copy()
+        x[changed] = extract_features(encoder, meta, [data.paths[i] for i in changed], layer, batch_size, device,
+                                      hole)
+        _write_cache(path, key, x, stamps)
     else:
         log.info("%s features of %s from cache %s", layer, data.name, path)
     return Features(x, data.labels, data.classes, data)

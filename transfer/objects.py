@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pretext.data.fingerprint import data_fingerprint
 from pretext.data.sources import voc_images
 from pretext.data.voc import read_class_list, read_split_ids, safe_class_name
 
@@ -132,21 +133,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
             raise
 
 
-def root_fingerprint(voc_root: str | Path, splits: list[str]) -> str:
-    """A digest of what the crops of `splits` are computed from: the class list, the split lists, and the path,
-    size and modification time of every listed annotation and image."""
-    voc_root, digest = Path(voc_root), hashlib.sha256()
-    digest.update("\n".join(read_class_list(voc_root)).encode())
-    for split in splits:
-        digest.update(f"\0{split}\0".encode())
-        ids = read_split_ids(voc_root, split)
-        for image_id, image in zip(ids, voc_images(voc_root, split)):
-            for path in (voc_root / "Annotations" / f"{image_id}.xml", image):
-                stat = path.stat()
-                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def default_cache() -> Path:
     """$CEBENCH_CACHE/objects, else ~/.cache/cebench/objects."""
     return Path(os.environ.get("CEBENCH_CACHE", Path.home() / ".cache" / "cebench")) / "objects"
@@ -157,8 +143,9 @@ def object_crops_dir(voc_root: str | Path, splits: Mapping[str, str] | None = No
     """Where the crops of `voc_root` live in the cache: a folder name per (root, contents, splits, size, margin),
     so an edited root (split lists, annotations, images) maps to a new folder."""
     voc_root, splits = Path(voc_root).resolve(), dict(splits or DEFAULT_SPLITS)
-    key = hashlib.sha256(json.dumps([FORMAT_VERSION, str(voc_root), root_fingerprint(voc_root, list(splits)),
-                                     splits, size, margin]).encode()).hexdigest()[:16]
+    prints = [data_fingerprint(voc_root, split) for split in splits]
+    key = hashlib.sha256(json.dumps([FORMAT_VERSION, str(voc_root), prints, splits, size, margin]).encode()
+                         ).hexdigest()[:16]
     return Path(cache or default_cache()) / f"{voc_root.name}-{key}"
 
 

@@ -38,7 +38,7 @@ from pretext.models.gated import GATED_STAGES
 from .arguments import max_images, number_list
 from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
-from .features import DEFAULT_CACHE, Features, cached_features, check_train_test, open_labelled
+from .features import Features, cached_features, check_train_test, open_labelled
 from .knn import DEFAULT_KS, TEMPERATURE, knn_probe
 from .metrics import classification_metrics, top1_accuracy
 
@@ -242,7 +242,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--low-shot-samples", type=int, default=5, help="independent draws per K (default: 5)")
     p.add_argument("--difficult", choices=("exclude", "negative"), default="exclude",
                    help="VOC difficult-only training images: left out or negatives (default: exclude)")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR", help=f"feature cache ({DEFAULT_CACHE})")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--n-jobs", type=int, default=1, help="parallel classes / costs (joblib; -1 = all cores)")

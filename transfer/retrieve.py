@@ -41,7 +41,7 @@ from pretext.masks import CentralMask
 from .arguments import max_images, positive_int
 from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
-from .features import (DEFAULT_CACHE, Features, LabelledImages, cached_features, fill_value, is_voc_root, load_batch,
+from .features import (Features, LabelledImages, cached_features, fill_value, is_voc_root, load_batch,
                        open_labelled)
 from .knn import nearest
 
@@ -353,7 +353,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--ef-search", type=positive_int, default=64, help="HNSW search breadth (default: 64)")
     p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
                    help="fixed random subset of N database (M query) images (default: all)")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR", help=f"feature cache ({DEFAULT_CACHE})")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="subset seed")

@@ -11,7 +11,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})  # torchvision's IMG_EXTENSIONS
 SOURCES = ("auto", "folder", "imagefolder", "voc", "list")
 
 
@@ -121,17 +121,24 @@ def check_id(image_id: str, where: str) -> str:
     return image_id
 
 
-def read_id_list(list_file: Path) -> list[str]:
-    """Ids of a VOC ImageSets list (first column); missing file, bad or duplicate ids are errors."""
+def read_id_list(list_file: Path, problems: list[str] | None = None) -> list[str]:
+    """Ids of a VOC ImageSets list (first column); missing file, bad or duplicate ids are errors. With `problems`,
+    a bad or duplicate id is appended there and its line skipped, so a checker reports every one in one pass."""
     if not list_file.is_file():
         raise DataSourceError(f"split list not found: {list_file}")
     ids, seen = [], set()
     for n, line in enumerate(list_file.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
         if not line.strip():
             continue
-        image_id = check_id(line.split()[0], f"{list_file}:{n}")
-        if image_id in seen:
-            raise DataSourceError(f"{list_file}:{n}: duplicate image id {image_id!r}")
+        try:
+            image_id = check_id(line.split()[0], f"{list_file}:{n}")
+            if image_id in seen:
+                raise DataSourceError(f"{list_file}:{n}: duplicate image id {image_id!r}")
+        except DataSourceError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
+            continue
         seen.add(image_id)
         ids.append(image_id)
     return ids

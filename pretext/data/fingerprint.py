@@ -1,0 +1,71 @@
+"""A dataset's fingerprint: a digest of what its readers read, so results computed from it can be keyed by it.
+
+For a VOC-layout root and a split: the class list, every list file of that split (`ImageSets/*/<split>.txt` and
+the per-class `<class>_<split>.txt`), and for each listed id its annotation, image and segmentation masks. For any
+other folder (ImageFolder trees, COCO roots, plain folders): every file below it. For a list file: the file. Each
+file enters as (path relative to the root, size, modification time in ns), so an image replaced under the same
+name, an edited annotation or a changed split list changes the fingerprint, without reading the files' bytes.
+Hidden files and folders (a leading '.') are left out, as the readers leave them out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+_PER_ID = (("Annotations", ".xml"), ("JPEGImages", ".jpg"), ("SegmentationClass", ".png"),
+           ("SegmentationObject", ".png"))
+
+
+def _stamp(digest: "hashlib._Hash", root: Path, path: Path) -> None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        digest.update(f"{path.relative_to(root).as_posix()}:missing\n".encode())
+        return
+    digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+
+
+def _voc(root: Path, split: str, digest: "hashlib._Hash") -> None:
+    _stamp(digest, root, root / "classes.txt")
+    ids: dict[str, None] = {}
+    for folder in sorted(p for p in (root / "ImageSets").iterdir() if p.is_dir()):
+        for path in sorted(folder.glob(f"*{split}.txt")):
+            if path.name == f"{split}.txt" or path.name.endswith(f"_{split}.txt"):
+                _stamp(digest, root, path)
+                if path.name == f"{split}.txt":
+                    ids.update(dict.fromkeys(line.split()[0] for line in path.read_text().splitlines() if line.split()))
+    for image_id in ids:
+        for folder, suffix in _PER_ID:
+            path = root / folder / f"{image_id}{suffix}"
+            if folder in ("Annotations", "JPEGImages") or path.exists():
+                _stamp(digest, root, path)
+
+
+def _tree(root: Path, digest: "hashlib._Hash") -> None:
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop: the readers skip it too
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            _stamp(digest, root, Path(folder) / name)
+
+
+def data_fingerprint(root: str | Path, split: str | None = None) -> str:
+    """The sha256 (hex) of what the readers of `root` (and `split`, for a VOC root) read; see the module doc."""
+    root = Path(root)
+    digest = hashlib.sha256(f"{root.resolve()}\0{split}\0".encode())
+    if root.is_file():
+        _stamp(digest, root.parent, root)
+    elif split is not None and (root / "ImageSets" / "Main").is_dir():
+        _voc(root, split, digest)
+    elif root.is_dir():
+        _tree(root, digest)
+    else:
+        digest.update(b"missing")
+    return digest.hexdigest()
