@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("transfer.probe", "linear / SVM probe or weighted kNN on frozen encoder features"),
     "retrieve": ("transfer.retrieve", "FAISS nearest-neighbour retrieval of encoder features; PNG grid, precision@k"),
     "nn-inpaint": ("transfer.nn_inpaint", "nearest-neighbour inpainting (HOG or encoder features), Table 1 rows"),
-    "data": ("transfer.data_check", "`cebench data check ROOT`: validate a dataset (counts, sizes, problems); `data objects`: object crops"),
+    "data": ("transfer.data_check", "`cebench data check ROOT`: validate a dataset; `data fetch NAME DIR`: download one; `data objects`: crops"),
     "voc-tree": ("transfer.voc_layout", "a VOC-format root linking labelImg-style images, XMLs and split lists"),
     "import-alexnet": ("pretext.import_alexnet", "a torchvision AlexNet state dict from disk as an encoder"),
     "run": ("benchmarks.suite", "run a benchmark suite: pretrain every method, evaluate every task, write the tables"),

@@ -320,14 +320,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are problems")
     check.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
     check.set_defaults(run=_run_check)
-    from .objects import add_parser
+    from .fetch import add_parser as add_fetch
+    from .objects import add_parser as add_objects
 
-    add_parser(sub)
+    add_objects(sub)
+    add_fetch(sub)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """`check`: print the report, 0 when clean, 1 with problems; `objects`: write object crops."""
+    """`check`: print the report, 0 when clean, 1 with problems; `objects`: write object crops; `fetch`: download
+    a dataset."""
     from pretext.cli import setup_logging
 
     setup_logging()

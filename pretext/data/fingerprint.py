@@ -69,3 +69,23 @@ def data_fingerprint(root: str | Path, split: str | None = None) -> str:
     else:
         digest.update(b"missing")
     return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pretext.data.fingerprint ROOT [--split SPLIT]`: print the fingerprint, the files it covers and
+    the seconds it took."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m pretext.data.fingerprint", description=main.__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--split", default=None, help="a VOC root's split (default: every file below ROOT)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    digest = data_fingerprint(args.root, args.split)
+    print(f"{digest}  {args.root}{f' ({args.split})' if args.split else ''}  [{time.perf_counter() - start:.3f} s]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

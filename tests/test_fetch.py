@@ -1,0 +1,171 @@
+"""Dataset fetchers (transfer.fetch) against a local HTTP server serving small archives the tests make."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import pickle
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transfer import fetch as fetch_mod
+from transfer.data_check import main as data_main
+from transfer.fetch import FetchError, Remote, fetch
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder it serves) of an HTTP server on 127.0.0.1; counts the requests per file."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            requests.append(self.path)
+            super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", folder, requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _tar(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> str:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _cifar_archive(path: Path, per_batch: int = 10) -> tuple[str, dict[str, np.ndarray]]:
+    """A CIFAR-10-python-format archive with `per_batch` images per batch (pickle protocol 2, bytes keys, as the
+    real one); its MD5 and the pixels of each split."""
+    rng = np.random.default_rng(0)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    members = {"cifar-10-batches-py/batches.meta": pickle.dumps({b"label_names": names}, protocol=2)}
+    pixels: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    for i, file in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [(i + j) % 10 for j in range(per_batch)]
+        members[f"cifar-10-batches-py/{file}"] = pickle.dumps({b"data": data, b"labels": labels}, protocol=2)
+        pixels["test" if file == "test_batch" else "train"].append(data)
+    return _tar(path, members), {k: np.concatenate(v) for k, v in pixels.items()}
+
+
+def test_cifar10_is_downloaded_verified_and_laid_out(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, requests = server
+    md5, pixels = _cifar_archive(served / "cifar-10-python.tar.gz")
+    spec = fetch_mod.DATASETS["cifar10"]
+    monkeypatch.setitem(fetch_mod.DATASETS, "cifar10", fetch_mod.Dataset(
+        (Remote(spec.files[0].url, md5),), spec.prepare, spec.layout))
+    root = fetch("cifar10", tmp_path / "data", base_url=base)
+    assert root == tmp_path / "data" / "cifar10"
+    train = sorted((root / "train").rglob("*.png"))
+    assert len(train) == 50 and len(list((root / "test").rglob("*.png"))) == 10
+    assert sorted(p.name for p in (root / "train").iterdir()) == sorted(
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
+    # the first training image: the first row of data_batch_1 as 32x32 RGB, filed under its label (0: airplane)
+    first = np.asarray(Image.open(root / "train" / "airplane" / "00000.png"))
+    assert np.array_equal(first, pixels["train"][0].reshape(3, 32, 32).transpose(1, 2, 0))
+    # a second call reuses it: no request
+    n = len(requests)
+    assert fetch("cifar10", tmp_path / "data", base_url=base) == root and len(requests) == n
+    # what the suites read: an ImageFolder per split
+    from pretext.data.labels import open_image_folder
+
+    assert len(open_image_folder(root / "train").paths) == 50
+
+
+def test_a_wrong_checksum_is_refused_and_the_file_removed(server, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    base, served, _ = server
+    _cifar_archive(served / "cifar-10-python.tar.gz")  # not the published archive: its MD5 differs
+    assert data_main(["fetch", "cifar10", str(tmp_path / "data"), "--base-url", base]) == 1
+    assert "the downloaded file's MD5 is" in caplog.text
+    assert not list((tmp_path / "data" / ".downloads").glob("*"))  # nothing half-verified left behind
+    assert not (tmp_path / "data" / "cifar10").exists()
+    with pytest.raises(FetchError, match="expected c58f30108f718f92721af3b95e74349a"):
+        fetch("cifar10", tmp_path / "data", base_url=base)
+
+
+def test_an_unreachable_server_names_the_url(tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match=r"http://127\.0\.0\.1:9/cifar-10-python\.tar\.gz: download failed"):
+        fetch("cifar10", tmp_path, base_url="http://127.0.0.1:9")
+
+
+def test_a_partial_download_is_completed(server, tmp_path: Path) -> None:
+    base, served, _ = server
+    md5, _ = _cifar_archive(served / "cifar-10-python.tar.gz")
+    dest = tmp_path / "dl" / "cifar-10-python.tar.gz"
+    dest.parent.mkdir()
+    dest.with_name(dest.name + ".part").write_bytes((served / "cifar-10-python.tar.gz").read_bytes()[:100])
+    # this server ignores ranges (answers 200 with the whole file): the download starts again, and verifies
+    assert fetch_mod.download(f"{base}/cifar-10-python.tar.gz", dest, md5) == dest
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == md5 and not dest.with_name(dest.name + ".part").exists()
+
+
+def test_a_pickle_with_code_is_refused(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({b"data": Payload()}, protocol=2))
+    with pytest.raises(FetchError, match=r"refused global (__builtin__|builtins)\.print"):
+        fetch_mod._unpickle(path)
+
+
+def test_voc2007_archives_become_one_voc_root(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, _ = server
+    jpeg = io.BytesIO()
+    Image.new("RGB", (20, 10), "red").save(jpeg, format="JPEG")
+    xml = (b"<annotation><size><width>20</width><height>10</height></size><object><name>cat</name>"
+           b"<difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+           b"</object></annotation>")
+    prefix = "VOCdevkit/VOC2007/"
+    md5s = []
+    for archive, split, image_id in (("VOCtrainval_06-Nov-2007.tar", "trainval", "000001"),
+                                     ("VOCtest_06-Nov-2007.tar", "test", "000002")):
+        md5s.append(_tar(served / archive, {
+            f"{prefix}ImageSets/Main/{split}.txt": f"{image_id}\n".encode(),
+            f"{prefix}JPEGImages/{image_id}.jpg": jpeg.getvalue(),
+            f"{prefix}Annotations/{image_id}.xml": xml}, mode="w"))
+    spec = fetch_mod.DATASETS["voc2007"]
+    monkeypatch.setitem(fetch_mod.DATASETS, "voc2007", fetch_mod.Dataset(
+        tuple(Remote(f.url, m) for f, m in zip(spec.files, md5s)), spec.prepare, spec.layout))
+    root = fetch("voc2007", tmp_path / "data", base_url=base)
+    assert root == tmp_path / "data" / "VOCdevkit" / "VOC2007"
+    from transfer.detection_eval import read_detection_annotations
+
+    assert list(read_detection_annotations(root, "trainval", ["cat"])) == ["000001"]
+    assert list(read_detection_annotations(root, "test", ["cat"])) == ["000002"]
+
+
+def test_an_archive_reaching_outside_its_folder_is_refused(server, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, _ = server
+    md5 = _tar(served / "VOCtrainval_06-Nov-2007.tar", {"../../escape.txt": b"x"}, mode="w")
+    spec = fetch_mod.DATASETS["voc2007"]
+    monkeypatch.setitem(fetch_mod.DATASETS, "voc2007", fetch_mod.Dataset(
+        (Remote(spec.files[0].url, md5),), spec.prepare, spec.layout))
+    with pytest.raises(FetchError, match=r"VOCtrainval_06-Nov-2007\.tar: .*outside"):
+        fetch("voc2007", tmp_path / "data", base_url=base)
+    assert not (tmp_path / "escape.txt").exists()
