@@ -2,12 +2,13 @@
 
 - `figures/bars.{png,pdf}`: a panel per headline metric (Table 2's columns and Table 1's PSNR), a bar per
   pretraining with its mean over seeds and, with several seeds, an error bar of one sample standard deviation;
-  axis labels name the metric and the number of seeds.
+  the axis label names the metric, the title the number of seeds.
 - `figures/loss_curves.{png,pdf}`: the pretraining loss against the step, one panel per kind of loss (the
   reconstruction losses of the encoder-decoders, the cross-entropy of the supervised and context-prediction
   rows, the free-form model's L1 + adversarial total), on a log scale, one line per pretraining and seed.
 
-Colours follow the pretraining, the same in every figure. Outputs of an earlier call that no longer apply are
+Colours follow the pretraining, the same in every figure. Figures are drawn on their own Agg canvas (no pyplot, no
+global backend change, nothing to close). Outputs of an earlier call that no longer apply are
 removed (`cebench table` rebuilds them from the cells).
 """
 
@@ -16,14 +17,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
+from pretext.engine.checkpoint import atomic_write_bytes
 
-from pretext.engine.checkpoint import atomic_write_bytes  # noqa: E402
-
-from .tables import bar_data, remove_stale  # noqa: E402
+from .tables import bar_data, remove_stale
 
 FORMATS = ("png", "pdf")
 FIGURES = tuple(f"{stem}.{fmt}" for stem in ("bars", "loss_curves") for fmt in FORMATS)
@@ -45,14 +44,21 @@ def _seeds(cells: list[dict]) -> int:
     return len({c["seed"] for c in cells})
 
 
-def bar_figure(cells: list[dict]) -> plt.Figure | None:
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def bar_figure(cells: list[dict]) -> Figure | None:
     """A panel per headline metric, a bar per pretraining (mean, +- one std with several seeds); None without data."""
     data, palette = bar_data(cells), colours(cells)
     if not data:
         return None
     ncols = min(3, len(data))
     nrows = -(-len(data) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    fig = _figure(4.2 * ncols, 3.4 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     seeds = _seeds(cells)
     for ax, (metric, bars) in zip(axes.flat, data.items()):
         names = list(bars)
@@ -87,12 +93,13 @@ def curves(cells: list[dict]) -> dict[str, dict[tuple[str, int], list[list[float
     return out
 
 
-def loss_figure(cells: list[dict]) -> plt.Figure | None:
+def loss_figure(cells: list[dict]) -> Figure | None:
     """Pretraining loss against step, a panel per kind of loss, log scale; None without curves."""
     by_kind, palette = curves(cells), colours(cells)
     if not by_kind:
         return None
-    fig, axes = plt.subplots(1, len(by_kind), figsize=(4.6 * len(by_kind), 3.6), squeeze=False)
+    fig = _figure(4.6 * len(by_kind), 3.6)
+    axes = fig.subplots(1, len(by_kind), squeeze=False)
     for ax, (kind, lines) in zip(axes.flat, by_kind.items()):
         labelled = set()
         for (pretraining, seed), curve in lines.items():
@@ -110,18 +117,15 @@ def loss_figure(cells: list[dict]) -> plt.Figure | None:
     return fig
 
 
-def _save(fig: plt.Figure, stem: Path) -> list[Path]:
+def _save(fig: Figure, stem: Path) -> list[Path]:
     written = []
-    try:
-        for fmt in FORMATS:
-            buf = io.BytesIO()
-            # no creation date in the PDF: the same cells give the same bytes
-            fig.savefig(buf, format=fmt, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
-            path = stem.with_suffix(f".{fmt}")
-            atomic_write_bytes(path, buf.getvalue())
-            written.append(path)
-    finally:
-        plt.close(fig)
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        # no creation date in the PDF: the same cells give the same bytes
+        fig.savefig(buf, format=fmt, dpi=150, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        path = stem.with_suffix(f".{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
     return written
 
 
@@ -129,7 +133,8 @@ def write_figures(results_dir: Path, cells: list[dict]) -> list[Path]:
     """figures/bars.{png,pdf} and, when cells carry curves, figures/loss_curves.{png,pdf}; the paths written."""
     folder = Path(results_dir) / "figures"
     written = []
-    for stem, fig in (("bars", bar_figure(cells)), ("loss_curves", loss_figure(cells))):
+    for stem, draw in (("bars", bar_figure), ("loss_curves", loss_figure)):
+        fig = draw(cells)
         if fig is not None:
             written += _save(fig, folder / stem)
     if folder.is_dir():

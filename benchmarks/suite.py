@@ -298,19 +298,23 @@ def datasets(suite: Suite, create: bool) -> tuple[Datasets, Path]:
 
 
 def _object_crops(suite: Suite, root: Path, create: bool) -> Datasets:
-    """data.labelled=objects: ImageFolders of the VOC root's boxes, train/ from train_split, test/ from test_split."""
+    """data.labelled=objects: ImageFolders of the VOC root's boxes, train/ from train_split, test/ from test_split;
+    with `create`, the root passes the data check before any crop is written."""
     from transfer.features import is_voc_root
     from transfer.objects import ensure_object_crops, object_crops_dir
 
+    if suite.train_split == suite.test_split:
+        raise ConfigError(f"data.labelled=objects: train_split and test_split are both {suite.train_split!r}")
     splits = {suite.train_split: "train", suite.test_split: "test"}
-    if not create and not (root / "ImageSets").is_dir():  # the demo data, not generated yet
+    if not create and suite.data_root is None and not (root / "ImageSets").is_dir():  # demo data not made yet
         crops = root.parent / "objects" / f"{root.name}-(made on first run)"
     elif not is_voc_root(root):
         raise ConfigError(f"data.labelled=objects needs a VOC root (Annotations/ with boxes); {root} is not one")
     else:
+        if create:
+            check_root(suite, root)
         try:
-            make = ensure_object_crops if create else object_crops_dir
-            crops = make(root, splits, size=suite.object_size)
+            crops = (ensure_object_crops if create else object_crops_dir)(root, splits, size=suite.object_size)
         except ValueError as exc:
             raise ConfigError(f"data.labelled=objects: {exc}") from None
     return Datasets(crops / "train", crops / "test", suite.train_split, suite.test_split, scenes=root)
@@ -411,16 +415,27 @@ def pretraining_hash(p: Pretraining, suite: Suite, data: Datasets, pretrain_root
 
     cfg = load_config(p.preset, _pretrain_overrides(p, data, pretrain_root, suite, 0))
     images = data.train if p.data == "labelled" else pretrain_root
-    return _hash({"config": _resolved(cfg.to_dict()), "data": data_fingerprint(images, cfg.data.split)})
+    return _hash({"config": _resolved(cfg.to_dict()), "data": fingerprint(images, cfg.data.split)})
+
+
+_PRINTS: dict[tuple[str, str | None], str] = {}  # per run (cleared by _run_locked and dry_run): a root is walked once
+
+
+def fingerprint(root: Path, split: str | None) -> str:
+    """data_fingerprint, computed once per run for each (root, split)."""
+    key = (str(Path(root).resolve()), split)
+    if key not in _PRINTS:
+        _PRINTS[key] = data_fingerprint(root, split)
+    return _PRINTS[key]
 
 
 def data_prints(data: Datasets) -> dict[str, str]:
     """The fingerprints of a suite's labelled data (and of the whole images behind object crops): computed once
     per run, they key every cell, so an edited dataset re-runs the cells that read it."""
-    prints = {"train": data_fingerprint(data.train, data.train_split), "test": data_fingerprint(data.test, data.test_split)}
+    prints = {"train": fingerprint(data.train, data.train_split), "test": fingerprint(data.test, data.test_split)}
     if data.scenes is not None:
-        prints.update(scenes_train=data_fingerprint(data.scenes, data.train_split),
-                      scenes_test=data_fingerprint(data.scenes, data.test_split))
+        prints.update(scenes_train=fingerprint(data.scenes, data.train_split),
+                      scenes_test=fingerprint(data.scenes, data.test_split))
     return prints
 
 
@@ -456,8 +471,10 @@ def rerun_reason(stored: dict, parts: dict[str, Any]) -> str | None:
     if stored.get("status") != "ok":
         return "it failed"
     old = stored.get("spec_parts")
-    if not isinstance(old, dict):
-        return None if stored.get("spec_hash") == _hash(parts) else "it was computed by an earlier version"
+    if not isinstance(old, dict):  # written before the parts were stored: only its digest can tell
+        return None if stored.get("spec_hash") == _hash(parts) else SPEC_REASONS["code_version"]
+    if old.get("code_version") != parts["code_version"]:  # every other part is hashed with it: the one reason
+        return SPEC_REASONS["code_version"]
     changed = [SPEC_REASONS[k] for k in SPEC_REASONS if old.get(k) != parts[k]]
     return "; ".join(changed) or None
 
@@ -546,25 +563,32 @@ def run_suite(suite: Suite, out: Path, force: bool = False) -> int:
 
 def preflight(suite: Suite, data: Datasets, pretrain_root: Path) -> None:
     """`cebench data check` on the suite's data (a seeded sample of `data.check_images` images of each root)
-    before anything trains; a ConfigError listing the problems when there are any."""
+    before anything trains; a ConfigError listing the problems when there are any. Object crops are not checked
+    (they are written from a root that was checked before they were made: `_object_crops`)."""
+    roots = [pretrain_root] if data.scenes is not None else [data.train, data.test, pretrain_root]
+    for root in dict.fromkeys(r for r in roots if r != data.scenes):
+        check_root(suite, root)
+
+
+def check_root(suite: Suite, root: Path) -> None:
+    """The pre-flight data check of one root (nothing with data.check_images=0)."""
     from transfer.data_check import check_dataset
 
     if suite.check_images == 0:
         return
-    roots = list(dict.fromkeys([data.train, data.test, pretrain_root]))
-    for root in roots:
-        report = check_dataset(root, max_images=suite.check_images)
-        log.info("data check %s (%s): %d image(s) decoded, %d problem(s)", root, report.format, report.checked,
-                 len(report.problems))
-        if report.problems:
-            for problem in report.problems[:20]:
-                log.error("  %s", problem)
-            raise ConfigError(f"data check: {len(report.problems)} problem(s) in {root} (first: "
-                              f"{report.problems[0]}); fix them, or run `cebench data check {root}` for the full "
-                              f"report (data.check_images=0 skips the check)")
+    report = check_dataset(root, max_images=suite.check_images)
+    log.info("data check %s (%s): %d image(s) decoded, %d problem(s)", root, report.format, report.checked,
+             len(report.problems))
+    if report.problems:
+        for problem in report.problems[:20]:
+            log.error("  %s", problem)
+        raise ConfigError(f"data check: {len(report.problems)} problem(s) in {root} (first: "
+                          f"{report.problems[0]}); fix them, or run `cebench data check {root}` for the full "
+                          f"report (data.check_images=0 skips the check)")
 
 
 def _run_locked(suite: Suite, out: Path, force: bool) -> int:
+    _PRINTS.clear()
     data, pretrain_root = datasets(suite, create=True)
     preflight(suite, data, pretrain_root)
     (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -648,6 +672,7 @@ def _describe(suite: Suite, data: Datasets, pretrain_root: Path) -> dict:
 def dry_run(suite: Suite, out: Path | None = None) -> str:
     """The plan, after checking every path; raises ConfigError for a missing one. With the results directory
     `out` of an earlier run: which cells would run again, and why."""
+    _PRINTS.clear()
     data, pretrain_root = datasets(suite, create=False)
     if suite.data_root is not None:
         for path in {data.train, data.test, pretrain_root} if suite.labelled == "images" else {pretrain_root}:

@@ -134,6 +134,7 @@ def run_classify(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path
 
 def run_detection(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
     """`cebench transfer detect` (Fast R-CNN) with the task's preset and overrides: VOC07 11-point mAP."""
+    data = data.whole_images()  # boxes in whole images, also when the suite's labelled data is object crops
     argv = ["--encoder", str(encoder), "--data", str(data.train), "--test-data", str(data.test),
             "--train-split", data.train_split, "--test-split", data.test_split, "--preset", opts["preset"],
             *_max_images(opts), *opts["overrides"], f"train.seed={seed}", "train.progress=false",
@@ -149,6 +150,7 @@ def run_segmentation(encoder: Path, data: Datasets, opts: dict, seed: int, out: 
     """`cebench transfer segment` (FCN-32s) with the task's preset and overrides: mIoU. The task's `root`,
     `test_root`, `train_split` and `test_split` options replace the suite's (segmentation data is SBD or VOC2012,
     train -> val, beside a VOC2007 classification root)."""
+    data = data.whole_images()
     train = Path(opts["root"]) if opts["root"] else data.train
     test = Path(opts["test_root"]) if opts["test_root"] else (train if opts["root"] else data.test)
     argv = ["--encoder", str(encoder), "--data", str(train), "--test-data", str(test),

@@ -165,6 +165,35 @@ def test_concurrent_first_use_generates_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]  # no temporary folder left
 
 
+def test_a_second_command_waits_for_the_lock(tmp_path: Path) -> None:
+    """While another process holds the lock, a command needing the data waits; then it generates (the holder
+    made nothing here)."""
+    import subprocess
+    import sys
+    import time
+
+    from pretext.data.demo import _locked
+
+    root = tmp_path / "d"
+    code = ("import sys; from pathlib import Path; from pretext.data.demo import _ensure; "
+            "print(_ensure(Path(sys.argv[1]), 8, 1))")
+    with _locked(tmp_path / ".d.lock"):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+        time.sleep(3.0)  # ample for an 8-image generation that did not wait
+        assert proc.poll() is None and not root.exists()
+    assert proc.communicate(timeout=300)[0].strip() == "True" and (root / MARKER_NAME).is_file()
+
+
+def test_a_folder_of_other_files_is_never_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "thesis.tex").write_text("keep me")
+    with pytest.raises(ValueError, match="holds other files"):
+        ensure_demo_data(root, num_images=8, seed=1)
+    assert sorted(p.name for p in root.iterdir()) == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.lock", "mine"]
+
+
 def test_a_failed_generation_leaves_nothing_that_looks_complete(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import pretext.data.demo as demo

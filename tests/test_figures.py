@@ -48,7 +48,6 @@ def test_bars_carry_axis_labels_and_error_bars(cells: list[dict]) -> None:  # no
     (low, high) = bars.lines[2][0].get_segments()[0]  # the first bar's vertical error line
     assert low[1] == pytest.approx(34.0 - 21 ** 0.5) and high[1] == pytest.approx(34.0 + 21 ** 0.5)
     assert "mean ± std of 3 seeds" in classify.get_title()
-    figures.plt.close(fig)
 
 
 def test_one_log_scale_panel_per_kind_of_loss(cells: list[dict]) -> None:  # noqa: F811
@@ -62,7 +61,5 @@ def test_one_log_scale_panel_per_kind_of_loss(cells: list[dict]) -> None:  # noq
     scales = {ax.get_title(): ax.get_yscale() for ax in fig.axes}
     assert scales == {"reconstruction loss": "linear", "cross-entropy": "log"}  # a loss of 0 has no log scale
     assert all(ax.get_xlabel() == "pretraining step" for ax in fig.axes)
-    figures.plt.close(fig)
     fig = figures.loss_figure(cells)
     assert [ax.get_yscale() for ax in fig.axes] == ["log"] and "log scale" in fig.axes[0].get_ylabel()
-    figures.plt.close(fig)

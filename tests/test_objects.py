@@ -13,7 +13,7 @@ from PIL import Image
 from benchmarks.suite import load_suite
 from pretext.config import ConfigError
 from transfer.data_check import main as data_main
-from transfer.objects import MARKER, crop_box, ensure_object_crops, object_crops_dir, write_object_crops
+from transfer.objects import MARKER, crop_box, ensure_object_crops, write_object_crops
 
 from .test_detection_eval import write_xml
 
@@ -88,13 +88,30 @@ def test_the_cache_is_keyed_by_the_root_contents(tmp_path: Path) -> None:
     stamp = (first / MARKER).stat().st_mtime_ns
     assert ensure_object_crops(root, size=16, cache=cache) == first
     assert (first / MARKER).stat().st_mtime_ns == stamp  # reused, not rewritten
-    assert object_crops_dir(root, size=24, cache=cache) != first  # another size, another folder
     # relabel one object: the same call now names a new folder and writes it from the edited annotation
     write_xml(root / "Annotations" / "b.xml", [("bar", 0, 31, 6, 36, 35), ("bar", 0, 1, 1, 8, 8)])
     os.utime(root / "Annotations" / "b.xml", ns=(stamp + 10**9, stamp + 10**9))
     second = ensure_object_crops(root, size=16, cache=cache)
     assert second != first
     assert sorted(p.name for p in (second / "train" / "bar").iterdir()) == ["b_1.png", "b_2.png"]
+
+
+def test_a_folder_of_the_user_is_never_replaced(tmp_path: Path, capsys) -> None:
+    root = tiny_voc(tmp_path / "voc")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not an empty folder"):
+        write_object_crops(root, mine)
+    with pytest.raises(SystemExit):
+        data_main(["objects", str(root), "--out", str(mine)])
+    assert "not an empty folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_object_crops(root, empty).counts == {"train": 3, "test": 2}
+    with pytest.raises(ValueError, match="share a folder name"):
+        write_object_crops(root, tmp_path / "x", {"trainval": "a", "test": "a"})
 
 
 def test_the_command_writes_crops_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:

@@ -318,6 +318,21 @@ def test_an_edited_annotation_reruns_the_cells_that_read_it(demo_root: Path, tmp
     assert caplog.text.count("done, skipped") == 2
 
 
+def test_the_reason_a_cell_runs_again() -> None:
+    parts = {"code_version": suite_mod.CODE_VERSION, "pretraining": "p1", "task": "t1", "data": "d1"}
+    ok = {"status": "ok", "spec_parts": dict(parts), "spec_hash": suite_mod._hash(parts)}
+    assert suite_mod.rerun_reason(ok, parts) is None
+    assert suite_mod.rerun_reason({**ok, "status": "failed"}, parts) == "it failed"
+    assert suite_mod.rerun_reason(ok, {**parts, "pretraining": "p2", "data": "d2"}) == (
+        "its pretraining changed (preset, overrides or pretraining images); its data changed (images, labels or "
+        "split lists)")
+    older = {**ok, "spec_parts": {**parts, "code_version": parts["code_version"] - 1, "task": "t0"}}
+    assert suite_mod.rerun_reason(older, parts) == "the code that computes it changed"  # alone, not every part
+    legacy = {"status": "ok", "spec_hash": "0123456789"}  # a cell written before the parts were stored
+    assert suite_mod.rerun_reason(legacy, parts) == "the code that computes it changed"
+    assert suite_mod.rerun_reason({**legacy, "spec_hash": suite_mod._hash(parts)}, parts) is None
+
+
 def test_fixed_subset_is_the_same_for_every_command(folder: Path) -> None:
     from pretext.data.sources import fixed_subset, list_images
     from transfer.features import open_labelled, subset

@@ -124,8 +124,8 @@ def _voc_splits(root: Path, classes: list[str] | None, report: Report) -> dict[s
             problems: list[str] = []
             try:
                 splits[f"{sub}/{path.stem}"] = read_id_list(path, problems)
-            except (ValueError, UnicodeDecodeError) as exc:
-                problems.append(f"{path}: {exc}" if isinstance(exc, UnicodeDecodeError) else str(exc))
+            except ValueError as exc:  # a missing or undecodable list, named by the reader
+                problems.append(str(exc))
             for problem in problems:
                 report.problem(problem)
     return splits

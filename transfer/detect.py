@@ -727,10 +727,9 @@ def run_detect(cfg: DetectConfig, inputs: DetectInputs) -> dict | None:
 
 def default_cache() -> Path:
     """$CEBENCH_CACHE/proposals, else ~/.cache/cebench/proposals."""
-    import os
+    from pretext.cache import cache_root
 
-    base = os.environ.get("CEBENCH_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "cebench") / "proposals"
+    return cache_root() / "proposals"
 
 
 def proposals_for(data: DetectionSet, given: Path | None, cfg: ProposalConfig, progress: bool) -> tuple[dict, dict]:

@@ -16,7 +16,9 @@ dimension at most `MAX_DIMS` (~9k, their size), so every layer gives a vector of
 Each vector is L2-normalised.
 
 Cache: one `.npz` (no pickle) per (encoder sha256, layer, pooling, data root, split, subset, sizes) under
-`~/.cache/cebench/features` by default, written atomically; the key is stored inside and checked on load.
+`$CEBENCH_CACHE/features` (default `~/.cache/cebench/features`), written atomically; the key is stored inside and
+checked on load, and each image's size and modification time beside its features: a changed image is extracted
+again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,9 @@ def file_stamps(paths: Sequence[Path]) -> np.ndarray:
 
 def default_cache() -> Path:
     """$CEBENCH_CACHE/features, else ~/.cache/cebench/features."""
-    return Path(os.environ.get("CEBENCH_CACHE", Path.home() / ".cache" / "cebench")) / "features"
+    from pretext.cache import cache_root
+
+    return cache_root() / "features"
 
 
 def cache_path(cache_dir: Path | None, key: dict) -> Path:

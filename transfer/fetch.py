@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import pickle
 import shutil
 import tarfile
@@ -81,6 +82,9 @@ def download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    if part.is_file() and md5_of(part) == md5:  # complete, but not yet renamed when the last run stopped
+        os.replace(part, dest)
+        return dest
     start = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     try:
@@ -91,6 +95,10 @@ def download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
                      f", resuming at {start:,}" if resumed else "")
             with open(part, "ab" if resumed else "wb") as f:
                 shutil.copyfileobj(response, f, _CHUNK)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:  # the range starts past the end: the partial file is not this file
+            part.unlink()
+        raise FetchError(f"{url}: download failed ({exc}); run the command again to resume") from None
     except (urllib.error.URLError, OSError) as exc:
         raise FetchError(f"{url}: download failed ({exc}); run the command again to resume") from None
     got = md5_of(part)
@@ -98,7 +106,7 @@ def download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
         part.unlink()
         raise FetchError(f"{url}: the downloaded file's MD5 is {got}, expected {md5} (removed; a changed or "
                          f"corrupted file: run again, or use --base-url for another mirror)")
-    part.rename(dest)
+    os.replace(part, dest)
     return dest
 
 
@@ -212,7 +220,8 @@ def fetch(name: str, dest: str | Path, base_url: str | None = None, keep_archive
     root = spec.prepare(archives, dest)
     (root / MARKER).write_text(json.dumps({"dataset": name, "files": {f.name: f.md5 for f in spec.files}}) + "\n")
     if not keep_archives:
-        shutil.rmtree(dest / ".downloads", ignore_errors=True)
+        for archive in archives:
+            archive.unlink()
     return root
 
 

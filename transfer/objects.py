@@ -74,6 +74,8 @@ def write_object_crops(voc_root: str | Path, out: str | Path, splits: Mapping[st
     name the file; a class with no crop in some split is an error (its ImageFolder could not be read)."""
     voc_root, out = Path(voc_root), Path(out)
     splits = dict(splits or DEFAULT_SPLITS)
+    if len(set(splits.values())) != len(splits):
+        raise ValueError(f"object crops: two splits would share a folder name: {splits}")
     if size < 8 or not 0 <= margin <= 2:
         raise ValueError(f"object crops: size must be >= 8 and margin in [0, 2], got size={size} margin={margin}")
     classes = read_class_list(voc_root)
@@ -121,11 +123,13 @@ def _write_split(voc_root: Path, split: str, out: Path, classes: list[str], size
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    # A finished folder of another writer wins; an unfinished or stale one (no marker) is replaced.
+    # A finished folder of another writer wins; an empty one is replaced; anything else is the user's: refused.
     if (out / MARKER).is_file():
         return
     if out.exists():
-        shutil.rmtree(out)
+        if not out.is_dir() or any(out.iterdir()):
+            raise ValueError(f"{out}: exists and is not an empty folder; choose another --out")
+        out.rmdir()
     try:
         os.rename(tmp, out)
     except OSError:
@@ -135,7 +139,9 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 def default_cache() -> Path:
     """$CEBENCH_CACHE/objects, else ~/.cache/cebench/objects."""
-    return Path(os.environ.get("CEBENCH_CACHE", Path.home() / ".cache" / "cebench")) / "objects"
+    from pretext.cache import cache_root
+
+    return cache_root() / "objects"
 
 
 def object_crops_dir(voc_root: str | Path, splits: Mapping[str, str] | None = None, size: int = 72,
@@ -187,6 +193,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     if (args.out / MARKER).is_file():
         raise ValueError(f"{args.out}: object crops are already there; remove the folder to write them again")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise ValueError(f"{args.out}: exists and is not an empty folder; choose another --out")
     crops = write_object_crops(args.root, args.out, args.splits, args.size, args.margin)
     print(f"object crops: {', '.join(f'{k} {v}' for k, v in crops.counts.items())} "
           f"({crops.difficult_skipped} difficult object(s) skipped) in {crops.root}")

@@ -780,6 +780,10 @@ def _validate(root: Path, num_images: int, seed: int, workers: int | None) -> No
         raise ValueError(f"demo data {root}: workers must be >= 1, got {workers}")
 
 
+_LAYOUT = frozenset({"JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject", "ImageSets", "classes.txt",
+                     MARKER_NAME})
+
+
 def _prepare_root(root: Path) -> None:
     (root / MARKER_NAME).unlink(missing_ok=True)  # an interrupted run must not look complete
     for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
@@ -848,12 +852,24 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _swap_into_place(new: Path, root: Path) -> None:
-    """Rename the finished `new` to `root`; a stale or incomplete `root` is moved aside first, then removed."""
+    """Rename the finished `new` to `root`. An existing `root` is replaced only when it is empty or demo data
+    (a marker of any version, or the folders an interrupted generation of the old code left); anything else is
+    the user's and is refused. The old copy is moved aside first, put back if the rename fails, then removed."""
     old = None
     if root.exists():
+        ours = root.is_dir() and ((root / MARKER_NAME).is_file() or not any(root.iterdir()) or
+                                  {p.name for p in root.iterdir()} <= _LAYOUT)
+        if not ours:
+            raise ValueError(f"demo data root {root} holds other files; choose another folder (data.demo_dir or "
+                             f"$CEBENCH_CACHE) or empty it")
         old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent)) / root.name
         os.rename(root, old)
-    os.rename(new, root)
+    try:
+        os.rename(new, root)
+    except OSError:
+        if old is not None:
+            os.rename(old, root)
+        raise
     if old is not None:
         shutil.rmtree(old.parent, ignore_errors=True)
 

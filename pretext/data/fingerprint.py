@@ -1,7 +1,8 @@
 """A dataset's fingerprint: a digest of what its readers read, so results computed from it can be keyed by it.
 
 For a VOC-layout root and a split: the class list, every list file of that split (`ImageSets/*/<split>.txt` and
-the per-class `<class>_<split>.txt`), and for each listed id its annotation, image and segmentation masks. For any
+the per-class `<class>_<split>.txt`), each listed id's annotation and image, and every file of the segmentation
+folders (`mask.region_bank=data` draws hole shapes from all of `SegmentationObject/`, whatever the split). For any
 other folder (ImageFolder trees, COCO roots, plain folders): every file below it. For a list file: the file. Each
 file enters as (path relative to the root, size, modification time in ns), so an image replaced under the same
 name, an edited annotation or a changed split list changes the fingerprint, without reading the files' bytes.
@@ -14,8 +15,8 @@ import hashlib
 import os
 from pathlib import Path
 
-_PER_ID = (("Annotations", ".xml"), ("JPEGImages", ".jpg"), ("SegmentationClass", ".png"),
-           ("SegmentationObject", ".png"))
+_PER_ID = (("Annotations", ".xml"), ("JPEGImages", ".jpg"))
+_WHOLE = ("SegmentationClass", "SegmentationObject")
 
 
 def _stamp(digest: "hashlib._Hash", root: Path, path: Path) -> None:
@@ -28,6 +29,8 @@ def _stamp(digest: "hashlib._Hash", root: Path, path: Path) -> None:
 
 
 def _voc(root: Path, split: str, digest: "hashlib._Hash") -> None:
+    from .sources import read_id_list
+
     _stamp(digest, root, root / "classes.txt")
     ids: dict[str, None] = {}
     for folder in sorted(p for p in (root / "ImageSets").iterdir() if p.is_dir()):
@@ -35,15 +38,16 @@ def _voc(root: Path, split: str, digest: "hashlib._Hash") -> None:
             if path.name == f"{split}.txt" or path.name.endswith(f"_{split}.txt"):
                 _stamp(digest, root, path)
                 if path.name == f"{split}.txt":
-                    ids.update(dict.fromkeys(line.split()[0] for line in path.read_text().splitlines() if line.split()))
+                    ids.update(dict.fromkeys(read_id_list(path)))  # bad ids: an error naming the list file
     for image_id in ids:
         for folder, suffix in _PER_ID:
-            path = root / folder / f"{image_id}{suffix}"
-            if folder in ("Annotations", "JPEGImages") or path.exists():
-                _stamp(digest, root, path)
+            _stamp(digest, root, root / folder / f"{image_id}{suffix}")
+    for folder in _WHOLE:
+        if (root / folder).is_dir():
+            _tree(root / folder, digest, relative_to=root)
 
 
-def _tree(root: Path, digest: "hashlib._Hash") -> None:
+def _tree(root: Path, digest: "hashlib._Hash", relative_to: Path | None = None) -> None:
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -53,7 +57,7 @@ def _tree(root: Path, digest: "hashlib._Hash") -> None:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(f for f in files if not f.startswith(".")):
-            _stamp(digest, root, Path(folder) / name)
+            _stamp(digest, relative_to or root, Path(folder) / name)
 
 
 def data_fingerprint(root: str | Path, split: str | None = None) -> str:
@@ -72,8 +76,7 @@ def data_fingerprint(root: str | Path, split: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pretext.data.fingerprint ROOT [--split SPLIT]`: print the fingerprint, the files it covers and
-    the seconds it took."""
+    """`python -m pretext.data.fingerprint ROOT [--split SPLIT]`: print the fingerprint and the seconds it took."""
     import argparse
     import time
 

@@ -126,8 +126,12 @@ def read_id_list(list_file: Path, problems: list[str] | None = None) -> list[str
     a bad or duplicate id is appended there and its line skipped, so a checker reports every one in one pass."""
     if not list_file.is_file():
         raise DataSourceError(f"split list not found: {list_file}")
+    try:
+        text = list_file.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(f"{list_file}: not UTF-8 text ({exc})") from None
     ids, seen = [], set()
-    for n, line in enumerate(list_file.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +130,9 @@ def split_holdout(paths: Sequence[T], n: int) -> tuple[list[T], list[T]]:
 
 def default_demo_dir() -> Path:
     """Where the built-in demo data is generated: $CEBENCH_CACHE/demo or ~/.cache/cebench/demo."""
-    return Path(os.environ.get("CEBENCH_CACHE", Path.home() / ".cache" / "cebench")) / "demo"
+    from ..cache import cache_root
+
+    return cache_root() / "demo"
 
 
 def resolve_data(cfg: PretrainConfig, env: DistEnv) -> tuple[Path, str, str]:
