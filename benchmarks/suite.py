@@ -688,7 +688,8 @@ def dry_run(suite: Suite, out: Path | None = None) -> str:
     lines = [f"suite {suite.name}: {len(suite.pretrainings)} pretrainings x {len(suite.tasks)} tasks x "
              f"{len(suite.seeds)} seeds", f"labelled data: {data.train} -> {data.test}"
              f" (splits {data.train_split} -> {data.test_split}"
-             f"{'; crops of the boxes' if suite.labelled == 'objects' else ''})", f"pretraining images: {pretrain_root}"]
+             f"{'; crops of the boxes' if suite.labelled == 'objects' else ''})",
+             f"pretraining images: {pretrain_root}"]
     images = 0
     for p in suite.pretrainings.values():
         if p.weights is not None:

@@ -162,7 +162,8 @@ def prepare_cifar10(archives: list[Path], dest: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     _safe_extract(archives[0], work)
     batches = work / "cifar-10-batches-py"
-    names = [n.decode() if isinstance(n, bytes) else n for n in _key(_unpickle(batches / "batches.meta"), "label_names")]
+    meta = _unpickle(batches / "batches.meta")
+    names = [n.decode() if isinstance(n, bytes) else n for n in _key(meta, "label_names")]
     out = dest / "cifar10"
     tmp = dest / ".cifar10-tmp"
     shutil.rmtree(tmp, ignore_errors=True)

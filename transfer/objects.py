@@ -117,7 +117,8 @@ def _write_split(voc_root: Path, split: str, out: Path, classes: list[str], size
                 continue
             crop = image.crop(crop_box(image.width, image.height, tuple(box), margin))
             name = classes[int(label)]
-            crop.resize((size, size), Image.Resampling.BICUBIC).save(out / safe_class_name(name) / f"{image_id}_{n}.png")
+            crop = crop.resize((size, size), Image.Resampling.BICUBIC)
+            crop.save(out / safe_class_name(name) / f"{image_id}_{n}.png")
             written[name] += 1
     return written, difficult
 
