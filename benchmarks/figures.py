@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from pretext.engine.checkpoint import atomic_write_bytes
 
-from .tables import bar_data, remove_stale
+from .tables import bar_data, headline_columns, remove_stale
 
 FORMATS = ("png", "pdf")
 FIGURES = tuple(f"{stem}.{fmt}" for stem in ("bars", "loss_curves") for fmt in FORMATS)
@@ -40,8 +40,13 @@ def colours(cells: list[dict]) -> dict[str, str]:
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
-def _seeds(cells: list[dict]) -> int:
-    return len({c["seed"] for c in cells})
+def _seeds(cells: list[dict]) -> dict[str, int]:
+    """Headline column -> how many seeds its bars average (the most of any bar)."""
+    columns, seeds = headline_columns(cells), {}
+    for c in cells:
+        if c.get("status") == "ok":
+            seeds.setdefault(columns[c["task"]], {}).setdefault(c["pretraining"], set()).add(c["seed"])
+    return {column: max(len(s) for s in rows.values()) for column, rows in seeds.items()}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -70,7 +75,8 @@ def bar_figure(cells: list[dict]) -> Figure | None:
             ax.annotate(f"{mean:.1f}", (x, mean + err), xytext=(0, 2), textcoords="offset points",
                         ha="center", va="bottom", fontsize=8)
         ax.set_ylabel(metric)
-        ax.set_title(metric if seeds == 1 else f"{metric}, mean ± std of {seeds} seeds", fontsize=10)
+        n = seeds.get(metric, 1)
+        ax.set_title(metric if n == 1 else f"{metric}, mean ± std of up to {n} seeds", fontsize=10)
         ax.tick_params(axis="x", labelrotation=35, labelsize=8)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")

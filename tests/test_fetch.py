@@ -34,6 +34,15 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             requests.append(self.path)
+            wanted = self.headers.get("Range")
+            if wanted and (folder / "ranges").exists():  # answer ranges only when the test asks for it
+                data = (folder / self.path.lstrip("/")).read_bytes()[int(wanted[len("bytes="):].rstrip("-")):]
+                self.send_response(206)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                requests.append(f"206 {wanted}")
+                return
             super().do_GET()
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
@@ -120,6 +129,22 @@ def test_a_partial_download_is_completed(server, tmp_path: Path) -> None:
     # this server ignores ranges (answers 200 with the whole file): the download starts again, and verifies
     assert fetch_mod.download(f"{base}/cifar-10-python.tar.gz", dest, md5) == dest
     assert hashlib.md5(dest.read_bytes()).hexdigest() == md5 and not dest.with_name(dest.name + ".part").exists()
+
+
+def test_a_partial_download_resumes_where_the_server_allows(server, tmp_path: Path) -> None:
+    base, served, requests = server
+    md5, _ = _cifar_archive(served / "cifar-10-python.tar.gz")
+    (served / "ranges").touch()
+    whole = (served / "cifar-10-python.tar.gz").read_bytes()
+    dest = tmp_path / "dl" / "cifar-10-python.tar.gz"
+    dest.parent.mkdir()
+    dest.with_name(dest.name + ".part").write_bytes(whole[:100])
+    assert fetch_mod.download(f"{base}/cifar-10-python.tar.gz", dest, md5) == dest
+    assert "206 bytes=100-" in requests and dest.read_bytes() == whole
+    # a complete .part left by a run stopped before the rename: verified and used without a request
+    dest.rename(dest.with_name(dest.name + ".part"))
+    n = len(requests)
+    assert fetch_mod.download(f"{base}/cifar-10-python.tar.gz", dest, md5) == dest and len(requests) == n
 
 
 def test_a_pickle_with_code_is_refused(tmp_path: Path) -> None:
