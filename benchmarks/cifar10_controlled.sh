@@ -10,7 +10,7 @@
 # (SEEDS="0" runs one seed: ~20 minutes alone on 2 cores; the default runs seeds 0-2.)
 set -euo pipefail
 R=${RESULTS:-results/cifar10}
-C=${CIFAR:-../shared/data/cifar10}
+C=${CIFAR:-data/cifar10}
 O=runs/controlled_cifar10
 SEEDS=${SEEDS:-0 1 2}
 mkdir -p "$O"

@@ -8,7 +8,7 @@
 # ImageFolders; RESULTS gets summary.{md,json}, pretraining.{md,json} and the free-form grids; a re-run reuses finished
 # pretrainings and scores them again).
 set -euo pipefail
-ROOT=${1:-../shared/data/cifar10}
+ROOT=${1:-data/cifar10}
 OUT=${2:-runs/freeform_cifar10}
 RESULTS=${3:-$OUT/results}
 STEPS=${STEPS:-400}

@@ -4,7 +4,7 @@
 # whose metrics.json exists is skipped, so the script resumes. Usage: bash benchmarks/transfer_runs.sh
 set -euo pipefail
 D=${DEMO:-$HOME/.cache/cebench/demo}
-C=${CIFAR:-../shared/data/cifar10}
+C=${CIFAR:-data/cifar10}
 O=runs/transfer
 mkdir -p "$O"
 
