@@ -103,6 +103,22 @@ def test_cifar10_is_downloaded_verified_and_laid_out(server, tmp_path: Path, mon
     assert len(open_image_folder(root / "train").paths) == 50
 
 
+def test_a_folder_of_the_user_in_the_way_is_refused_not_deleted(server, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, _ = server
+    md5, _ = _cifar_archive(served / "cifar-10-python.tar.gz")
+    spec = fetch_mod.DATASETS["cifar10"]
+    monkeypatch.setitem(fetch_mod.DATASETS, "cifar10", fetch_mod.Dataset(
+        (Remote(spec.files[0].url, md5),), spec.prepare, spec.layout))
+    mine = tmp_path / "data" / "cifar10"
+    mine.mkdir(parents=True)
+    (mine / "results.txt").write_text("keep me")
+    with pytest.raises(FetchError, match="cifar10: exists and is not an empty folder"):
+        fetch("cifar10", tmp_path / "data", base_url=base)
+    assert sorted(p.name for p in mine.iterdir()) == ["results.txt"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads", "cifar10"]  # no temporary left
+
+
 def test_a_wrong_checksum_is_refused_and_the_file_removed(server, tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     base, served, _ = server

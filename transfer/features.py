@@ -173,11 +173,9 @@ def cache_key(meta: dict, data: LabelledImages, layer: str, max_images: int | No
 def file_stamps(paths: Sequence[Path]) -> np.ndarray:
     """(N, 2) int64: each file's size and modification time in ns. A file replaced or re-exported under the same
     name changes its stamp, so its cached features are extracted again."""
-    stamps = np.zeros((len(paths), 2), dtype=np.int64)
-    for i, path in enumerate(paths):
-        stat = path.stat()
-        stamps[i] = stat.st_size, stat.st_mtime_ns
-    return stamps
+    from pretext.data.fingerprint import file_stamp
+
+    return np.array([file_stamp(p) or (-1, -1) for p in paths], dtype=np.int64).reshape(len(paths), 2)
 
 
 def default_cache() -> Path:

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pretext.engine.checkpoint import install_dir
+
 log = logging.getLogger(__name__)
 
 MARKER = ".cebench-fetch.json"
@@ -180,9 +182,13 @@ def prepare_cifar10(archives: list[Path], dest: Path) -> Path:
             for pixels, label in zip(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels):
                 Image.fromarray(pixels).save(tmp / split / names[label] / f"{n:05d}.png")
                 n += 1
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    shutil.rmtree(work)
+    try:
+        install_dir(tmp, out)  # an empty or absent folder only: a folder of the user's is refused, not deleted
+    except ValueError as exc:
+        raise FetchError(str(exc)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -32,7 +31,8 @@ from PIL import Image
 
 from pretext.data.fingerprint import data_fingerprint
 from pretext.data.sources import voc_images
-from pretext.data.voc import read_class_list, read_split_ids, safe_class_name
+from pretext.data.voc import read_class_list, safe_class_name
+from pretext.engine.checkpoint import install_dir
 
 from .detection_eval import read_detection_annotations
 
@@ -78,6 +78,8 @@ def write_object_crops(voc_root: str | Path, out: str | Path, splits: Mapping[st
         raise ValueError(f"object crops: two splits would share a folder name: {splits}")
     if size < 8 or not 0 <= margin <= 2:
         raise ValueError(f"object crops: size must be >= 8 and margin in [0, 2], got size={size} margin={margin}")
+    if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: exists and is not an empty folder; choose another --out")  # before any work
     classes = read_class_list(voc_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -93,7 +95,8 @@ def write_object_crops(voc_root: str | Path, out: str | Path, splits: Mapping[st
         meta = {"format": FORMAT_VERSION, "voc_root": str(voc_root), "splits": splits, "size": size,
                 "margin": margin, "classes": classes, "counts": counts, "difficult_skipped": difficult}
         (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-        _move_into_place(tmp, out)
+        if not (out / MARKER).is_file():  # else a concurrent writer finished first: its crops are the same
+            install_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("object crops of %s: %s (%d difficult object(s) skipped) in %s", voc_root,
@@ -107,8 +110,7 @@ def _write_split(voc_root: Path, split: str, out: Path, classes: list[str], size
     written, difficult = Counter({c: 0 for c in classes}), 0
     for c in classes:
         (out / safe_class_name(c)).mkdir(parents=True)
-    for image_id, path in zip(read_split_ids(voc_root, split), voc_images(voc_root, split)):
-        objects = gt[image_id]
+    for (image_id, objects), path in zip(gt.items(), voc_images(voc_root, split)):  # both in the list's order
         with Image.open(path) as opened:
             image = opened.convert("RGB")
         for n, (box, label, hard) in enumerate(zip(objects.boxes, objects.labels, objects.difficult), 1):
@@ -121,21 +123,6 @@ def _write_split(voc_root: Path, split: str, out: Path, classes: list[str], size
             crop.save(out / safe_class_name(name) / f"{image_id}_{n}.png")
             written[name] += 1
     return written, difficult
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    # A finished folder of another writer wins; an empty one is replaced; anything else is the user's: refused.
-    if (out / MARKER).is_file():
-        return
-    if out.exists():
-        if not out.is_dir() or any(out.iterdir()):
-            raise ValueError(f"{out}: exists and is not an empty folder; choose another --out")
-        out.rmdir()
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if not (out / MARKER).is_file():
-            raise
 
 
 def default_cache() -> Path:
@@ -194,8 +181,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     if (args.out / MARKER).is_file():
         raise ValueError(f"{args.out}: object crops are already there; remove the folder to write them again")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise ValueError(f"{args.out}: exists and is not an empty folder; choose another --out")
     crops = write_object_crops(args.root, args.out, args.splits, args.size, args.margin)
     print(f"object crops: {', '.join(f'{k} {v}' for k, v in crops.counts.items())} "
           f"({crops.difficult_skipped} difficult object(s) skipped) in {crops.root}")

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..engine.checkpoint import install_dir
+
 DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "hexagon", "crescent")
 SPLITS: tuple[str, ...] = ("train", "val", "trainval", "test")
 MARKER_NAME = ".cebench-demo.json"
@@ -828,7 +830,7 @@ def _ensure(root: Path, num_images: int, seed: int) -> bool:
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
             make_demo_data(tmp, num_images=num_images, seed=seed)
-            _swap_into_place(tmp, root)
+            install_dir(tmp, root, _replaceable)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return True
@@ -851,27 +853,11 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _swap_into_place(new: Path, root: Path) -> None:
-    """Rename the finished `new` to `root`. An existing `root` is replaced only when it is empty or demo data
-    (a marker of any version, or the folders an interrupted generation of the old code left); anything else is
-    the user's and is refused. The old copy is moved aside first, put back if the rename fails, then removed."""
-    old = None
-    if root.exists():
-        ours = root.is_dir() and ((root / MARKER_NAME).is_file() or not any(root.iterdir()) or
-                                  {p.name for p in root.iterdir()} <= _LAYOUT)
-        if not ours:
-            raise ValueError(f"demo data root {root} holds other files; choose another folder (data.demo_dir or "
-                             f"$CEBENCH_CACHE) or empty it")
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent)) / root.name
-        os.rename(root, old)
-    try:
-        os.rename(new, root)
-    except OSError:
-        if old is not None:
-            os.rename(old, root)
-        raise
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
+def _replaceable(root: Path) -> bool:
+    """An existing demo folder that may be replaced: empty, or demo data (a marker of any version, or only the
+    folders an interrupted generation of older code left)."""
+    names = {p.name for p in root.iterdir()}
+    return MARKER_NAME in names or names <= _LAYOUT
 
 
 def _parser(prog: str | None = None) -> argparse.ArgumentParser:

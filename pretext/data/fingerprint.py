@@ -19,13 +19,20 @@ _PER_ID = (("Annotations", ".xml"), ("JPEGImages", ".jpg"))
 _WHOLE = ("SegmentationClass", "SegmentationObject")
 
 
-def _stamp(digest: "hashlib._Hash", root: Path, path: Path) -> None:
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, or None when it is missing: what fingerprints and the feature
+    cache compare, without reading the bytes."""
     try:
         stat = path.stat()
     except FileNotFoundError:
-        digest.update(f"{path.relative_to(root).as_posix()}:missing\n".encode())
-        return
-    digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _stamp(digest: "hashlib._Hash", root: Path, path: Path) -> None:
+    stamp = file_stamp(path)
+    text = "missing" if stamp is None else f"{stamp[0]}:{stamp[1]}"
+    digest.update(f"{path.relative_to(root).as_posix()}:{text}\n".encode())
 
 
 def _voc(root: Path, split: str, digest: "hashlib._Hash") -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
         stale.unlink(missing_ok=True)
+
+
+def install_dir(new: Path, dest: Path, replaceable: Callable[[Path], bool] = lambda d: not any(d.iterdir())) -> None:
+    """Rename the finished folder `new` to `dest`, so `dest` appears complete or not at all. An existing `dest`
+    is replaced only when `replaceable(dest)` (default: it is empty); otherwise ValueError, naming it: a folder
+    that is not ours is never deleted. The old copy is moved aside first, put back if the rename fails, then
+    removed."""
+    old = None
+    if dest.exists():
+        if not dest.is_dir() or not replaceable(dest):
+            raise ValueError(f"{dest}: exists and is not an empty folder (it holds other files); choose another "
+                             f"folder or empty it")
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent)) / dest.name
+        os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except OSError:
+        if old is not None:
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def _fsync_dir(directory: Path) -> None:
