@@ -37,11 +37,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             wanted = self.headers.get("Range")
             if wanted and (folder / "ranges").exists():  # answer ranges only when the test asks for it
                 data = (folder / self.path.lstrip("/")).read_bytes()[int(wanted[len("bytes="):].rstrip("-")):]
+                requests.append(f"206 {wanted}")  # before the body: the client may finish before this thread resumes
                 self.send_response(206)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                requests.append(f"206 {wanted}")
                 return
             super().do_GET()
 
