@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 log = logging.getLogger("cebench")
 
@@ -48,6 +49,7 @@ STEPS = {
     "inpaint_gan": ("inpaint_paper", [], 64),
     "autoencoder": ("autoencoder_paper", [], 64),
     "context_prediction": ("context_prediction_paper", [], 64),
+    "demo": ("demo", ["mask.region_bank=null"], 64),  # the suites' 64 px context encoder
 }
 VARIANTS = {
     "plain_fp32": ["train.precision=fp32", "train.channels_last=false", "train.fast_kernels=false"],
@@ -55,7 +57,7 @@ VARIANTS = {
     "fp32_nchw": ["train.precision=fp32", "train.channels_last=false", "train.fast_kernels=true"],
     "bf16": ["train.precision=bf16", "train.channels_last=true", "train.fast_kernels=true"],
 }
-REFERENCED = ("ce227", "inpaint_gan")  # the targets' steps get every variant; the others fp32 and bf16 only
+REFERENCED = ("ce227", "inpaint_gan", "demo")  # the targets' steps get every variant; the others fp32 and bf16
 EMULATED_BF16_BATCH = 2  # where bf16 has no hardware support, one step of this batch (it is ~10-100x slower)
 
 @dataclasses.dataclass
@@ -319,25 +321,96 @@ def mask_rates(size: int, batch: int, repeats: int) -> dict:
     return {"size": size, "batch": batch, "masks_per_s": rates}
 
 
-# --- features and search ------------------------------------------------------------------------------------
+# --- transfer steps --------------------------------------------------------------------------------------------
 
-def feature_rate(images: int, bf16_images: int | None = None) -> dict:
-    """pool5 of the 227 px AlexNet encoder, images/s, fp32 channels_last and bf16 (`bf16_images` of them)."""
+FINETUNES = {  # name: (pretext preset whose encoder is fine-tuned, fine-tuning preset, batch)
+    "classify_demo": ("demo", "classify_demo", 64),  # the suites' 64 px fine-tune
+    "classify227": ("ce_alexnet_paper", "classify_paper", 64),  # the paper's AlexNet at 227 px
+}
+
+
+def _exported_encoder(preset: str, out: Path) -> Path:
+    """A random-init encoder of `preset`'s architecture, exported to `out` as a pretraining would."""
+    from pretext.config import load_config
+    from pretext.export import export_encoder
     from pretext.models import AlexNetEncoder, alexnet_spec
 
-    enc = AlexNetEncoder(alexnet_spec("alexnet", None, 227)).eval().to(memory_format=torch.channels_last)
+    cfg = load_config(preset)
+    m = cfg.model
+    spec = alexnet_spec(m.arch, m.widths, cfg.data.fine_size, m.layout, m.lrn, m.groups)
+    export_encoder(AlexNetEncoder(spec), "alexnet", spec.to_dict(), out, {"method": "random"})
+    return out
+
+
+def finetune_rates(steps: int, warmup: int, batch: int | None, work: Path) -> dict:
+    """Images/s of `transfer classify`'s training step (FineTuner.train_step: all layers, SGD, the schedule's lr) on
+    random images, per fine-tune of FINETUNES, as the plain path (fp32 NCHW), fp32 channels_last and bf16
+    channels_last. Data loading is excluded (the decoded-image cache keeps it off the step's cores)."""
+    from pretext.engine.distributed import DistEnv
+    from transfer.classify import FineTuner, RunInputs, load_config as classify_config
+    from transfer.features import open_labelled
+
+    folder = work / "finetune_images"  # 2 classes x 4 images: the fine-tuner's init batch and class list
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(folder / c / f"{i}.png")
+    data = open_labelled(folder, "unused")
+    env = DistEnv(0, 1, 0, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    out: dict = {}
+    for name, (pretext_preset, preset, default_batch) in FINETUNES.items():
+        encoder = _exported_encoder(pretext_preset, work / f"encoder_{name}")
+        n = batch or default_batch
+        for variant, overrides in (("plain_fp32", ["train.precision=fp32", "train.channels_last=false"]),
+                                   ("fp32", ["train.precision=fp32", "train.channels_last=true"]),
+                                   ("bf16", ["train.precision=bf16", "train.channels_last=true"])):
+            cfg = classify_config(preset, [*overrides, f"train.batch_size={n}", "model.init=kaiming",
+                                           "train.progress=false", f"train.max_steps={steps + warmup}"])
+            tuner = FineTuner(cfg, RunInputs(encoder, data, data, work / f"run_{name}_{variant}"), env)
+            size = tuner.crop
+            images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+            labels = torch.randint(0, 2, (n,))
+            for _ in range(warmup):
+                tuner.train_step(images, labels)
+            start = time.perf_counter()
+            for _ in range(steps):
+                tuner.train_step(images, labels)
+            seconds = (time.perf_counter() - start) / steps
+            out[f"{name}_{variant}"] = {"preset": preset, "encoder_preset": pretext_preset, "batch": n, "image_size": size,
+                                        "precision": variant.split("_")[-1], "channels_last": variant != "plain_fp32",
+                                        "seconds_per_step": seconds, "images_per_s": n / seconds}
+        plain = out[f"{name}_plain_fp32"]["images_per_s"]
+        for variant in ("fp32", "bf16"):
+            entry = out[f"{name}_{variant}"]
+            entry["speedup_vs_plain"] = entry["images_per_s"] / plain
+        out[f"{name}_bf16"]["speedup_vs_fp32"] = out[f"{name}_bf16"]["images_per_s"] / out[f"{name}_fp32"]["images_per_s"]
+    return out
+
+
+# --- features and search ------------------------------------------------------------------------------------
+
+def feature_rate(images: int, work: Path, bf16_images: int | None = None) -> dict:
+    """pool5 features of the 227 px AlexNet encoder as the probes and retrieval extract them
+    (transfer.features.encode_batch: normalisation, channels_last, autocast, pooling; decoding excluded), images/s
+    in fp32 and bf16 (`bf16_images` of them)."""
+    from pretext.export import load_encoder
+    from transfer.features import encode_batch
+
+    enc, meta = load_encoder(_exported_encoder("ce_alexnet_paper", work / "encoder_features"))
+    enc.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    enc.to(device)
     out = {}
     for precision, n in (("fp32", images), ("bf16", bf16_images or images)):
         batch = min(64, n)
-        x = torch.randn(batch, 3, 227, 227).contiguous(memory_format=torch.channels_last)
-        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+        x = torch.randint(0, 256, (batch, 3, 227, 227), dtype=torch.uint8)
 
         def run() -> None:
-            with torch.inference_mode(), ctx():
-                for _ in range(max(1, n // batch)):
-                    enc(x)
+            for _ in range(max(1, n // batch)):
+                encode_batch(enc, meta, x, "pool5", device, precision=precision)
 
         out[f"images_per_s_{precision}"] = max(1, n // batch) * batch / _best_seconds(run, repeats=2)
+    out["bf16_speedup"] = out["images_per_s_bf16"] / out["images_per_s_fp32"]
     return out
 
 
@@ -633,7 +706,9 @@ def run(sizes: Sizes, data: Path | None, work: Path, quick: bool = False) -> dic
     result["pipeline"]["headroom"] = result["pipeline"]["images_per_s_loader"] / consumed
     result["masks"] = mask_rates(ce.data.fine_size, 64, sizes.mask_repeats)
     log.info("features and search")
-    result["features"] = feature_rate(sizes.feature_images, None if result["native_bf16"] else 4)
+    result["features"] = feature_rate(sizes.feature_images, work, None if result["native_bf16"] else 4)
+    log.info("fine-tuning steps (transfer classify)")
+    result["finetune"] = finetune_rates(sizes.steps, sizes.warmup, sizes.step_batch, work)
     result["exact_search"] = exact_search(sizes.exact_db, sizes.exact_dim, sizes.queries)
     result["approximate_search"] = approximate_search(sizes.approx_db, sizes.approx_dim, sizes.queries)
     log.info("proposals, detection, segmentation, scoring")
@@ -682,6 +757,14 @@ def targets(r: dict) -> list[dict]:
          ce_fp32["speedup_vs_plain"], 1.8, True),
         ("227 AlexNet context-encoder step, bf16, vs plain eager fp32 NCHW (same run)", ">= 3x",
          s["ce227_bf16"]["speedup_vs_plain"], 3.0, native),
+        ("64 px demo context-encoder step, bf16, vs plain eager fp32 NCHW (same run)", ">= 2.5x",
+         s["demo_bf16"]["speedup_vs_plain"], 2.5, native),
+        ("64 px classification fine-tuning step, bf16, vs fp32 channels_last (same run)", ">= 2x",
+         r["finetune"]["classify_demo_bf16"]["speedup_vs_fp32"], 2.0, native),
+        ("227 px classification fine-tuning step, bf16, vs fp32 channels_last (same run)", ">= 2x",
+         r["finetune"]["classify227_bf16"]["speedup_vs_fp32"], 2.0, native),
+        ("227 px pool5 feature extraction, bf16, vs fp32 (same run)", ">= 2x", r["features"]["bf16_speedup"], 2.0,
+         native),
         ("input pipeline (default workers) vs what the fastest 227 step consumes", ">= 3x",
          r["pipeline"]["headroom"], 3.0, True),
     ]
@@ -817,6 +900,17 @@ def report(r: dict, command: str) -> str:
             cells = [f"{1e3 * t[f'{p}_plain_s']:.1f} | {1e3 * t[f'{p}_fast_s']:.1f} | "
                      f"{t[f'{p}_plain_s'] / t[f'{p}_fast_s']:.1f}x" for p in precisions]
             lines.append(f"| {t['layer']} | " + " | ".join(cells) + " |")
+    if "finetune" in r:
+        lines += ["", "## Fine-tuning steps", "",
+                  "`transfer classify`'s training step (FineTuner.train_step: all layers, SGD at the schedule's lr) "
+                  "on random images, mean of the timed steps after the warm-up; data loading excluded.", "",
+                  "| step | batch | px | precision | channels_last | images/s | x plain | bf16 x fp32 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, f in r["finetune"].items():
+            lines.append(f"| {name} | {f['batch']} | {f['image_size']} | {f['precision']} | {f['channels_last']} | "
+                         f"{_f(f['images_per_s'])} | "
+                         f"{_f(f['speedup_vs_plain'], 2) if 'speedup_vs_plain' in f else '-'} | "
+                         f"{_f(f['speedup_vs_fp32'], 2) if 'speedup_vs_fp32' in f else '-'} |")
     p, mk = r["pipeline"], r["masks"]
     lines += ["", "## Input pipeline and masks", "",
               f"Decode, resize to {p['load_size']}, random {p['fine_size']} crop, flip ({p['images']} images): "
@@ -826,8 +920,9 @@ def report(r: dict, command: str) -> str:
               f"Masks at {mk['size']} px, batch {mk['batch']}: "
               + ", ".join(f"{k} {_f(v, 0)}/s" for k, v in mk["masks_per_s"].items()) + ".", "",
               "## Features and search", "",
-              f"pool5 of the 227 px AlexNet: {_f(r['features']['images_per_s_fp32'])} images/s fp32 (channels_last), "
-              f"{_f(r['features']['images_per_s_bf16'])} bf16.", "",
+              f"pool5 of the 227 px AlexNet as the probes extract it (channels_last, decoding excluded): "
+              f"{_f(r['features']['images_per_s_fp32'])} images/s fp32, {_f(r['features']['images_per_s_bf16'])} "
+              f"bf16.", "",
               "| database | dim | queries | FAISS flat (s) | scikit-learn brute (s) | speed-up | identical rows | "
               "same neighbours |", "|---|---|---|---|---|---|---|---|"]
     for e in r["exact_search"].values():

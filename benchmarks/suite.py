@@ -30,7 +30,7 @@ from pretext.engine.provenance import device_description, git_commit, versions
 
 from transfer.evaluate import json_safe
 
-from .tasks import TASKS, Datasets, Task, TaskError, captured_errors, resolve_options
+from .tasks import FEATURE_TASKS, TASKS, Datasets, Task, TaskError, captured_errors, resolve_options
 
 log = logging.getLogger("cebench")
 
@@ -191,6 +191,11 @@ def _task(name: str, spec: Any, start: str = "preset", precision: str | None = N
         raise ConfigError(f"{where}.overrides sets {', '.join(clash)}, which the suite's start / precision set for "
                           f"every row alike; change the suite key instead")
     opts = {**opts, "overrides": [*opts["overrides"], *suite_keys]} if suite_keys else opts
+    if kind in FEATURE_TASKS and precision:
+        if "precision" in spec:
+            raise ConfigError(f"{where}.precision is set, and so is the suite's precision for every row alike; "
+                              f"change the suite key instead")
+        opts = {**opts, "precision": precision}
     if kind in TRAINING_TASKS:
         try:
             _task_config(kind, opts)
@@ -383,7 +388,8 @@ def _curve(run_dir: Path) -> list[list[float]] | None:
 
 # Raised when what a run computes changes while its config does not (2: issue 20's corrected data-dependent init),
 # so that no cell or encoder of the earlier code is reused.
-CODE_VERSION = 3  # 3: cells and pretrainings keyed by their data's fingerprints
+CODE_VERSION = 4  # 3: cells and pretrainings keyed by their data's fingerprints; 4: fine-tuning views decode JPEGs
+# once at the scale of the largest rescale (the decoded-image cache)
 
 
 def _hash(value: Any) -> str:

@@ -169,7 +169,7 @@ def _probe(kind: str, label: str) -> Callable[..., TaskResult]:
     def run(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
         argv = [kind, "--encoder", str(encoder), "--layer", opts["layer"],
                 *_data_args(data, "--train", "--test", ("--train-split", "--test-split")), *_max_images(opts),
-                "--seed", str(seed), "--n-jobs", str(opts["n_jobs"])]
+                "--seed", str(seed), "--n-jobs", str(opts["n_jobs"]), "--precision", opts["precision"]]
         if kind == "knn":
             argv += ["--k", str(opts["k"])]
         m = _call("transfer.probe", argv, out)
@@ -185,7 +185,7 @@ def run_retrieval(encoder: Path, data: Datasets, opts: dict, seed: int, out: Pat
     """`cebench retrieve`: precision@k of the queries' neighbours in the database (labelled data)."""
     argv = ["--encoder", str(encoder), "--layer", opts["layer"], "--k", str(opts["k"]), "--mask", opts["mask"],
             *_data_args(data, "--database", "--queries", ("--database-split", "--query-split")),
-            *_max_images(opts), "--seed", str(seed)]
+            *_max_images(opts), "--seed", str(seed), "--precision", opts["precision"]]
     m = _call("transfer.retrieve", argv, out)
     if m.get("precision_at_k") is None:
         raise TaskError(f"retrieval gave no precision@k: {m.get('precision_note')}")
@@ -270,14 +270,16 @@ def run_nn_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out:
     return TaskResult("inpainting", "PSNR (dB)", float(m["psnr"]), metrics)
 
 
-PROBE_OPTIONS = {"layer": "pool5", "max_images": None, "n_jobs": 1}
+PROBE_OPTIONS = {"layer": "pool5", "max_images": None, "n_jobs": 1, "precision": "fp32"}
+FEATURE_TASKS = ("knn", "linear", "svm", "retrieval")  # tasks with a feature-extraction `precision` option
 TASKS: dict[str, Task] = {
     "classify": Task("classify", "classification", {"preset": "classify_demo", "overrides": [], "max_images": None},
                      run_classify),
     "knn": Task("knn", "probe", {**PROBE_OPTIONS, "k": 20}, _probe("knn", "kNN")),
     "linear": Task("linear", "probe", dict(PROBE_OPTIONS), _probe("linear", "Linear")),
     "svm": Task("svm", "probe", dict(PROBE_OPTIONS), _probe("svm", "SVM")),
-    "retrieval": Task("retrieval", "retrieval", {"layer": "pool5", "k": 10, "mask": "none", "max_images": None},
+    "retrieval": Task("retrieval", "retrieval", {"layer": "pool5", "k": 10, "mask": "none", "max_images": None,
+                                                  "precision": "fp32"},
                       run_retrieval),
     "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None, "overlap": 4,
                                                     "region_bank": "data"}, run_inpainting, needs=("decoder",)),

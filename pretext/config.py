@@ -165,7 +165,8 @@ class TrainConfig:
     precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16", "auto"),
                           doc="auto = bf16 where the hardware has it natively (AVX512-BF16 / AMX CPUs, bf16 GPUs), "
                               "fp32 elsewhere; the run records what it used")
-    channels_last: bool = _opt(False)
+    channels_last: bool = _opt(True, doc="inputs in NHWC: oneDNN and cuDNN's fast convolution and pooling paths "
+                                          "(CPU max-pooling is 10-20x slower in NCHW); false = the plain layout")
     compile: bool = _opt(False)
     fast_kernels: bool = _opt(True, doc="whole-input convolutions as matrix products and fused Adam (same results); "
                                         "false = plain PyTorch modules, the speed benchmark's reference")

@@ -18,7 +18,7 @@ from pretext.engine.checkpoint import load_checkpoint
 from pretext.engine.trainer import train
 from transfer import evaluate
 from pretext.export import load_encoder
-from transfer.classify import (FineTuner, SGDConfig, EvalViews, ViewSpec, load_config, lr_at, main,
+from transfer.classify import (DecodedImages, FineTuner, SGDConfig, EvalViews, ViewSpec, load_config, lr_at, main,
                                masked_sigmoid_cross_entropy, preset_names, random_view, resume_changes)
 
 from .conftest import tiny_config
@@ -205,6 +205,35 @@ def test_views_are_deterministic_and_small_images_are_padded(tmp_path: Path) -> 
     assert torch.equal(EvalViews((big,), spec, 5, seed=3)[0], EvalViews((big,), spec, 5, seed=3)[0])
     assert not torch.equal(EvalViews((big,), spec, 5, seed=3)[0], EvalViews((big,), spec, 5, seed=4)[0])
     assert EvalViews((big,), spec, 1, seed=3)[0].shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_kept_decoded_images_give_the_views_a_fresh_decode_gives(tmp_path: Path, fmt: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Views drawn through the decoded-image cache equal views decoded from the file each time (JPEG: decoded at the
+    reduced scale that covers the largest rescale), the file is read once, and the budget is kept."""
+    import transfer.classify as classify_mod
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.{fmt.lower()}")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(paths[-1], fmt)
+    spec = ViewSpec(32, (0.5, 2.0), "crop", True, (0, 0, 0))
+    reads = []
+    real = classify_mod.load_rgb
+    monkeypatch.setattr(classify_mod, "load_rgb", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    kept = DecodedImages(budget_bytes=2 * 100 * 75 * 3)  # room for two images as decoded (JPEG: 1/4 scale covers 64 px)
+    fresh = [random_view(p, spec, np.random.default_rng(j)) for j in range(4) for p in paths]
+    n_fresh, reads[:] = len(reads), []
+    cached = [random_view(p, spec, np.random.default_rng(j), kept) for j in range(4) for p in paths]
+    assert all(torch.equal(a, b) for a, b in zip(fresh, cached)) and n_fresh == 12
+    if fmt == "JPEG":  # two kept, the third read on each of its 4 views
+        assert len(kept.kept) == 2 and kept.used == kept.budget and len(reads) == 2 + 4
+    else:  # 360 KB each: none fits, every view reads its file
+        assert kept.kept == {} and len(reads) == 12
+    big = DecodedImages(budget_bytes=10 << 20)
+    [random_view(p, spec, np.random.default_rng(j), big) for j in range(4) for p in paths]
+    assert len(big.kept) == 3 and big.used == sum(img.width * img.height * 3 for img in big.kept.values())
 
 
 def test_presets_and_the_paper_schedule() -> None:

@@ -22,7 +22,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     r = json.loads((tmp_path / "perf.json").read_text())
     assert r["matmul_gflops_fp32"] > 0 and r["matmul_gflops_bf16"] > 0
     names = set(r["steps"])
-    assert {f"{n}_{v}" for n in ("ce227", "inpaint_gan") for v in ("plain_fp32", "fp32", "fp32_nchw", "bf16")} | {
+    assert {f"{n}_{v}" for n in ("ce227", "inpaint_gan", "demo") for v in ("plain_fp32", "fp32", "fp32_nchw", "bf16")} | {
         "autoencoder_fp32", "autoencoder_bf16", "context_prediction_fp32", "context_prediction_bf16"} == names
     for name, step in r["steps"].items():
         assert step["images_per_s"] > 0 and step["gflops"] > 0 and 0 < step["fraction_of_peak"] < 5, name
@@ -43,13 +43,18 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert r["peer_gan"]["images_per_s"] > 0 and r["peer_gan"]["batch"] == perf.QUICK.step_batch
     assert [t["layer"] for t in r["transposed_layers"]] == [t[0] for t in perf.TRANSPOSED]
     assert all(t["fp32_plain_s"] > 0 and t["fp32_fast_s"] > 0 for t in r["transposed_layers"])
-    assert len(r["targets"]) >= 7
+    assert len(r["targets"]) >= 11
+    assert set(r["finetune"]) == {f"{n}_{v}" for n in perf.FINETUNES for v in ("plain_fp32", "fp32", "bf16")}
+    for name, f in r["finetune"].items():
+        assert f["images_per_s"] > 0 and f["batch"] == perf.QUICK.step_batch, name
+    assert r["finetune"]["classify_demo_fp32"]["image_size"] == 64 and r["finetune"]["classify227_bf16"]["image_size"] == 227
+    assert r["features"]["bf16_speedup"] > 0
     for t in r["targets"]:  # a target that does not apply to this machine is neither met nor missed
         assert isinstance(t["met"], bool) if t["applies"] else t["met"] is None, t
-    assert [t["applies"] for t in r["targets"] if "bf16, vs" in t["target"]] == [r["native_bf16"]] * 3
+    assert [t["applies"] for t in r["targets"] if "bf16, vs" in t["target"]] == [r["native_bf16"]] * 7
     md = (tmp_path / "perf.md").read_text()
     assert "--quick" in md and "| ce227_plain_fp32 |" in md and "## Targets" in md
-    assert "| straightforward GAN port" in md and "## Transposed convolutions" in md
+    assert "| straightforward GAN port" in md and "## Transposed convolutions" in md and "## Fine-tuning steps" in md
 
 
 def test_the_straightforward_gan_port_is_the_suites_gan_architecture() -> None:

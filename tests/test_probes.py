@@ -206,6 +206,39 @@ def test_a_replaced_image_is_extracted_again_and_the_log_says_why(encoder_dir: P
     assert batches == []  # the patched cache is complete
 
 
+def test_features_in_bf16_are_cached_apart_and_channels_last_computes_the_plain_layout(
+        encoder_dir: Path, stripe_data, tmp_path: Path) -> None:
+    """The extraction runs channels_last (fp32: the NCHW features, to rounding) and, asked for bf16, under autocast:
+    features close to fp32's, in a cache entry of their own; the CLI records what --precision resolved to."""
+    import torch
+
+    from transfer.features import encode_batch, load_batch, pool_features
+
+    encoder, meta = load_encoder(encoder_dir)
+    data = open_labelled(stripe_data[0], "unused")
+    fp32 = cached_features(encoder, meta, data, "pool5", tmp_path, batch_size=64)
+    batch = load_batch(data.paths, int(meta["input_size"]))
+    x = (batch.float() / 255 - torch.tensor(meta["normalization"]["mean"]).view(1, 3, 1, 1)) \
+        / torch.tensor(meta["normalization"]["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        plain = pool_features(encoder.eval()(x.contiguous(), out="pool5"), "pool5").numpy()
+    assert np.allclose(fp32.x, plain, atol=1e-5)
+    seen = []
+    hook = encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous(
+        memory_format=torch.channels_last)))
+    encode_batch(encoder, meta, batch[:2], "pool5", torch.device("cpu"))
+    hook.remove()
+    assert seen == [True]
+    bf16 = cached_features(encoder, meta, data, "pool5", tmp_path, batch_size=64, precision="bf16")
+    assert len(list(tmp_path.glob("*.npz"))) == 2 and not np.array_equal(bf16.x, fp32.x)
+    cosine = (bf16.x * fp32.x).sum(1)
+    assert bf16.x.dtype == np.float32 and cosine.min() > 0.99
+    out = tmp_path / "probe"
+    assert main(["knn", "--encoder", str(encoder_dir), "--train", str(stripe_data[0]), "--test", str(stripe_data[1]),
+                 "--out", str(out), "--cache", str(tmp_path), "--precision", "bf16", "--k", "3"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["feature_precision"] == "bf16"
+
+
 def test_the_feature_cache_follows_cebench_cache(encoder_dir: Path, stripe_data, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CEBENCH_CACHE", str(tmp_path / "c"))

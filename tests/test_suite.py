@@ -138,6 +138,9 @@ def test_start_and_precision_apply_to_every_row_alike(folder: Path, tmp_path: Pa
     _, opts = suite.tasks["classify"]
     assert opts["overrides"][-3:] == ["model.init=data_dependent", "model.rescale_encoder=true", "train.precision=auto"]
     assert suite.tasks["knn"][1].get("overrides") is None  # probes have no start
+    assert suite.tasks["knn"][1]["precision"] == "auto"  # but extract their features in the suite's precision
+    with pytest.raises(ConfigError, match="tasks.knn.precision is set, and so is the suite's precision"):
+        load_suite(str(path), ["tasks.knn.precision=fp32"])
     assert all(p.overrides[-1] == "train.precision=auto" for p in suite.pretrainings.values())
     cfg = suite_mod._task_config("classify", opts)
     assert (cfg.model.init, cfg.model.rescale_encoder, cfg.train.precision) == ("data_dependent", True, "auto")
@@ -145,8 +148,8 @@ def test_start_and_precision_apply_to_every_row_alike(folder: Path, tmp_path: Pa
         load_suite(str(path), ["tasks.classify.overrides=[model.init=gaussian]"])
     none = load_suite(str(path), ["start=none"]).tasks["classify"][1]
     assert suite_mod._task_config("classify", none).model.rescale_encoder is False
-    preset = load_suite(str(write_suite(tmp_path / "p.yaml", folder, tasks=tasks))).tasks["classify"][1]
-    assert preset["overrides"] == own
+    preset = load_suite(str(write_suite(tmp_path / "p.yaml", folder, tasks=tasks)))
+    assert preset.tasks["classify"][1]["overrides"] == own and preset.tasks["knn"][1]["precision"] == "fp32"
     data, root = suite_mod.datasets(suite, create=False)
     cell = next(c for c in plan(suite) if c.task == "classify")
     hashes = {suite_mod.cell_hash(cell, s, data, root) for s in (suite, load_suite(str(path), ["start=none"]),

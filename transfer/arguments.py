@@ -27,6 +27,16 @@ def positive_int(text: str) -> int:
     return values[0]
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """--precision of the feature extraction (probes, retrieval); metrics.json records what `auto` resolved to."""
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="feature extraction precision: auto = bf16 where the hardware has it natively (AVX512-BF16 / "
+                        "AMX CPUs, bf16 GPUs), fp32 elsewhere (default: fp32)")
+
+
 def max_images(text: str) -> tuple[int, int]:
     """N (both sets) or N,M (first set, second set)."""
     values = number_list(text, int)

@@ -79,6 +79,8 @@ class AugmentConfig:
     scale_max: float = _opt(2.0, min=0.01)
     flip: bool = _opt(True)
     workers: int = _opt(2, min=0, doc="data loader processes")
+    decoded_cache_mb: int = _opt(256, min=0, doc="decoded images kept in memory per process (each loader worker "
+                                                 "keeps its own), so later views of an image skip the file; 0 = off")
     max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
 
 
@@ -134,7 +136,7 @@ class FineTuneConfig:
     precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16", "auto"),
                           doc="auto = bf16 where the hardware has it natively (AVX512-BF16 / AMX CPUs, bf16 GPUs), "
                               "fp32 elsewhere; the run records what it used")
-    channels_last: bool = _opt(False)
+    channels_last: bool = _opt(True, doc="inputs in NHWC (oneDNN / cuDNN fast paths); false = the plain layout")
     ckpt_every: int = _opt(1000, min=1)
     log_every: int = _opt(20, min=1)
     resume: bool = _opt(False, doc="continue the checkpoint in --out")
@@ -234,38 +236,60 @@ def pad_to(img: Image.Image, size: int, fill: tuple[int, int, int], rng: np.rand
     return canvas
 
 
-def load_image(path: Path, spec: ViewSpec, s: float) -> Image.Image:
-    """Decode (JPEG at a reduced scale when that still covers the rescaled crop); BadImageError names the file."""
-    min_side = max(1, round(s * spec.crop)) if spec.scale_of == "crop" else None
-    return load_rgb(path, spec.max_pixels, min_side=min_side)
+class DecodedImages:
+    """Decoded images of this process, kept up to a byte budget (first come, first kept): a fine-tune views each
+    image dozens of times, and decoding it each time costs the data-loader workers as much CPU as the training step
+    on small images. Each loader worker keeps its own. An image is decoded once per spec (JPEG at the reduced scale
+    that still covers the spec's largest rescaled crop), so a kept image is exactly what a fresh decode returns."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget, self.used = budget_bytes, 0
+        self.kept: dict[tuple[Path, int | None, int], Image.Image] = {}
+
+    def load(self, path: Path, spec: ViewSpec) -> Image.Image:
+        """The decoded image; BadImageError names the file."""
+        min_side = max(1, math.ceil(spec.scales[1] * spec.crop)) if spec.scale_of == "crop" else None
+        key = (path, min_side, spec.max_pixels)
+        img = self.kept.get(key)
+        if img is None:
+            img = load_rgb(path, spec.max_pixels, min_side=min_side)
+            size = img.width * img.height * 3
+            if self.used + size <= self.budget:
+                self.kept[key], self.used = img, self.used + size
+        return img
 
 
-def random_view(path: Path, spec: ViewSpec, rng: np.random.Generator) -> torch.Tensor:
+def random_view(path: Path, spec: ViewSpec, rng: np.random.Generator, images: DecodedImages | None = None,
+                ) -> torch.Tensor:
     """(3, crop, crop) uint8: random rescale in the spec's range, random crop, random mirror."""
     s = float(rng.uniform(*spec.scales))
-    img = pad_to(rescale(load_image(path, spec, s), s, spec.crop, spec.scale_of), spec.crop, spec.fill, rng)
+    img = (images or DecodedImages(0)).load(path, spec)
+    img = pad_to(rescale(img, s, spec.crop, spec.scale_of), spec.crop, spec.fill, rng)
     return to_uint8_tensor(crop_flip(img, spec.crop, rng, spec.flip))
 
 
-def centre_view(path: Path, spec: ViewSpec) -> torch.Tensor:
+def centre_view(path: Path, spec: ViewSpec, images: DecodedImages | None = None) -> torch.Tensor:
     """(3, crop, crop) uint8: rescale at the middle scale, centre crop, no mirror."""
     s = spec.middle_scale()
-    img = pad_to(rescale(load_image(path, spec, s), s, spec.crop, spec.scale_of), spec.crop, spec.fill, None)
+    img = pad_to(rescale((images or DecodedImages(0)).load(path, spec), s, spec.crop, spec.scale_of), spec.crop,
+                 spec.fill, None)
     return to_uint8_tensor(crop_flip(img, spec.crop, None, False))
 
 
 class TrainViews(Dataset):
     """Training items keyed by the resumable sampler: (random view, label row) of one image."""
 
-    def __init__(self, data: LabelledImages, spec: ViewSpec) -> None:
+    def __init__(self, data: LabelledImages, spec: ViewSpec, cache_bytes: int = 0) -> None:
         self.paths, self.labels, self.spec = data.paths, torch.from_numpy(np.asarray(data.labels)), spec
+        self.images = DecodedImages(cache_bytes)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
         index, aug = key
-        return random_view(self.paths[index], self.spec, np.random.default_rng(list(aug))), self.labels[index]
+        view = random_view(self.paths[index], self.spec, np.random.default_rng(list(aug)), self.images)
+        return view, self.labels[index]
 
 
 class EvalViews(Dataset):
@@ -280,8 +304,8 @@ class EvalViews(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         if self.crops == 1:
             return centre_view(self.paths[index], self.spec)[None]
-        rng = np.random.default_rng([self.seed, index])
-        return torch.stack([random_view(self.paths[index], self.spec, rng) for _ in range(self.crops)])
+        rng, images = np.random.default_rng([self.seed, index]), DecodedImages(self.spec.max_pixels * 3)  # 1 image
+        return torch.stack([random_view(self.paths[index], self.spec, rng, images) for _ in range(self.crops)])
 
 
 def _loader_kwargs(workers: int, device: torch.device) -> dict:
@@ -291,7 +315,8 @@ def _loader_kwargs(workers: int, device: torch.device) -> dict:
 def train_loader(data: LabelledImages, spec: ViewSpec, cfg: ClassifyConfig, env: DistEnv, start_step: int) -> DataLoader:
     """Infinite, rank-sharded loader of training views that resumes at `start_step`."""
     t = cfg.train
-    return build_loader(TrainViews(data, spec), t.batch_size, t.seed, cfg.data.workers, env.rank, env.world_size,
+    views = TrainViews(data, spec, cfg.data.decoded_cache_mb << 20)
+    return build_loader(views, t.batch_size, t.seed, cfg.data.workers, env.rank, env.world_size,
                         start_step, pin_memory=env.device.type == "cuda", collate_fn=None)
 
 

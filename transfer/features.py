@@ -138,25 +138,33 @@ def fill_value(meta: dict) -> list[float]:
     return [float(v) for v in meta.get("fill_mean") or (0.5, 0.5, 0.5)]
 
 
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # a resolved precision -> its autocast dtype
+
+
 @torch.no_grad()
 def encode_batch(encoder: nn.Module, meta: dict, batch: torch.Tensor, layer: str, device: torch.device,
-                 hole: torch.Tensor | None = None) -> np.ndarray:
-    """(B, D) L2-normalised features of uint8 images; `hole` (1, 1, S, S) pixels are set to `fill_value` first."""
+                 hole: torch.Tensor | None = None, precision: str = "fp32") -> np.ndarray:
+    """(B, D) L2-normalised float32 features of uint8 images; `hole` (1, 1, S, S) pixels are set to `fill_value`
+    first. The batch runs in channels_last (oneDNN's and cuDNN's fast convolution and pooling paths) and under
+    autocast for a resolved `precision` of bf16 / fp16."""
     x = _normalise_input(batch, meta, device)
     if hole is not None:  # filled after normalisation, as the context encoder fills its input in training
         fill = _normalise_input(torch.tensor(fill_value(meta)).view(1, 3, 1, 1) * 255, meta, device)
         x = torch.where(hole.to(device), fill, x)
-    return pool_features(encoder(x, out=layer), layer).cpu().numpy()
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=AUTOCAST.get(precision), enabled=precision in AUTOCAST):
+        feats = encoder(x, out=layer)
+    return pool_features(feats, layer).cpu().numpy()
 
 
 def extract_features(encoder: nn.Module, meta: dict, images: Sequence[Path], layer: str, batch_size: int,
-                     device: torch.device, hole: torch.Tensor | None = None) -> np.ndarray:
+                     device: torch.device, hole: torch.Tensor | None = None, precision: str = "fp32") -> np.ndarray:
     """(N, D) float32 L2-normalised features of `layer` for the image files, encoder in eval mode."""
     encoder.eval().to(device)
     size, chunks = int(meta["input_size"]), []
     for start in range(0, len(images), batch_size):
         chunks.append(encode_batch(encoder, meta, load_batch(images[start:start + batch_size], size), layer, device,
-                                   hole))
+                                   hole, precision))
     return np.concatenate(chunks).astype(np.float32)
 
 
@@ -215,17 +223,21 @@ def _write_cache(path: Path, key: dict, x: np.ndarray, stamps: np.ndarray) -> No
 
 def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer: str, cache_dir: Path | None,
                     max_images: int | None = None, seed: int = 0, batch_size: int = 64,
-                    device: torch.device = torch.device("cpu"), hole: torch.Tensor | None = None) -> Features:
-    """Features of (a subset of) a labelled set, from the cache when there, else extracted and cached."""
+                    device: torch.device = torch.device("cpu"), hole: torch.Tensor | None = None,
+                    precision: str = "fp32") -> Features:
+    """Features of (a subset of) a labelled set, from the cache when there, else extracted and cached. `precision`
+    is a resolved one (fp32, bf16, fp16): features of another precision are other features."""
     data = subset(data, max_images, seed)
     key = cache_key(meta, data, layer, max_images, seed)
     if hole is not None:  # only then, so the keys of unmasked features stay as they were
         key["hole"] = {"sha256": hashlib.sha256(hole.cpu().numpy().tobytes()).hexdigest(), "fill": fill_value(meta)}
+    if precision != "fp32":  # likewise
+        key["precision"] = precision
     path, stamps = cache_path(cache_dir, key), file_stamps(data.paths)
     cached = _read_cache(path, key, len(data.paths))
     if cached is None:
-        log.info("extracting %s features of %d images of %s", layer, len(data.paths), data.name)
-        x = extract_features(encoder, meta, data.paths, layer, batch_size, device, hole)
+        log.info("extracting %s features of %d images of %s (%s)", layer, len(data.paths), data.name, precision)
+        x = extract_features(encoder, meta, data.paths, layer, batch_size, device, hole, precision)
         _write_cache(path, key, x, stamps)
         return Features(x, data.labels, data.classes, data)
     x, stored = cached
@@ -236,7 +248,7 @@ def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer:
                     data.name, data.paths[changed[0]])
         x = x.copy()
         x[changed] = extract_features(encoder, meta, [data.paths[i] for i in changed], layer, batch_size, device,
-                                      hole)
+                                      hole, precision)
         _write_cache(path, key, x, stamps)
     else:
         log.info("%s features of %s from cache %s", layer, data.name, path)

@@ -32,10 +32,11 @@ from sklearn.svm import LinearSVC
 
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
+from pretext.engine.trainer import resolve_precision
 from pretext.models.alexnet import STAGES
 from pretext.models.gated import GATED_STAGES
 
-from .arguments import max_images, number_list
+from .arguments import add_precision_argument, max_images, number_list
 from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import Features, cached_features, check_train_test, open_labelled
@@ -157,7 +158,7 @@ def build_record(args: argparse.Namespace, meta: dict, train: Features, test: Fe
             "encoder": str(args.encoder), "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
             **encoder_record(meta),
             "train": train.source.describe(args.max_images[0]), "test": test.source.describe(args.max_images[1]),
-            "classes": list(train.classes), "seed": args.seed, **provenance()}
+            "classes": list(train.classes), "seed": args.seed, "feature_precision": args.precision, **provenance()}
 
 
 def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features]:
@@ -171,7 +172,9 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features]:
     if args.layer not in stages:
         raise ValueError(f"{args.encoder}: unknown layer {args.layer!r} for a {meta.get('arch')} encoder; choose from "
                          f"{', '.join(stages)}")
-    feats = [cached_features(encoder, meta, data, args.layer, args.cache, limit, args.seed, args.batch_size, device)
+    args.precision = resolve_precision(args.precision, device)
+    feats = [cached_features(encoder, meta, data, args.layer, args.cache, limit, args.seed, args.batch_size, device,
+                             precision=args.precision)
              for data, limit in ((train_set, args.max_images[0]), (test_set, args.max_images[1]))]
     return meta, feats[0], feats[1]
 
@@ -246,6 +249,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_precision_argument(p)
     p.add_argument("--n-jobs", type=int, default=1, help="parallel classes / costs (joblib; -1 = all cores)")
     p.add_argument("--seed", type=int, default=0, help="subset and cross-validation seed")
     return p

@@ -36,9 +36,10 @@ from torch import nn
 from pretext.data.sources import IMAGE_EXTS, folder_images
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
+from pretext.engine.trainer import resolve_precision
 from pretext.masks import CentralMask
 
-from .arguments import max_images, positive_int
+from .arguments import add_precision_argument, max_images, positive_int
 from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import (Features, LabelledImages, cached_features, fill_value, is_voc_root, load_batch,
@@ -256,7 +257,9 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features, t
     check_layer(encoder, meta, args.layer, args.encoder)
     hole = central_hole(int(meta["input_size"])) if args.mask == "central" else None
     db_hole = hole if args.database_mask == "same" else None
-    common = dict(cache_dir=args.cache, seed=args.seed, batch_size=args.batch_size, device=device)
+    args.precision = resolve_precision(args.precision, device)
+    common = dict(cache_dir=args.cache, seed=args.seed, batch_size=args.batch_size, device=device,
+                  precision=args.precision)
     db = cached_features(encoder, meta, db_set, args.layer, max_images=args.max_images[0], hole=db_hole, **common)
     queries = cached_features(encoder, meta, query_set, args.layer, max_images=args.max_images[1], hole=hole, **common)
     return meta, db, queries, hole
@@ -295,7 +298,7 @@ def build_record(args: argparse.Namespace, meta: dict, db: Features, queries: Fe
             "self_match_note": "a query's own file is never its neighbour" if found["self_matches_dropped"] else None,
             "precision_at_k": precision, "precision_chance": chance, "precision_queries": n_used,
             "precision_note": reason,
-            "seed": args.seed, **provenance()}
+            "seed": args.seed, "feature_precision": args.precision, **provenance()}
 
 
 def run_retrieval(args: argparse.Namespace) -> dict:
@@ -357,6 +360,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_precision_argument(p)
     p.add_argument("--seed", type=int, default=0, help="subset seed")
     return p
 
