@@ -197,3 +197,35 @@ def test_torchvision_transformers_point_to_timm_and_timm_tags_work() -> None:
     assert vit.stages[-1] == "blocks.11" and meta["stages"]["blocks.11"] == {"channels": 192, "stride": 16}
     with torch.no_grad():
         assert vit(torch.randn(1, 3, 224, 224)).shape == (1, 192, 14, 14)
+
+
+def test_classification_fine_tunes_any_backbone_with_its_weights(tmp_path: Path) -> None:
+    """`transfer classify` on timm / torchvision models: the head on the chosen stage (average-pooled), the weights
+    file loaded (the fine-tune starts from it), a linear head without fc widths; a stage the model lacks is refused."""
+    from pretext.engine.checkpoint import load_checkpoint
+    from transfer.classify import main as classify_main
+
+    train, test = stripes(tmp_path / "train", 12, seed=0), stripes(tmp_path / "test", 8, seed=1)
+    ref = _reference(seed=7)
+    torch.save({"state_dict": {f"module.backbone.{k}": v for k, v in ref.items()}}, tmp_path / "ssl.pth")
+    tiny = ["train.batch_size=8", "train.progress=false", "data.workers=0", "test.crops=1", "data.crop=32",
+            "model.init=kaiming", "optim.lr=0.01"]
+    out = tmp_path / "timm"
+    assert classify_main(["--encoder", "timm:resnet18", "--weights", str(tmp_path / "ssl.pth"), "--data", str(train),
+                          "--test-data", str(test), "--out", str(out), *tiny, "model.fc_widths=[]",
+                          "model.stage=layer3", "train.max_steps=40", "train.layers=fc8"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["encoder"], m["encoder_arch"], m["stage"], m["pool"]) == ("timm:resnet18", "timm:resnet18", "layer3",
+                                                                        "avg")
+    assert m["encoder_weights"] == str(tmp_path / "ssl.pth") and m["top1"] >= 75  # chance 50 %
+    state = load_checkpoint(out / "checkpoint.pt")["model"]
+    assert state["fc8.weight"].shape == (2, 256)  # layer3 of resnet18: 256 channels, averaged; no fc6 / fc7
+    assert not any(k.startswith(("fc6.", "fc7.")) for k in state)
+    assert torch.equal(state["encoder.model.layer1.0.conv1.weight"], ref["layer1.0.conv1.weight"])  # frozen, loaded
+    out = tmp_path / "tv"
+    assert classify_main(["--encoder", "torchvision:resnet18", "--data", str(train), "--test-data", str(test),
+                          "--out", str(out), *tiny, "model.fc_widths=[16,16]", "train.max_steps=3"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["stage"], m["pool"], m["layers"]) == ("layer4", "avg", "all") and m["encoder_weights"] is None
+    assert classify_main(["--encoder", "timm:resnet18", "--data", str(train), "--test-data", str(test), "--out",
+                          str(tmp_path / "x"), *tiny, "model.stage=pool5"]) == 2

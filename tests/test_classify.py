@@ -148,10 +148,10 @@ def test_only_the_chosen_layers_change(encoder_dir: Path, stripe_data, tmp_path:
 
 def test_frozen_blocks_stay_in_eval_mode(encoder_dir: Path) -> None:
     from pretext.export import load_encoder
-    from transfer.classify import FineTuneClassifier, pool5_dim
+    from transfer.classify import FineTuneClassifier, head_input_dim
 
     encoder, _ = load_encoder(encoder_dir)
-    model = FineTuneClassifier(encoder, pool5_dim(encoder, 32), [8, 8], 3, 0.5)
+    model = FineTuneClassifier(encoder, head_input_dim(encoder, "pool5", "flatten", 32), [8, 8], 3, 0.5)
     model.freeze("fc6-8")
     model.train()
     assert not model.encoder.training and model.fc6.training and model.fc8.training

@@ -50,12 +50,13 @@ from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutd
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import Engine, convergence, step_seed
-from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
 from pretext.losses import classification_loss, masked_sigmoid_cross_entropy
+from pretext.models.alexnet import STAGES
 from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main, max_images
+from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import LabelledImages, _normalise_input, check_train_test, open_labelled, subset
 from .metrics import classification_metrics, top1_accuracy
@@ -88,7 +89,13 @@ class AugmentConfig:
 class HeadConfig:
     """The new fully-connected layers."""
 
-    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths")
+    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths; [] = one linear layer (fc8) on the "
+                                                           "pooled stage, the usual head of a ResNet or ViT")
+    stage: str | None = _opt(None, doc="encoder stage the head reads; null = pool5 of the suite's AlexNets, the "
+                                       "deepest stage of another backbone (timm:NAME, torchvision:NAME)")
+    pool: str = _opt("auto", choices=("auto", "flatten", "avg"),
+                     doc="how the stage's map becomes the head's input: flatten (the paper's pool5 -> fc6), global "
+                         "average; auto = flatten for an AlexNet's pool5, average otherwise")
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     init: str = _opt("gaussian", choices=("gaussian", "kaiming", "data_dependent"),
                      doc="gaussian N(0, init_std) with bias init_bias; data_dependent = Krahenbuhl et al.: fc6-fc8 "
@@ -180,8 +187,9 @@ def validate(cfg: ClassifyConfig) -> None:
     for where, (low, high) in (("data", (cfg.data.scale_min, cfg.data.scale_max)), ("test", cfg.test_scales())):
         if low > high:
             raise ConfigError(f"{where}.scale_min ({low}) must be <= {where}.scale_max ({high})")
-    if len(cfg.model.fc_widths) != 2:
-        raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7), got {cfg.model.fc_widths}")
+    if len(cfg.model.fc_widths) not in (0, 2):
+        raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7) or none (a linear head), got "
+                          f"{cfg.model.fc_widths}")
     if cfg.model.rescale_encoder and cfg.model.init != "data_dependent":
         raise ConfigError(f"model.rescale_encoder=true needs model.init=data_dependent, got {cfg.model.init!r}")
     check_device(cfg.train.device)
@@ -327,17 +335,24 @@ def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(OrderedDict(fc=nn.Linear(n_in, n_out), relu=nn.ReLU(inplace=True), drop=nn.Dropout(dropout)))
 
 
+def pooled(feats: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, C, H, W) stage output -> (B, D) head input: flattened, or averaged over positions."""
+    return feats.flatten(1) if pool == "flatten" else feats.mean((2, 3))
+
+
 class FineTuneClassifier(nn.Module):
-    """encoder -> flattened pool5 -> fc6 -> fc7 -> fc8; blocks outside `trained` are frozen and in eval mode."""
+    """encoder -> one stage's map, flattened or averaged -> fc6 -> fc7 -> fc8 (or fc8 alone without fc widths);
+    blocks outside `trained` are frozen and in eval mode."""
 
     BLOCKS = ("encoder", "fc6", "fc7", "fc8")
 
-    def __init__(self, encoder: nn.Module, in_dim: int, widths: list[int], classes: int, dropout: float) -> None:
+    def __init__(self, encoder: nn.Module, in_dim: int, widths: list[int], classes: int, dropout: float,
+                 stage: str = "pool5", pool: str = "flatten") -> None:
         super().__init__()
-        self.encoder = encoder
-        self.fc6 = fc_block(in_dim, widths[0], dropout)
-        self.fc7 = fc_block(widths[0], widths[1], dropout)
-        self.fc8 = nn.Linear(widths[1], classes)
+        self.encoder, self.stage, self.pool = encoder, stage, pool
+        self.fc6 = fc_block(in_dim, widths[0], dropout) if widths else nn.Identity()
+        self.fc7 = fc_block(widths[0], widths[1], dropout) if widths else nn.Identity()
+        self.fc8 = nn.Linear(widths[1] if widths else in_dim, classes)
         self.trained: tuple[str, ...] = self.BLOCKS
 
     def freeze(self, layers: str) -> None:
@@ -356,12 +371,12 @@ class FineTuneClassifier(nn.Module):
         return self
 
     def head_layers(self) -> list[nn.Linear]:
-        """fc6, fc7, fc8."""
-        return [self.fc6.fc, self.fc7.fc, self.fc8]
+        """The new linear layers: fc6, fc7, fc8 (fc8 alone for a linear head)."""
+        return [b.fc for b in (self.fc6, self.fc7) if isinstance(b, nn.Sequential)] + [self.fc8]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, C) logits."""
-        return self.fc8(self.fc7(self.fc6(self.encoder(x, out="pool5").flatten(1))))
+        return self.fc8(self.fc7(self.fc6(pooled(self.encoder(x, out=self.stage), self.pool))))
 
 
 @torch.no_grad()
@@ -378,13 +393,28 @@ def start_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             "images": int(images.shape[0])}
 
 
-def pool5_dim(encoder: nn.Module, crop: int) -> int:
-    """Flattened pool5 size for a crop side; a crop the encoder cannot take is a ValueError."""
+def head_input_dim(encoder: nn.Module, stage: str, pool: str, crop: int) -> int:
+    """Size of the head's input (the stage's map, flattened or averaged) for a crop side; a crop the encoder cannot
+    take is a ValueError."""
     with torch.no_grad():
         try:
-            return int(encoder.eval()(torch.zeros(1, 3, crop, crop), out="pool5").flatten(1).shape[1])
+            feats = encoder.eval()(torch.zeros(1, 3, crop, crop), out=stage)
         except RuntimeError as exc:
             raise ValueError(f"data.crop={crop} does not fit the encoder: {str(exc).splitlines()[0]}") from None
+    if feats.dim() != 4:
+        raise ValueError(f"stage {stage!r} gives a {feats.dim()}-d output, not a (B, C, H, W) feature map")
+    return int(pooled(feats, pool).shape[1])
+
+
+def head_stage(encoder: nn.Module, meta: dict, cfg: HeadConfig, where: str) -> tuple[str, str]:
+    """(stage, pool) the head reads: model.stage or the encoder's default, checked against its stages."""
+    stage = cfg.stage or default_layer(encoder)
+    stages = tuple(getattr(encoder, "stages", STAGES))
+    if stage not in stages:
+        raise ValueError(f"{where}: model.stage={stage!r} is not a stage of this {meta.get('arch')} encoder; "
+                         f"choose from {', '.join(stages)}")
+    pool = cfg.pool if cfg.pool != "auto" else "flatten" if stage == "pool5" else "avg"
+    return stage, pool
 
 
 def lr_at(cfg: SGDConfig, step: int, total: int) -> float:
@@ -412,12 +442,13 @@ def build_optimizer(model: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
 class RunInputs:
     """What the command line names: the encoder, the labelled sets and the run directory."""
 
-    encoder: Path
+    encoder: str | Path  # a run directory / encoder.json, or timm:NAME / torchvision:NAME
     train: LabelledImages
     test: LabelledImages
     out: Path
     max_images: tuple[int | None, int | None] = (None, None)
     val: LabelledImages | None = None  # train.val_images held out of `train`
+    weights: Path | None = None  # a backbone's state dict (--weights)
 
 
 # Settings that may change when a run is resumed: they do not change what the finished run computes.
@@ -448,9 +479,8 @@ class FineTuner(Engine):
     def __init__(self, cfg: ClassifyConfig, inputs: RunInputs, env: DistEnv) -> None:
         super().__init__(cfg.train, inputs.out, env)
         self.cfg, self.inputs = cfg, inputs
-        encoder, self.meta = load_encoder(inputs.encoder)
-        if self.meta.get("arch") != "alexnet":
-            raise ValueError(f"{inputs.encoder}: fine-tuning needs an AlexNet encoder, got arch {self.meta.get('arch')!r}")
+        encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
+        self.stage, self.pool = head_stage(encoder, self.meta, cfg.model, str(inputs.encoder))
         self.crop = cfg.data.crop or int(self.meta["input_size"])
         self.train_spec, self.test_spec = self._view_specs()
         self.state = self.open_checkpoint(self._mismatches)
@@ -483,8 +513,8 @@ class FineTuner(Engine):
     def _build_model(self, encoder: nn.Module) -> FineTuneClassifier:
         h = self.cfg.model
         torch.manual_seed(self.cfg.train.seed)  # the same new layers for a given seed, on every rank
-        model = FineTuneClassifier(encoder, pool5_dim(encoder, self.crop), h.fc_widths,
-                                   len(self.inputs.train.classes), h.dropout)
+        model = FineTuneClassifier(encoder, head_input_dim(encoder, self.stage, self.pool, self.crop), h.fc_widths,
+                                   len(self.inputs.train.classes), h.dropout, self.stage, self.pool)
         for layer in model.head_layers():
             if h.init == "kaiming":
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
@@ -613,7 +643,8 @@ def build_record(cfg: ClassifyConfig, tuner: FineTuner, result: dict, seconds: d
     """metrics.json: the test results with everything needed to reproduce and compare them."""
     i, meta = tuner.inputs, tuner.meta
     return {"task": "classification", "layers": cfg.train.layers, "encoder": str(i.encoder),
-            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), "crop": tuner.crop,
+            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
+            "encoder_arch": meta.get("arch"), "stage": tuner.stage, "pool": tuner.pool, "crop": tuner.crop,
             "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
             "classes": list(i.train.classes), "steps": tuner.step, "seed": cfg.train.seed,
             "config_hash": cfg.hash(), "config": cfg.to_dict(), **result, "start": tuner.start,
@@ -672,7 +703,7 @@ def open_inputs(args: argparse.Namespace, seed: int, val_images: int = 0) -> Run
     if train.multilabel and np.any((train.labels == 1).sum(0) == 0):
         missing = [c for c, n in zip(train.classes, (train.labels == 1).sum(0)) if n == 0]
         log.warning("classes without positive training images: %s", ", ".join(missing))
-    return RunInputs(args.encoder, train, test, args.out, args.max_images, val)
+    return RunInputs(args.encoder, train, test, args.out, args.max_images, val, args.weights)
 
 
 def summary(record: dict) -> str:
@@ -687,9 +718,13 @@ def summary(record: dict) -> str:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the classify command."""
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an exported encoder for image classification.")
+    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an encoder (the suite's, or any timm / torchvision "
+                                                        "backbone) for image classification.")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500 train.layers=fc8")
-    p.add_argument("--encoder", type=Path, metavar="RUN_DIR", help="run directory or encoder.json")
+    p.add_argument("--encoder", metavar="RUN_DIR|timm:NAME|torchvision:NAME",
+                   help="run directory or encoder.json, or a timm / torchvision model (random init unless --weights)")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
     p.add_argument("--data", type=Path, metavar="ROOT_OR_DIR",
                    help="VOC-format root (has ImageSets/Main) or training ImageFolder DIR/<class>/<image>")
     p.add_argument("--test-data", type=Path, metavar="ROOT_OR_DIR", help="test root or ImageFolder (default: --data)")
