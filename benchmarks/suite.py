@@ -48,10 +48,10 @@ START_TASKS = ("classify", "detection")
 DATA_KEYS = {"root", "pretrain", "train_split", "test_split", "check_images", "labelled", "object_size"}
 LABELLED = ("images", "objects")  # data.labelled: the labelled tasks on whole images, or on crops of VOC boxes
 PRETRAIN_DATA = ("pretrain", "labelled")  # pretrainings.NAME.data: which images (and labels) it trains on
-PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "tasks", "data"}
+PRETRAIN_KEYS = {"preset", "overrides", "supervision", "import", "backbone", "weights", "tasks", "data"}
 SUPERVISION = {"context_encoder": "context", "autoencoder": "none (reconstruction)",
                "context_prediction": "relative position", "random": "none", "supervised": "labels",
-               "gated_inpainting": "context (free-form holes)"}
+               "gated_inpainting": "context (free-form holes)", "backbone": "none (random init)"}
 HAS_DECODER = ("context_encoder", "autoencoder", "gated_inpainting")
 
 
@@ -64,7 +64,8 @@ class Pretraining:
     supervision: str
     preset: str | None = None
     overrides: tuple[str, ...] = ()
-    weights: Path | None = None  # import: a torchvision AlexNet state dict
+    weights: Path | None = None  # import: a torchvision AlexNet state dict; with backbone: its state dict
+    backbone: str | None = None  # timm:NAME / torchvision:NAME: evaluated as it is (its weights, or random init)
     tasks: tuple[str, ...] | None = None  # the suite's tasks it is evaluated on; None = all
     data: str = "pretrain"  # "labelled": trains on the labelled training set (a supervised row), not data.pretrain
 
@@ -142,13 +143,31 @@ def _pretraining(name: str, spec: Any, seeds_where: str, precision: str | None =
     data = spec.get("data", "pretrain")
     if data not in PRETRAIN_DATA:
         raise ConfigError(f"{where}.data must be one of {', '.join(PRETRAIN_DATA)}, got {data!r}")
+    given = [k for k in ("preset", "import", "backbone") if spec.get(k) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{where}: give one of preset, import and backbone, not {' and '.join(given)}")
+    if spec.get("weights") is not None and spec.get("backbone") is None:
+        raise ConfigError(f"{where}.weights is the state dict of a backbone row (backbone: timm:NAME); an AlexNet "
+                          f"state dict is an import row (import: FILE)")
+    if spec.get("backbone") is not None:
+        from transfer.backbones import is_backbone_spec
+
+        if not is_backbone_spec(str(spec["backbone"])):
+            raise ConfigError(f"{where}.backbone must be timm:NAME or torchvision:NAME, got {spec['backbone']!r}")
+        extra = [k for k in ("overrides", "data") if spec.get(k) is not None]
+        if extra:
+            raise ConfigError(f"{where}: {' and '.join(extra)} belong to a pretraining; a backbone row is evaluated "
+                              f"as it is")
+        weights = _path(spec.get("weights"), f"{where}.weights")
+        supervision = spec.get("supervision") or ("weights " + weights.name if weights else SUPERVISION["backbone"])
+        return Pretraining(name, "backbone", str(supervision), weights=weights, backbone=str(spec["backbone"]),
+                           tasks=tasks)
     if spec.get("import") is not None:
-        if spec.get("preset") is not None:
-            raise ConfigError(f"{where}: give preset or import, not both")
         return Pretraining(name, "supervised", str(spec.get("supervision") or SUPERVISION["supervised"]),
                            weights=_path(spec["import"], f"{where}.import"), tasks=tasks)
     if not isinstance(spec.get("preset"), str):
-        raise ConfigError(f"{where}: needs a pretext preset or YAML file (preset: demo) or import: WEIGHTS.pth")
+        raise ConfigError(f"{where}: needs a pretext preset or YAML file (preset: demo), import: WEIGHTS.pth or "
+                          f"backbone: timm:NAME")
     from pretext.config import load_config
 
     try:  # validates the preset and every override now, not an hour into the run
@@ -350,6 +369,14 @@ def pretrain(p: Pretraining, suite: Suite, data: Datasets, pretrain_root: Path, 
     """Make (or reuse) the encoder of one pretraining and seed; returns its pretraining record."""
     if (run_dir / "encoder.json").is_file():
         return _pretrain_record(run_dir)
+    if p.backbone is not None:
+        from transfer.backbones import write_backbone_record
+
+        try:
+            write_backbone_record(run_dir, p.backbone, p.weights, seed)
+        except Exception as exc:  # an unknown model or a state dict that does not fit: this row's cells fail
+            raise TaskError(f"{p.backbone}: {exc}") from exc
+        return _pretrain_record(run_dir)
     with captured_errors() as errors:
         if p.weights is not None:
             from pretext.import_alexnet import main as import_main
@@ -413,10 +440,10 @@ def _resolved(config: dict) -> dict:
 def pretraining_hash(p: Pretraining, suite: Suite, data: Datasets, pretrain_root: Path) -> str:
     """Identifies what a pretraining computes (the resolved config, so an edited preset file counts too): a
     changed one gets a new encoder directory."""
-    if p.weights is not None:
-        stat = p.weights.stat() if p.weights.is_file() else None
-        return _hash({"weights": str(p.weights.resolve()), "size": stat and stat.st_size,
-                      "mtime_ns": stat and stat.st_mtime_ns})
+    if p.weights is not None or p.backbone is not None:
+        stat = p.weights.stat() if p.weights is not None and p.weights.is_file() else None
+        return _hash({"weights": str(p.weights.resolve()) if p.weights else None, "size": stat and stat.st_size,
+                      "mtime_ns": stat and stat.st_mtime_ns, **({"backbone": p.backbone} if p.backbone else {})})
     from pretext.config import load_config
 
     cfg = load_config(p.preset, _pretrain_overrides(p, data, pretrain_root, suite, 0))
@@ -669,7 +696,9 @@ def _describe(suite: Suite, data: Datasets, pretrain_root: Path) -> dict:
             "labelled_test": str(data.test), "splits": [data.train_split, data.test_split],
             "pretrain_images": str(pretrain_root), "labelled": suite.labelled,
             "pretrainings": {n: {"method": p.method, "preset": p.preset, "overrides": list(p.overrides), "data": p.data,
-                                 "import": str(p.weights) if p.weights else None} for n, p in suite.pretrainings.items()},
+                                 "import": str(p.weights) if p.weights and not p.backbone else None,
+                                 "backbone": p.backbone, "weights": str(p.weights) if p.weights and p.backbone else None}
+                             for n, p in suite.pretrainings.items()},
             "tasks": {n: {"task": t.name, **opts} for n, (t, opts) in suite.tasks.items()}}
 
 
@@ -686,7 +715,8 @@ def dry_run(suite: Suite, out: Path | None = None) -> str:
                 raise ConfigError(f"path not found: {path}")
     for p in suite.pretrainings.values():
         if p.weights is not None and not p.weights.is_file():
-            raise ConfigError(f"pretrainings.{p.name}.import: file not found: {p.weights}")
+            raise ConfigError(f"pretrainings.{p.name}.{'weights' if p.backbone else 'import'}: file not found: "
+                              f"{p.weights}")
     for name, (_, opts) in suite.tasks.items():  # a task with its own data roots (segmentation)
         for key in ("root", "test_root"):
             if opts.get(key) is not None and not Path(opts[key]).is_dir():
@@ -698,6 +728,10 @@ def dry_run(suite: Suite, out: Path | None = None) -> str:
              f"pretraining images: {pretrain_root}"]
     images = 0
     for p in suite.pretrainings.values():
+        if p.backbone is not None:
+            lines.append(f"  pretrain {p.name}: backbone {p.backbone}, "
+                         f"{f'weights {p.weights}' if p.weights else 'random init (seeded by the suite seed)'}")
+            continue
         if p.weights is not None:
             lines.append(f"  pretrain {p.name}: import {p.weights}")
             continue

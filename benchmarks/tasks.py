@@ -165,32 +165,40 @@ def run_segmentation(encoder: Path, data: Datasets, opts: dict, seed: int, out: 
     return TaskResult("segmentation", "Segmentation mIoU (%)", float(m["miou"]), metrics, per_class or None)
 
 
+def _layer(opts: dict) -> list[str]:
+    """--layer of the task's `layer` option; none (the encoder's default: pool5 of the suite's AlexNets, the
+    deepest stage of another backbone) when it is null."""
+    return [] if opts.get("layer") is None else ["--layer", str(opts["layer"])]
+
+
 def _probe(kind: str, label: str) -> Callable[..., TaskResult]:
     def run(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
-        argv = [kind, "--encoder", str(encoder), "--layer", opts["layer"],
+        argv = [kind, "--encoder", str(encoder), *_layer(opts),
                 *_data_args(data, "--train", "--test", ("--train-split", "--test-split")), *_max_images(opts),
                 "--seed", str(seed), "--n-jobs", str(opts["n_jobs"]), "--precision", opts["precision"]]
         if kind == "knn":
             argv += ["--k", str(opts["k"])]
         m = _call("transfer.probe", argv, out)
+        layer = m.get("layer", opts["layer"])
         if kind == "knn":
             m = m["results"][f"k{opts['k']}"]
         suffix, value, metrics, per_class = _scores(m)
-        return TaskResult("probe", f"{label} {suffix}", value, {**metrics, "layer": opts["layer"]}, per_class)
+        return TaskResult("probe", f"{label} {suffix}", value, {**metrics, "layer": layer}, per_class)
 
     return run
 
 
 def run_retrieval(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
     """`cebench retrieve`: precision@k of the queries' neighbours in the database (labelled data)."""
-    argv = ["--encoder", str(encoder), "--layer", opts["layer"], "--k", str(opts["k"]), "--mask", opts["mask"],
+    argv = ["--encoder", str(encoder), *_layer(opts), "--k", str(opts["k"]), "--mask", opts["mask"],
             *_data_args(data, "--database", "--queries", ("--database-split", "--query-split")),
             *_max_images(opts), "--seed", str(seed), "--precision", opts["precision"]]
     m = _call("transfer.retrieve", argv, out)
     if m.get("precision_at_k") is None:
         raise TaskError(f"retrieval gave no precision@k: {m.get('precision_note')}")
     return TaskResult("retrieval", f"Retrieval P@{opts['k']} (%)", float(m["precision_at_k"]),
-                      {"precision_at_k": m["precision_at_k"], "mask": opts["mask"], "layer": opts["layer"]})
+                      {"precision_at_k": m["precision_at_k"], "mask": opts["mask"],
+                       "layer": m.get("layer", opts["layer"])})
 
 
 def run_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out: Path) -> TaskResult:
@@ -259,18 +267,19 @@ def run_nn_inpainting(encoder: Path, data: Datasets, opts: dict, seed: int, out:
     common = ["--database", str(data.train), "--database-split", data.train_split, "--images", str(data.test),
               "--split", data.test_split, "--size", str(size), "--load-size", str(load_size), *_max_images(opts),
               "--seed", str(seed), "--overlap", str(opts["overlap"])]
-    m = _call("transfer.nn_inpaint", ["--features", "encoder", "--encoder", str(encoder), "--layer", opts["layer"],
-                                      *common], out / "encoder")
+    m = _call("transfer.nn_inpaint", ["--features", "encoder", "--encoder", str(encoder), *_layer(opts), *common],
+              out / "encoder")
     method = str(m.get("feature_settings", {}).get("encoder_method") or "encoder").replace("_", " ")
     metrics: dict[str, Any] = {"row": f"NN inpainting ({method} features)", **{k: m[k] for k in NN_SCORES},
-                               "layer": opts["layer"], "n_images": m.get("n_images")}
+                               "layer": m.get("feature_settings", {}).get("layer", opts["layer"]),
+                               "n_images": m.get("n_images")}
     if opts["hog"]:
         h = _call("transfer.nn_inpaint", ["--features", "hog", *common], out / "hog")
         metrics["nn_hog"] = {k: h[k] for k in NN_SCORES}
     return TaskResult("inpainting", "PSNR (dB)", float(m["psnr"]), metrics)
 
 
-PROBE_OPTIONS = {"layer": "pool5", "max_images": None, "n_jobs": 1, "precision": "fp32"}
+PROBE_OPTIONS = {"layer": None, "max_images": None, "n_jobs": 1, "precision": "fp32"}
 FEATURE_TASKS = ("knn", "linear", "svm", "retrieval")  # tasks with a feature-extraction `precision` option
 TASKS: dict[str, Task] = {
     "classify": Task("classify", "classification", {"preset": "classify_demo", "overrides": [], "max_images": None},
@@ -278,12 +287,12 @@ TASKS: dict[str, Task] = {
     "knn": Task("knn", "probe", {**PROBE_OPTIONS, "k": 20}, _probe("knn", "kNN")),
     "linear": Task("linear", "probe", dict(PROBE_OPTIONS), _probe("linear", "Linear")),
     "svm": Task("svm", "probe", dict(PROBE_OPTIONS), _probe("svm", "SVM")),
-    "retrieval": Task("retrieval", "retrieval", {"layer": "pool5", "k": 10, "mask": "none", "max_images": None,
+    "retrieval": Task("retrieval", "retrieval", {"layer": None, "k": 10, "mask": "none", "max_images": None,
                                                   "precision": "fp32"},
                       run_retrieval),
     "inpainting": Task("inpainting", "inpainting", {"mask": "central", "max_images": None, "overlap": 4,
                                                     "region_bank": "data"}, run_inpainting, needs=("decoder",)),
-    "nn_inpainting": Task("nn_inpainting", "inpainting", {"layer": "pool5", "hog": True, "max_images": None, "overlap": 4},
+    "nn_inpainting": Task("nn_inpainting", "inpainting", {"layer": None, "hog": True, "max_images": None, "overlap": 4},
                           run_nn_inpainting),
     "detection": Task("detection", "detection", {"preset": "detect_demo", "overrides": [], "max_images": None},
                       run_detection),

@@ -229,3 +229,79 @@ def test_classification_fine_tunes_any_backbone_with_its_weights(tmp_path: Path)
     assert (m["stage"], m["pool"], m["layers"]) == ("layer4", "avg", "all") and m["encoder_weights"] is None
     assert classify_main(["--encoder", "timm:resnet18", "--data", str(train), "--test-data", str(test), "--out",
                           str(tmp_path / "x"), *tiny, "model.stage=pool5"]) == 2
+
+
+def test_segmentation_trains_an_fcn_head_on_any_backbone_stage(tmp_path: Path) -> None:
+    """`transfer segment` on a timm ResNet: fc6-fc7-score on the chosen stage, scores upsampled from its stride;
+    training lifts the mIoU far above the untrained (zero) score layer; the score layer alone on a torchvision
+    model; FCN-32s settings on a backbone, or another stage of an AlexNet, are refused with the reason."""
+    from tests.test_detect import shapes_voc
+    from transfer.segment import main as segment_main
+
+    scenes = shapes_voc(tmp_path / "scenes", n_train=40, n_test=12, size=(64, 80), side=(20, 32))
+    common = ["--data", str(scenes), "--train-split", "trainval", "--test-split", "test", "train.batch_size=2",
+              "train.progress=false", "data.workers=0", "data.scale=null", "model.dropout=0", "optim.lr=0.01",
+              "model.init=data_dependent"]
+
+    def segment(out: str, *extra: str) -> dict:
+        assert segment_main([*common, "--out", str(tmp_path / out), *extra]) == 0
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+
+    net = ["--encoder", "timm:resnet18", "model.stage=layer2", "model.fc_widths=[32,32]"]
+    before, after = segment("untrained", *net, "train.max_steps=0"), segment("trained", *net, "train.max_steps=60")
+    assert (after["head"], after["stage"], after["stride"], after["encoder_arch"]) == ("stage", "layer2", 8,
+                                                                                      "timm:resnet18")
+    assert after["crop_offset"] is None and after["conv1_pad"] is None
+    assert after["miou"] > before["miou"] + 15, (before["miou"], after["miou"])
+    linear = segment("linear", "--encoder", "torchvision:resnet18", "model.fc_widths=[]", "train.max_steps=2")
+    assert (linear["stage"], linear["stride"], linear["head"]) == ("layer4", 32, "stage")
+    assert segment_main([*common, "--out", str(tmp_path / "x"), "--encoder", "timm:resnet18", "model.conv1_pad=10",
+                         "train.max_steps=1"]) == 2
+    assert segment_main([*common, "--out", str(tmp_path / "y"), "--encoder", "timm:resnet18", "model.stage=pool5",
+                         "train.max_steps=1"]) == 2
+
+
+def test_detection_pools_rois_from_any_backbone_stage(tmp_path: Path) -> None:
+    """`transfer detect` on a timm ResNet: RoIs pooled from the deepest stage of stride <= 16 (layer3) to 7 x 7 by
+    default, or a chosen stage; training lifts the VOC07 mAP far above the untrained head's; another stage of an
+    AlexNet is refused."""
+    from tests.test_detect import TINY, shapes_voc
+    from transfer.detect import main as detect_main
+
+    root = shapes_voc(tmp_path / "voc", n_train=60, n_test=20)
+    common = ["--data", str(root), *TINY, f"proposals.cache_dir={tmp_path / 'cache'}", "sample.rois_per_image=64",
+              "model.fc_widths=[64,64]", "proposals.max_boxes=2000", "model.init=data_dependent", "optim.lr=0.001"]
+
+    def detect(out: str, *extra: str) -> dict:
+        assert detect_main([*common, "--out", str(tmp_path / out), *extra]) == 0
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+
+    net = ["--encoder", "timm:resnet18", "model.stage=layer2"]
+    before, after = detect("untrained", *net, "train.max_steps=0"), detect("trained", *net, "train.max_steps=60")
+    assert (after["stage"], after["stride"], after["roi_size"], after["encoder_arch"]) == ("layer2", 8, 7,
+                                                                                          "timm:resnet18")
+    # measured: 12.2 -> 94.1; with the batch norms on batch statistics of 2 images (model.norm_eval=false): 20.4
+    assert after["map_voc07_11pt"] > before["map_voc07_11pt"] + 40, (before["map_voc07_11pt"],
+                                                                     after["map_voc07_11pt"])
+    assert after["config"]["model"]["norm_eval"] is True
+    default = detect("default", "--encoder", "torchvision:resnet18", "train.max_steps=1")
+    assert (default["stage"], default["stride"]) == ("layer3", 16)
+
+
+def test_fine_tuning_heads_keep_a_backbones_batch_norms_on_running_statistics(resnet) -> None:
+    """model.norm_eval (default): in training mode the encoder's batch norms still evaluate, the head trains."""
+    from transfer.detect import FastRCNN
+    from transfer.segment import StageFCN
+
+    encoder, meta = resnet
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    det = FastRCNN(encoder, 7, [8, 8], 2, 0.0, "layer3", 256, 16, norm_eval=True).train()
+    assert norms and not any(m.training for m in norms) and det.fc6.training and encoder.training
+    det.norm_eval = False
+    assert all(m.training for m in det.train().modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seg = StageFCN(encoder, "layer3", 256, 16, [], 3, 0.0)
+    seg.norm_eval = True
+    assert not any(m.training for m in seg.train().modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        assert seg(torch.randn(1, 3, 40, 56)).shape == (1, 3, 40, 56)  # scores at the input's size, from stride 16
+    encoder.eval()  # the module-wide fixture as the other tests expect it

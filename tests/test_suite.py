@@ -121,6 +121,10 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     ("pretrainings.ce.tasks=[knn,nope]", "pretrainings.ce.tasks names nope, not among the suite's tasks"),
     ("start=magic", "start must be one of preset, none, data_dependent"),
     ("precision=fp8", "precision must be one of fp32, bf16, auto"),
+    ("pretrainings.ce.backbone=timm:resnet18", "give one of preset, import and backbone, not preset and backbone"),
+    ("pretrainings.ce.weights=x.pth", "weights is the state dict of a backbone row"),
+    ("pretrainings.r={backbone: resnet18}", "backbone must be timm:NAME or torchvision:NAME"),
+    ("pretrainings.r={backbone: timm:resnet18, overrides: [train.max_steps=1]}", "evaluated as it is"),
 ])
 def test_validation_names_the_problem(folder: Path, tmp_path: Path, override: str, message: str) -> None:
     path = write_suite(tmp_path / "s.yaml", folder)
@@ -449,3 +453,21 @@ def test_a_suite_killed_mid_run_resumes_to_the_same_tables(folder: Path, tmp_pat
     a, b = (pd.read_csv(d / "table2.csv") for d in (straight, killed))
     cols = ["pretraining", "Fine-tune top-1 (%)", "kNN top-1 (%)"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_a_backbone_row_is_evaluated_as_it_is(folder: Path, tmp_path: Path) -> None:
+    """`backbone: timm:NAME` rows: no pretraining, a run directory whose encoder.json names the model and seed, the
+    probes on its deepest stage and the fine-tune on its averaged map; tasks that need a decoder are left out."""
+    raw = yaml.safe_load(write_suite(tmp_path / "s.yaml", folder).read_text())
+    raw["pretrainings"] = {"r18": {"backbone": "timm:resnet18"}}
+    out = run_suite(tmp_path, {**raw, "name": "backbone"})
+    got = cells(out)
+    assert sorted(got) == ["r18__classify__seed0", "r18__knn__seed0"]  # no inpainting without a decoder
+    assert all(c["status"] == "ok" and c["method"] == "backbone" for c in got.values()), got
+    assert got["r18__knn__seed0"]["metrics"]["layer"] == "layer4"
+    record = json.loads(next((out / "pretrain").glob("r18-*/seed0/encoder.json")).read_text())
+    assert (record["format"], record["backbone"], record["seed"], record["weights"]) == ("backbone", "timm:resnet18",
+                                                                                         0, None)
+    fine_tune = json.loads(next((out / "work").glob("r18__classify__seed0-*/metrics.json")).read_text())
+    assert (fine_tune["encoder_arch"], fine_tune["stage"], fine_tune["pool"]) == ("timm:resnet18", "layer4", "avg")
+    assert "backbone timm:resnet18, random init" in suite_mod.dry_run(load_suite(str(tmp_path / "backbone.yaml")))

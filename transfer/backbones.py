@@ -1,7 +1,8 @@
 """Any backbone as an encoder of the transfer tasks: a module with named stages (`forward(x, out=STAGE)`), its input
 size and normalisation, from a spec string.
 
-- a run directory, `encoder.json` or `encoder.safetensors`: the suite's own exported encoders (pretext.export);
+- a run directory, `encoder.json` or `encoder.safetensors`: the suite's own exported encoders (pretext.export), or
+  a backbone's record (`write_backbone_record`: a suite's backbone row, with its weights file and seed);
 - `timm:NAME`: a timm model (no download: random init, or `--weights FILE`), stages = its `feature_info` modules
   (e.g. resnet18: act1, layer1 ... layer4; a ViT: blocks.0 ... blocks.11), computed by `forward_intermediates`;
 - `torchvision:NAME`: a torchvision classification model (random init, or `--weights FILE`), stages = the top-level
@@ -17,6 +18,7 @@ ignored and listed; anything else that does not fit is an error listing the miss
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pretext.engine.checkpoint import atomic_write_text
 from pretext.export import EncoderLoadError, load_encoder, sha256_file
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": "pixels / 255"}
@@ -305,13 +308,55 @@ def open_backbone(spec: str, weights: Path | None = None, seed: int = 0) -> tupl
     return backbone.eval(), meta
 
 
+BACKBONE_RECORD = "backbone"  # encoder.json's format for a backbone named by spec (a suite's backbone row)
+
+
+def write_backbone_record(run_dir: Path, spec: str, weights: Path | None, seed: int) -> dict:
+    """run_dir/encoder.json naming a backbone, its weights file and the seed of its random init, so that a run
+    directory stands for it wherever the transfer tasks take one; the model is built once here to check it."""
+    _, meta = open_backbone(spec, weights, seed)
+    record = {"format": BACKBONE_RECORD, "backbone": spec, "weights": str(Path(weights).resolve()) if weights else None,
+              "seed": seed, "arch": spec, "method": "backbone", "input_size": meta["input_size"],
+              "normalization": meta["normalization"], "sha256": meta["sha256"]}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "encoder.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _backbone_record(spec: str | Path) -> dict | None:
+    """The backbone record at a run directory or encoder.json, or None for anything else."""
+    path = Path(spec)
+    path = path / "encoder.json" if path.is_dir() else path
+    if path.name != "encoder.json" or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # load_encoder reports it
+    return record if isinstance(record, dict) and record.get("format") == BACKBONE_RECORD else None
+
+
 def open_encoder(spec: str | Path, weights: Path | None = None) -> tuple[nn.Module, dict]:
-    """Any encoder the transfer tasks take: a run directory / encoder.json (the suite's), or a backbone spec."""
+    """Any encoder the transfer tasks take: a run directory / encoder.json (the suite's exported encoders, or a
+    backbone record), or a backbone spec."""
     if is_backbone_spec(str(spec)):
         return open_backbone(str(spec), weights)
     if weights is not None:
         raise BackboneError(f"--weights is for timm:NAME / torchvision:NAME encoders; {spec} carries its own")
+    record = _backbone_record(spec)
+    if record is not None:
+        try:
+            return open_backbone(record["backbone"], record["weights"], int(record["seed"]))
+        except KeyError as exc:
+            raise BackboneError(f"{spec}: backbone record without {exc}") from None
     return load_encoder(spec)
+
+
+def eval_norms(module: nn.Module) -> None:
+    """Batch-norm layers of `module` to eval mode: they normalise with their running statistics and keep them."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def default_layer(encoder: nn.Module) -> str:

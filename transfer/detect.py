@@ -1,4 +1,5 @@
-"""`cebench transfer detect`: Fast R-CNN detection on an exported AlexNet encoder (Table 2's detection column).
+"""`cebench transfer detect`: Fast R-CNN detection on an exported AlexNet encoder (Table 2's detection column), or
+on one stage of any backbone (timm:NAME, torchvision:NAME).
 
 Girshick's Fast R-CNN as the context-encoder paper ran it (`../shared/PROTOCOLS.md`): the encoder up to conv5,
 RoI max pooling (`torchvision.ops.roi_pool`, which equals Caffe's) to the encoder's pool5 grid (6x6 for the
@@ -21,6 +22,9 @@ RoI max pooling (`torchvision.ops.roi_pool`, which equals Caffe's) to the encode
   VOC split the devkit results files `comp4_det_<split>_<cls>.txt` are written too, which
   `cebench evaluate detection` re-scores to the same numbers. On COCO data also COCO's AP@[.5:.95], AP50 and
   AP75 (pycocotools' COCOeval on the tested images) and the results file coco_results.json.
+
+Another backbone: RoI max pooling on `model.stage` (default: the deepest stage of stride <= 16, as conv5 of AlexNet
+and the C4 stage of a ResNet) at its stride, to a `model.roi_size` grid (default 7), then the same head.
 
 Boxes inside are float [x1, y1, x2, y2] in 0-based pixel coordinates with exclusive x2/y2 (torchvision): a VOC
 box xmin..xmax (1-based, inclusive) is [xmin - 1, xmax). A run directory holds config.json, checkpoint.pt (atomic;
@@ -57,12 +61,12 @@ from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutd
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import Engine, convergence, step_seed
-from pretext.export import load_encoder
 from pretext.init import affine_layers, data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
 from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main, max_images
+from .backbones import encoder_record, eval_norms, open_encoder
 from .classify import RESUME_FREE as CLASSIFY_RESUME_FREE
 from .classify import FineTuneConfig, SGDConfig, build_optimizer, fc_block, lr_at, resume_changes
 from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_coco_results
@@ -74,6 +78,7 @@ from .voc import read_class_list, read_split_ids
 
 log = logging.getLogger("cebench")
 
+BACKBONE_ROI_SIZE = 7  # RoI grid on another backbone's stage (torchvision's Faster R-CNN heads: 7 x 7)
 TRAINED_BLOCKS = {"fc8": ("cls_score", "bbox_pred"), "fc6-8": ("fc6", "fc7", "cls_score", "bbox_pred"),
                   "all": ("encoder", "fc6", "fc7", "cls_score", "bbox_pred")}
 
@@ -109,7 +114,11 @@ class DetModelConfig:
 
     fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths")
     dropout: float = _opt(0.5, min=0.0, max=0.99)
-    roi_size: int | None = _opt(None, min=1, doc="RoI pooling grid; null = the encoder's pool5 grid")
+    roi_size: int | None = _opt(None, min=1, doc="RoI pooling grid; null = the encoder's pool5 grid (AlexNet), 7 "
+                                                 "for another backbone")
+    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) while fine-tuning: batches of a few images make poor batch statistics (detectron2 and mmdetection do the same); AlexNets have none")
+    stage: str | None = _opt(None, doc="encoder stage the RoIs are pooled from; null = conv5 of the suite's AlexNets, "
+                                       "the deepest stage of stride <= 16 of another backbone")
     init: str = _opt("gaussian", choices=("gaussian", "data_dependent"),
                      doc="fc6/fc7 N(0, 0.01) (Fast R-CNN: the classifier's ImageNet fc layers; here new), or "
                          "Krahenbuhl et al.'s data-dependent start of them and of the classifier on training RoIs")
@@ -388,10 +397,13 @@ class FastRCNN(nn.Module):
 
     BLOCKS = ("encoder", "fc6", "fc7", "cls_score", "bbox_pred")
 
-    def __init__(self, encoder: nn.Module, roi_size: int, widths: list[int], classes: int, dropout: float) -> None:
+    def __init__(self, encoder: nn.Module, roi_size: int, widths: list[int], classes: int, dropout: float,
+                 stage: str = "conv5", channels: int | None = None, stride: int | None = None,
+                 norm_eval: bool = False) -> None:
         super().__init__()
-        self.encoder, self.roi_size, self.stride = encoder, roi_size, conv5_stride(encoder)
-        self.fc6 = fc_block(encoder.out_channels * roi_size * roi_size, widths[0], dropout)
+        self.encoder, self.roi_size, self.stage, self.norm_eval = encoder, roi_size, stage, norm_eval
+        self.stride = stride or conv5_stride(encoder)
+        self.fc6 = fc_block((channels or encoder.out_channels) * roi_size * roi_size, widths[0], dropout)
         self.fc7 = fc_block(widths[0], widths[1], dropout)
         self.cls_score = nn.Linear(widths[1], classes + 1)
         self.bbox_pred = nn.Linear(widths[1], 4 * (classes + 1))
@@ -405,11 +417,13 @@ class FastRCNN(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "FastRCNN":
-        """Like nn.Module.train, but frozen blocks always evaluate."""
+        """Like nn.Module.train, but frozen blocks (and with norm_eval the encoder's batch norms) always evaluate."""
         super().train(mode)
         for name in self.BLOCKS:
             if name not in self.trained:
                 getattr(self, name).eval()
+        if self.norm_eval:
+            eval_norms(self.encoder)
         return self
 
     def head_layers(self) -> list[nn.Linear]:
@@ -417,8 +431,8 @@ class FastRCNN(nn.Module):
         return [self.fc6.fc, self.fc7.fc, self.cls_score, self.bbox_pred]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """conv5 of normalised (B, 3, H, W) images."""
-        return self.encoder(images, out="conv5")
+        """The stage's map (conv5 of an AlexNet) of normalised (B, 3, H, W) images."""
+        return self.encoder(images, out=self.stage)
 
     def head(self, conv5: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(R, C+1) logits and (R, 4(C+1)) deltas of (R, 5) RoIs in image pixels (exclusive ends)."""
@@ -450,7 +464,7 @@ def detection_loss(logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Ten
 class DetectInputs:
     """The encoder, the training and test sets with their proposals, the run directory."""
 
-    encoder: Path
+    encoder: str | Path  # a run directory / encoder.json, or timm:NAME / torchvision:NAME
     train: DetectionSet
     test: DetectionSet
     train_proposals: dict[str, np.ndarray]
@@ -458,6 +472,24 @@ class DetectInputs:
     proposal_source: dict
     out: Path
     max_images: tuple[int | None, int | None] = (None, None)
+    weights: Path | None = None  # a backbone's state dict (--weights)
+
+
+def detection_stage(encoder: nn.Module, meta: dict, stage: str | None, where: str) -> tuple[str, int | None, int | None]:
+    """(stage, channels, stride) the RoIs are pooled from; channels and stride None for an AlexNet's conv5."""
+    if meta.get("arch") == "alexnet":
+        if stage not in (None, "conv5"):
+            raise ValueError(f"{where}: Fast R-CNN on an AlexNet encoder pools conv5 (the paper's protocol); "
+                             f"model.stage={stage!r} is for other backbones")
+        return "conv5", None, None
+    stages = meta.get("stages") or {}
+    if stage is None:
+        shallow = [s for s, g in stages.items() if int(g["stride"]) <= 16]
+        stage = (shallow or list(stages))[-1]
+    if stage not in stages:
+        raise ValueError(f"{where}: model.stage={stage!r} is not a stage of this {meta.get('arch')} encoder; choose "
+                         f"from {', '.join(stages)}")
+    return stage, int(stages[stage]["channels"]), int(stages[stage]["stride"])
 
 
 RESUME_FREE = {**CLASSIFY_RESUME_FREE, "proposals": ("workers", "cache_dir")}
@@ -469,9 +501,9 @@ class Detector(Engine):
     def __init__(self, cfg: DetectConfig, inputs: DetectInputs, env: DistEnv) -> None:
         super().__init__(cfg.train, inputs.out, env)
         self.cfg, self.inputs = cfg, inputs
-        encoder, self.meta = load_encoder(inputs.encoder)
-        if self.meta.get("arch") != "alexnet":
-            raise ValueError(f"{inputs.encoder}: detection needs an AlexNet encoder, got arch {self.meta.get('arch')!r}")
+        encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
+        self.stage, self.channels, self.stride = detection_stage(encoder, self.meta, cfg.model.stage,
+                                                                 str(inputs.encoder))
         self.fill = tuple(int(round(255 * m)) for m in self.meta["normalization"]["mean"])
         self.train_set = TrainImages(inputs.train, inputs.train_proposals, cfg)
         if len(self.train_set) == 0:
@@ -502,8 +534,12 @@ class Detector(Engine):
     def _build_model(self, encoder: nn.Module) -> FastRCNN:
         m = self.cfg.model
         torch.manual_seed(self.cfg.train.seed)
-        roi = m.roi_size or int(encoder.feature_shapes()["pool5"][1])
-        model = FastRCNN(encoder, roi, m.fc_widths, len(self.inputs.train.classes), m.dropout)
+        if m.roi_size:
+            roi = m.roi_size
+        else:
+            roi = int(encoder.feature_shapes()["pool5"][1]) if self.channels is None else BACKBONE_ROI_SIZE
+        model = FastRCNN(encoder, roi, m.fc_widths, len(self.inputs.train.classes), m.dropout, self.stage,
+                         self.channels, self.stride, m.norm_eval)
         for layer, std in zip(model.head_layers(), (0.01, 0.01, m.cls_std, m.bbox_std)):
             nn.init.normal_(layer.weight, 0.0, std)
             nn.init.zeros_(layer.bias)
@@ -686,7 +722,9 @@ def build_record(cfg: DetectConfig, det: Detector, result: dict, seconds: dict[s
     """metrics.json: the test results with everything needed to reproduce and compare them."""
     i, meta = det.inputs, det.meta
     return {"task": "detection", "layers": cfg.train.layers, "encoder": str(i.encoder),
-            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
+            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
+            "encoder_arch": meta.get("arch"), "stage": det.stage, "stride": det.model.stride,
+            "roi_size": det.model.roi_size,
             "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
             "classes": list(i.train.classes), "proposals": i.proposal_source, "steps": det.step,
             "seed": cfg.train.seed, "config_hash": cfg.hash(), "config": cfg.to_dict(), "training": convergence(det.losses),
@@ -767,7 +805,8 @@ def open_inputs(args: argparse.Namespace, cfg: DetectConfig) -> DetectInputs:
     seconds = {f"proposal_seconds_{k}": v.pop("wall_seconds") for k, v in (("train", train_src), ("test", test_src))
                if "wall_seconds" in v}
     return DetectInputs(args.encoder, train, test, train_props, test_props,
-                        {"train": train_src, "test": test_src, "seconds": seconds}, args.out, args.max_images)
+                        {"train": train_src, "test": test_src, "seconds": seconds}, args.out, args.max_images,
+                        args.weights)
 
 
 def summary(record: dict) -> str:
@@ -783,9 +822,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the detect command."""
     from .evaluate import class_list
 
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an exported encoder for Fast R-CNN detection.")
+    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an encoder (the suite's, or any timm / torchvision "
+                                                        "backbone) for Fast R-CNN detection.")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
-    p.add_argument("--encoder", type=Path, metavar="RUN_DIR", help="run directory or encoder.json")
+    p.add_argument("--encoder", metavar="RUN_DIR|timm:NAME|torchvision:NAME",
+                   help="run directory or encoder.json, or a timm / torchvision model (random init unless --weights)")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
     p.add_argument("--data", type=Path, metavar="ROOT",
                    help="VOC-format root (ImageSets/Main, Annotations, JPEGImages) or COCO root (annotations/"
                         "instances_<split>.json, <split>/ images)")

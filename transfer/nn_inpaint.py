@@ -33,11 +33,11 @@ from pretext.data.dataset import UnlabelledImages
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
 from pretext.eval_inpainting import hole_errors, inpainting_table, summarise
-from pretext.export import load_encoder
 
 from .evaluate import json_safe, provenance
 from .features import LabelledImages, encode_batch, fill_value, subset
 from .arguments import max_images, positive_int
+from .backbones import default_layer, encoder_record, open_encoder
 from .retrieve import central_hole, check_layer, neighbours, open_images, self_indices
 
 log = logging.getLogger("cebench")
@@ -115,7 +115,8 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module | None, dict | None]
         return None, None
     if args.encoder is None:
         raise NNInpaintError("--features encoder needs --encoder RUN_DIR")
-    encoder, meta = load_encoder(args.encoder)
+    encoder, meta = open_encoder(args.encoder, args.weights)
+    args.layer = args.layer or default_layer(encoder)
     check_layer(encoder, meta, args.layer, args.encoder)
     return encoder, meta
 
@@ -142,7 +143,7 @@ def context_features(args: argparse.Namespace, encoder: nn.Module | None, meta: 
     device = select_device(args.device)
     db_x, q_x = (encoder_features(encoder, meta, x, hole, args.layer, args.batch_size, device) for x in (db, queries))
     settings = {"encoder": str(args.encoder), "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
-                "layer": args.layer, "fill": fill_value(meta)}
+                **encoder_record(meta), "layer": args.layer, "fill": fill_value(meta)}
     return db_x, q_x, settings
 
 
@@ -217,8 +218,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, required=True, metavar="DIR", help="test images, same kinds as --database")
     p.add_argument("--split", default="test", help="VOC/COCO split of the test images (default: test)")
     p.add_argument("--features", choices=FEATURES, required=True, help="context features: hog or encoder")
-    p.add_argument("--encoder", type=Path, default=None, metavar="RUN_DIR", help="run directory (--features encoder)")
-    p.add_argument("--layer", default="pool5", help="encoder stage (default: pool5)")
+    p.add_argument("--encoder", default=None, metavar="RUN_DIR|timm:NAME|torchvision:NAME",
+                   help="run directory, or a timm / torchvision model (--features encoder)")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
+    p.add_argument("--layer", default=None, help="encoder stage (default: pool5, or a backbone's last stage)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
                    help="directory for metrics.json, neighbours.json, grid.png")
     p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",

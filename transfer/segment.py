@@ -1,4 +1,5 @@
-"""`cebench transfer segment`: FCN-32s semantic segmentation on an exported AlexNet encoder (Table 2's third column).
+"""`cebench transfer segment`: FCN-32s semantic segmentation on an exported AlexNet encoder (Table 2's third column),
+or an FCN head on one stage of any backbone (timm:NAME, torchvision:NAME).
 
 Long et al.'s FCN-32s on AlexNet, as the context-encoder paper ran it (`../shared/PROTOCOLS.md`):
 
@@ -26,6 +27,11 @@ Long et al.'s FCN-32s on AlexNet, as the context-encoder paper ran it (`../share
   numbers. Test images that are also training images (by id) are dropped and counted.
 
 Data: any layout of `transfer.segmentation_data` (VOC SegmentationClass, SBD, COCO masks, images/ + masks/).
+Any other backbone, or another stage than an AlexNet's pool5 (`model.stage`): fc6 as a 3 x 3 convolution (padding 1)
+on the stage's map, fc7 and the score layer 1 x 1 as above (`model.fc_widths=[]`: the score layer alone, a linear
+probe of every position), and the scores upsampled bilinearly from the stage's stride to the input size (no
+padding or crop: the backbone's own geometry).
+
 A run directory holds config.json, checkpoint.pt (atomic; `train.resume=true` continues exactly), metrics.csv
 (+ TensorBoard), predictions/ and metrics.json.
 """
@@ -58,11 +64,11 @@ from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutd
 from pretext.engine.logger import RunLogger
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import Engine, convergence, step_seed
-from pretext.export import load_encoder
 from pretext.init import within_layer_init
 from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main, max_images
+from .backbones import default_layer, encoder_record, eval_norms, open_encoder
 from .classify import RESUME_FREE, FineTuneConfig, SGDConfig, build_optimizer, lr_at, resume_changes
 from .evaluate import json_safe, provenance
 from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
@@ -91,7 +97,11 @@ class SegDataConfig:
 class SegModelConfig:
     """The new layers."""
 
-    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths (as convolutions)")
+    fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths (as convolutions); [] = the score "
+                                                           "layer alone on the stage (another backbone's stage only)")
+    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) while fine-tuning: batches of a few images make poor batch statistics (detectron2 and mmdetection do the same); AlexNets have none")
+    stage: str | None = _opt(None, doc="encoder stage the head reads; null = pool5 of the suite's AlexNets (FCN-32s), "
+                                       "the deepest stage of another backbone (timm:NAME, torchvision:NAME)")
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     fc_std: float = _opt(0.01, min=0.0, doc="N(0, fc_std) of new fc6/fc7")
     init: str = _opt("gaussian", choices=("gaussian", "data_dependent"),
@@ -139,8 +149,9 @@ class SegmentConfig(ConfigRoot):
     def check(self) -> None:
         """Per-field ranges and choices, then the rules that tie fields together."""
         check_fields(self)
-        if len(self.model.fc_widths) != 2:
-            raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7), got {self.model.fc_widths}")
+        if len(self.model.fc_widths) not in (0, 2):
+            raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7) or none (the score layer alone), got "
+                              f"{self.model.fc_widths}")
         if self.model.init == "data_dependent" and self.model.fc_from:
             raise ConfigError("model.init=data_dependent starts new fc6/fc7; with model.fc_from they are converted "
                               "from a classifier instead: choose one")
@@ -202,11 +213,34 @@ def up_geometry(stride: int, b: float) -> tuple[int, int]:
     return 2 * stride, int(np.floor(offset + 0.5))
 
 
-class FCN(nn.Module):
-    """FCN-32s on an AlexNet encoder: conv1..pool5 (padded, ceil-mode pools) -> fc6 (k x k conv) -> fc7 (1 x 1)
-    -> score (1 x 1) -> fixed bilinear up-convolution -> crop to the input size."""
+class SegmentationHead(nn.Module):
+    """encoder -> fc6 -> fc7 -> score; blocks outside `trained` are frozen and in eval mode."""
 
     BLOCKS = ("encoder", "fc6", "fc7", "score")
+    trained: tuple[str, ...] = BLOCKS
+    norm_eval = False  # the encoder's batch norms always evaluate (model.norm_eval)
+
+    def freeze(self, layers: str) -> None:
+        """Gradients only for the blocks of `layers` (fc8 = the score layer | fc6-8 | all)."""
+        self.trained = TRAINED_BLOCKS[layers]
+        for name in self.BLOCKS:
+            getattr(self, name).requires_grad_(name in self.trained)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "SegmentationHead":
+        """Like nn.Module.train, but frozen blocks (and with norm_eval the encoder's batch norms) always evaluate."""
+        super().train(mode)
+        for name in self.BLOCKS:
+            if name not in self.trained:
+                getattr(self, name).eval()
+        if self.norm_eval:
+            eval_norms(self.encoder)
+        return self
+
+
+class FCN(SegmentationHead):
+    """FCN-32s on an AlexNet encoder: conv1..pool5 (padded, ceil-mode pools) -> fc6 (k x k conv) -> fc7 (1 x 1)
+    -> score (1 x 1) -> fixed bilinear up-convolution -> crop to the input size."""
 
     def __init__(self, encoder: nn.Module, widths: list[int], classes: int, dropout: float,
                  conv1_pad: int | None = None) -> None:
@@ -235,22 +269,6 @@ class FCN(nn.Module):
             raise ValueError(f"conv1 padding {conv1_pad} is too small for this encoder (crop offset {self.offset})")
         self.register_buffer("up_weight", bilinear_kernel(self.up_kernel).expand(classes, 1, -1, -1).contiguous(),
                              persistent=False)
-        self.trained: tuple[str, ...] = self.BLOCKS
-
-    def freeze(self, layers: str) -> None:
-        """Gradients only for the blocks of `layers` (fc8 = the score layer | fc6-8 | all)."""
-        self.trained = TRAINED_BLOCKS[layers]
-        for name in self.BLOCKS:
-            getattr(self, name).requires_grad_(name in self.trained)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "FCN":
-        """Like nn.Module.train, but frozen blocks always evaluate."""
-        super().train(mode)
-        for name in self.BLOCKS:
-            if name not in self.trained:
-                getattr(self, name).eval()
-        return self
 
     def coarse(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at stride S (before the up-convolution)."""
@@ -268,6 +286,48 @@ class FCN(nn.Module):
             raise ValueError(f"an input of {w}x{h} px gives {up.shape[-1]}x{up.shape[-2]} scores, too few for the crop "
                              f"at offset {o}: raise model.conv1_pad")
         return up[:, :, o: o + h, o: o + w]
+
+
+class StageFCN(SegmentationHead):
+    """An FCN head on one stage of any backbone: stage map -> fc6 (3 x 3 conv) -> fc7 (1 x 1) -> score (1 x 1)
+    -> bilinear upsampling to the input size (the score layer alone without fc widths)."""
+
+    conv1_pad, offset, up_kernel = None, None, None  # FCN-32s' padding and crop: not used
+
+    def __init__(self, encoder: nn.Module, stage: str, channels: int, stride: int, widths: list[int], classes: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.encoder, self.stage, self.stride, self.classes = encoder, stage, stride, classes
+        if widths:
+            self.fc6 = nn.Sequential(nn.Conv2d(channels, widths[0], 3, padding=1), nn.ReLU(inplace=True),
+                                     nn.Dropout(dropout))
+            self.fc7 = nn.Sequential(nn.Conv2d(widths[0], widths[1], 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        else:
+            self.fc6, self.fc7 = nn.Identity(), nn.Identity()
+        self.score = nn.Conv2d(widths[1] if widths else channels, classes, 1)
+
+    def coarse(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at the stage's stride."""
+        return self.score(self.fc7(self.fc6(self.encoder(x, out=self.stage))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) class scores of (B, 3, H, W) normalised images."""
+        return F.interpolate(self.coarse(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def head_convs(model: FCN | StageFCN) -> list[nn.Conv2d]:
+    """The new fc6 and fc7 convolutions of either head (none for a score layer alone)."""
+    return [b[0] for b in (model.fc6, model.fc7) if isinstance(b, nn.Sequential)]
+
+
+def stage_geometry(encoder: nn.Module, meta: dict, stage: str, where: str) -> tuple[int, int]:
+    """(channels, stride) of a backbone stage, checked against the encoder's stages."""
+    stages = meta.get("stages") or {}
+    if stage not in stages:
+        names = stages or tuple(getattr(encoder, "stages", ()))
+        raise ValueError(f"{where}: model.stage={stage!r} is not a stage of this {meta.get('arch')} encoder; choose "
+                         f"from {', '.join(names)}")
+    return int(stages[stage]["channels"]), int(stages[stage]["stride"])
 
 
 def fc_as_conv(weight: torch.Tensor, in_channels: int, kernel: int) -> torch.Tensor:
@@ -381,12 +441,13 @@ class TestImages(Dataset):
 class SegmentInputs:
     """The encoder, the training and test sets, the run directory."""
 
-    encoder: Path
+    encoder: str | Path  # a run directory / encoder.json, or timm:NAME / torchvision:NAME
     train: SegmentationSet
     test: SegmentationSet
     out: Path
     max_images: tuple[int | None, int | None] = (None, None)
     test_dropped: int = 0  # test images left out because they are training images
+    weights: Path | None = None  # a backbone's state dict (--weights)
 
 
 class Segmenter(Engine):
@@ -395,10 +456,9 @@ class Segmenter(Engine):
     def __init__(self, cfg: SegmentConfig, inputs: SegmentInputs, env: DistEnv) -> None:
         super().__init__(cfg.train, inputs.out, env)
         self.cfg, self.inputs = cfg, inputs
-        encoder, self.meta = load_encoder(inputs.encoder)
-        if self.meta.get("arch") != "alexnet":
-            raise ValueError(f"{inputs.encoder}: FCN segmentation needs an AlexNet encoder, got arch "
-                             f"{self.meta.get('arch')!r}")
+        encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
+        self.stage = cfg.model.stage or default_layer(encoder)
+        self._check_head(encoder)
         self.train_set = TrainPairs(inputs.train, cfg)
         self.state = self.open_checkpoint(self._mismatches)
         self.model = self._build_model(encoder)
@@ -419,24 +479,45 @@ class Segmenter(Engine):
             raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a segmentation checkpoint; choose another --out")
         return resume_changes(state, self.cfg.to_dict(), self._record(), RESUME_FREE)
 
-    def _build_model(self, encoder: nn.Module) -> FCN:
+    def _check_head(self, encoder: nn.Module) -> None:
+        """FCN-32s on an AlexNet's pool5 (2 fc widths); the stage head on another backbone."""
+        m, where = self.cfg.model, str(self.inputs.encoder)
+        if self.meta.get("arch") == "alexnet":
+            if self.stage != "pool5" or len(m.fc_widths) != 2:
+                raise ValueError(f"{where}: FCN-32s on an AlexNet encoder reads pool5 through fc6 and fc7: set "
+                                 f"model.stage to pool5 (or null) and 2 model.fc_widths, got {self.stage!r} and "
+                                 f"{m.fc_widths}")
+            return
+        stage_geometry(encoder, self.meta, self.stage, where)
+        for key, value in (("model.conv1_pad", m.conv1_pad), ("model.fc_from", m.fc_from)):
+            if value is not None:
+                raise ValueError(f"{where}: {key} is for FCN-32s on an AlexNet encoder, not a {self.meta.get('arch')} "
+                                 f"backbone")
+
+    def _build_model(self, encoder: nn.Module) -> FCN | StageFCN:
         m = self.cfg.model
         torch.manual_seed(self.cfg.train.seed)
-        model = FCN(encoder, m.fc_widths, len(self.inputs.train.classes), m.dropout, m.conv1_pad)
-        for block, std in ((model.fc6[0], m.fc_std), (model.fc7[0], m.fc_std)):
-            nn.init.normal_(block.weight, 0.0, std)
+        classes = len(self.inputs.train.classes)
+        if self.meta.get("arch") == "alexnet":
+            model = FCN(encoder, m.fc_widths, classes, m.dropout, m.conv1_pad)
+        else:
+            channels, stride = stage_geometry(encoder, self.meta, self.stage, str(self.inputs.encoder))
+            model = StageFCN(encoder, self.stage, channels, stride, m.fc_widths, classes, m.dropout)
+        model.norm_eval = m.norm_eval
+        for block in head_convs(model):
+            nn.init.normal_(block.weight, 0.0, m.fc_std)
             nn.init.zeros_(block.bias)
         nn.init.zeros_(model.score.weight)  # FCN: the score layer starts at zero
         nn.init.zeros_(model.score.bias)
         if m.fc_from and self.state is None:
             self._convert_fc(model, Path(m.fc_from))
         model.to(self.env.device)
-        if m.init == "data_dependent" and self.state is None and not m.fc_from:
+        if m.init == "data_dependent" and self.state is None and not m.fc_from and head_convs(model):
             self._data_dependent_init(model)
         model.freeze(self.cfg.train.layers)
         return to_channels_last(model, self.env.device) if self.cfg.train.channels_last else model
 
-    def _data_dependent_init(self, model: FCN) -> None:
+    def _data_dependent_init(self, model: FCN | StageFCN) -> None:
         """fc6 and fc7 at unit pre-activations on `model.init_images` training images of a fixed shuffle."""
         n = min(self.cfg.model.init_images, len(self.inputs.train.ids))
         order = np.random.default_rng(self.cfg.train.seed).permutation(len(self.inputs.train.ids))[:n]
@@ -446,8 +527,7 @@ class Segmenter(Engine):
         was_training = model.training
         model.eval()
         try:
-            within_layer_init(model, lambda xs: [model.coarse(x) for x in xs], images,
-                              layers=[model.fc6[0], model.fc7[0]])
+            within_layer_init(model, lambda xs: [model.coarse(x) for x in xs], images, layers=head_convs(model))
         finally:
             model.train(was_training)
 
@@ -561,7 +641,9 @@ def build_record(cfg: SegmentConfig, seg: Segmenter, result: dict, seconds: dict
     i, meta = seg.inputs, seg.meta
     images = max(seg.step, 1) * cfg.train.batch_size * seg.env.world_size
     return {"task": "segmentation", "layers": cfg.train.layers, "encoder": str(i.encoder),
-            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"),
+            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
+            "encoder_arch": meta.get("arch"), "stage": seg.stage,
+            "head": "fcn32s" if isinstance(seg.model, FCN) else "stage",
             "train": i.train.describe(i.max_images[0]),
             "test": {**i.test.describe(i.max_images[1]), "dropped_training_images": i.test_dropped},
             "classes": list(i.train.classes), "steps": seg.step, "seed": cfg.train.seed,
@@ -613,7 +695,7 @@ def open_inputs(args: argparse.Namespace, cfg: SegmentConfig) -> SegmentInputs:
     train = open_segmentation_set(args.data, args.train_split, args.classes, args.max_images[0], seed)
     test = open_segmentation_set(test_root, args.test_split, args.classes, args.max_images[1], seed)
     test, dropped = drop_training_images(train, test)
-    return SegmentInputs(args.encoder, train, test, args.out, args.max_images, dropped)
+    return SegmentInputs(args.encoder, train, test, args.out, args.max_images, dropped, args.weights)
 
 
 def drop_training_images(train: SegmentationSet, test: SegmentationSet) -> tuple[SegmentationSet, int]:
@@ -646,9 +728,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments of the segment command."""
     from .evaluate import class_list
 
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an exported encoder for FCN-32s segmentation.")
+    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an encoder (the suite's, or any timm / torchvision "
+                                                        "backbone) for FCN semantic segmentation.")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
-    p.add_argument("--encoder", type=Path, metavar="RUN_DIR", help="run directory or encoder.json")
+    p.add_argument("--encoder", metavar="RUN_DIR|timm:NAME|torchvision:NAME",
+                   help="run directory or encoder.json, or a timm / torchvision model (random init unless --weights)")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
     p.add_argument("--data", type=Path, metavar="ROOT",
                    help="segmentation root: VOC (ImageSets/Segmentation, SegmentationClass, JPEGImages), SBD "
                         "(cls/, img/), COCO (annotations/instances_<split>.json) or images/ + masks/")
