@@ -37,7 +37,8 @@ def logit_scales(encoder: Path, data: Path, test: Path, preset: str, images: int
         run = Path(tempfile.mkdtemp(prefix="init_scale_"))
         try:
             args = argparse.Namespace(encoder=encoder, data=data, test_data=test, train_split="trainval",
-                                      test_split="test", classes=None, max_images=(max(images, 2), 2), out=run)
+                                      test_split="test", classes=None, max_images=(max(images, 2), 2), out=run,
+                                      weights=None)
             env = init_distributed("cpu", 60)
             try:
                 tuner = FineTuner(cfg, open_inputs(args, 0), env)

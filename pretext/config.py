@@ -56,6 +56,10 @@ class ModelConfig:
 
     arch: str = _opt("alexnet_small", choices=("alexnet", "alexnet_small", "dcgan", "gated"),
                      doc="gated = the free-form inpainting generator (method=gated_inpainting)")
+    backbone: str | None = _opt(None, doc="timm:NAME or torchvision:NAME (e.g. timm:resnet18): the encoder of the "
+                                          "context encoder or the autoencoder instead of model.arch's AlexNet, "
+                                          "randomly initialised; its deepest stage feeds the channel-wise FC (model.widths, layout, lrn "
+                                          "and groups, the AlexNet's, are then unused)")
     widths: list[int] | None = _opt(None, min=1, doc="encoder widths; null = the architecture's default")
     layout: str = _opt("caffe", choices=("caffe", "torchvision"))
     lrn: bool = _opt(False)
@@ -342,6 +346,7 @@ def _validate_cross(cfg: PretrainConfig) -> None:
     if m.arch == "dcgan" and (d.fine_size < 32 or d.fine_size & (d.fine_size - 1)):
         raise ConfigError(f"model.arch=dcgan needs data.fine_size a power of two >= 32, got {d.fine_size}")
     _validate_encoder_input(cfg)
+    _validate_backbone(cfg)
     if m.widths is not None and m.arch != "dcgan" and len(m.widths) != 5:
         raise ConfigError(f"model.widths must list 5 conv widths for {m.arch}, got {m.widths}")
     if len(m.decoder_widths) != 4:
@@ -349,6 +354,19 @@ def _validate_cross(cfg: PretrainConfig) -> None:
     if cfg.method == "random" and cfg.train.max_steps != 0:
         raise ConfigError(f"method=random is not trained: train.max_steps must be 0, got {cfg.train.max_steps}")
     check_device(cfg.train.device)
+
+
+def _validate_backbone(cfg: PretrainConfig) -> None:
+    m = cfg.model
+    if m.backbone is None:
+        return
+    from .models.backbones import is_backbone_spec
+
+    if not is_backbone_spec(m.backbone):
+        raise ConfigError(f"model.backbone must be timm:NAME or torchvision:NAME, got {m.backbone!r}")
+    if cfg.method not in ("context_encoder", "autoencoder") or m.arch in ("dcgan", "gated"):
+        raise ConfigError(f"model.backbone is the encoder of the context encoder and the autoencoder (model.arch "
+                          f"alexnet or alexnet_small, replaced), not of method={cfg.method} with model.arch={m.arch}")
 
 
 def _validate_gated(cfg: PretrainConfig) -> None:

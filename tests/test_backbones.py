@@ -305,3 +305,40 @@ def test_fine_tuning_heads_keep_a_backbones_batch_norms_on_running_statistics(re
     with torch.no_grad():
         assert seg(torch.randn(1, 3, 40, 56)).shape == (1, 3, 40, 56)  # scores at the input's size, from stride 16
     encoder.eval()  # the module-wide fixture as the other tests expect it
+
+
+def test_context_encoder_and_autoencoder_pretrain_a_backbone_the_transfer_tasks_take(tmp_path: Path) -> None:
+    """model.backbone: the context encoder on a timm ResNet's deepest stage (channel-wise FC and decoder from its
+    shape) trains, exports (arch backbone, its stages) and loads, and `transfer classify` fine-tunes the export; the
+    autoencoder on a torchvision model too; other methods are refused."""
+    from pretext.config import ConfigError
+    from pretext.engine.trainer import train
+    from pretext.export import load_encoder
+    from tests.conftest import tiny_config
+    from transfer.classify import main as classify_main
+
+    images = stripes(tmp_path / "u", 6, seed=9)
+    net = ["data.fine_size=64", "data.load_size=68", "mask.region_bank=null"]  # the AlexNet widths: unused
+    run = tmp_path / "ce"
+    result = train(tiny_config(images, "train.max_steps=3", "model.backbone=timm:resnet18", *net), run)
+    assert result.step == 3
+    encoder, meta = load_encoder(run)
+    assert (meta["arch"], meta["spec"], meta["input_size"]) == ("backbone", {"backbone": "timm:resnet18",
+                                                                              "input_size": 64}, 64)
+    assert meta["stages"]["layer4"] == {"channels": 512, "stride": 32}
+    with torch.no_grad():
+        assert encoder.eval()(torch.zeros(1, 3, 64, 64), out="layer3").shape == (1, 256, 4, 4)
+    train_set, test_set = stripes(tmp_path / "train", 8, seed=0), stripes(tmp_path / "test", 4, seed=1)
+    assert classify_main(["--encoder", str(run), "--data", str(train_set), "--test-data", str(test_set), "--out",
+                          str(tmp_path / "ft"), "train.max_steps=2", "train.batch_size=4", "train.progress=false",
+                          "data.workers=0", "test.crops=1", "model.fc_widths=[]", "model.init=kaiming"]) == 0
+    m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert (m["encoder_arch"], m["stage"], m["pool"], m["encoder_method"]) == ("backbone", "layer4", "avg",
+                                                                               "context_encoder")
+    ae = train(tiny_config(images, "train.max_steps=2", "model.backbone=torchvision:resnet18", *net,
+                           preset="demo_autoencoder"), tmp_path / "ae")
+    assert ae.step == 2 and load_encoder(tmp_path / "ae")[1]["method"] == "autoencoder"
+    with pytest.raises(ConfigError, match="must be timm:NAME or torchvision:NAME"):
+        tiny_config(images, *net, "model.backbone=resnet18")
+    with pytest.raises(ConfigError, match="not of method=supervised"):
+        tiny_config(images, "model.backbone=timm:resnet18", *net, preset="demo_supervised")

@@ -18,8 +18,9 @@ from pretext.engine.checkpoint import load_checkpoint
 from pretext.engine.trainer import train
 from transfer import evaluate
 from pretext.export import load_encoder
-from transfer.classify import (DecodedImages, FineTuner, SGDConfig, EvalViews, ViewSpec, load_config, lr_at, main,
-                               masked_sigmoid_cross_entropy, preset_names, random_view, resume_changes)
+from pretext.losses import masked_sigmoid_cross_entropy
+from transfer.classify import DecodedImages, FineTuner, EvalViews, ViewSpec, load_config, main, preset_names, random_view
+from transfer.finetune import SGDConfig, lr_at, resume_changes
 
 from .conftest import tiny_config
 from .test_probes import stripes

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from pretext.data.fingerprint import data_fingerprint
@@ -62,3 +63,36 @@ def test_a_folder_tree_changes_with_any_visible_file(image_folder: Path, tmp_pat
     assert data_fingerprint(root) != changed
     # a missing root is no error here (the readers report it) and fingerprints the same until it appears
     assert data_fingerprint(tmp_path / "missing") == data_fingerprint(tmp_path / "missing")
+
+
+def test_content_mode_stamps_bytes_not_times(image_folder: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CEBENCH_FINGERPRINT=content: a file rewritten with the same bytes keeps the fingerprint, and other bytes of
+    the same size behind a restored modification time change it, which stat mode (the default) cannot see."""
+    from pretext.data.fingerprint import file_stamp
+
+    root = tmp_path / "images"
+    shutil.copytree(image_folder, root)
+    first = sorted(root.glob("*.png"))[0]
+    stat_before = data_fingerprint(root)
+    monkeypatch.setenv("CEBENCH_FINGERPRINT", "content")
+    content = data_fingerprint(root)
+    assert content != stat_before  # the modes key differently: switching recomputes
+    _later(first)  # the same bytes, a new time
+    assert data_fingerprint(root) == content
+    monkeypatch.setenv("CEBENCH_FINGERPRINT", "stat")
+    assert data_fingerprint(root) != stat_before
+    stat_later = data_fingerprint(root)
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF  # the same size, other bytes, the time put back
+    times = first.stat()
+    first.write_bytes(bytes(data))
+    os.utime(first, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert data_fingerprint(root) == stat_later  # what stat mode cannot see
+    monkeypatch.setenv("CEBENCH_FINGERPRINT", "content")
+    assert data_fingerprint(root) != content
+    stamp = file_stamp(first)
+    assert stamp[0] == len(data) and 0 <= stamp[1] < 2 ** 63
+    monkeypatch.setenv("CEBENCH_FINGERPRINT", "sha1")
+    with pytest.raises(ValueError, match="CEBENCH_FINGERPRINT='sha1'"):
+        data_fingerprint(root)

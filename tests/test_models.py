@@ -401,7 +401,7 @@ def test_build_encoder_dcgan() -> None:
 
 
 def test_build_encoder_unknown() -> None:
-    assert ENCODER_ARCHS == ("alexnet", "dcgan", "gated")
+    assert ENCODER_ARCHS == ("alexnet", "dcgan", "gated", "backbone")
     with pytest.raises(ValueError, match="unknown encoder architecture 'resnet50'"):
         build_encoder("resnet50", {})
     with pytest.raises(ValueError, match="unknown AlexNet spec keys"):

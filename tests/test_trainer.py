@@ -177,6 +177,14 @@ def test_outputs_and_exported_encoder(demo_root: Path, tmp_path: Path) -> None:
     via_timm = timm.create_model(meta["timm_model"], checkpoint_path=str(run / "encoder.safetensors"),
                                  **{k: v for k, v in meta["spec"].items()})
     assert torch.equal(encoder.eval()(x), via_timm.eval()(x))
+    # timm's preprocessing for it is the one it was trained with: its input size, the export's mean and std
+    from timm.data import resolve_data_config
+
+    data_cfg = resolve_data_config(model=via_timm)
+    norm = meta["normalization"]
+    assert (data_cfg["input_size"], list(data_cfg["mean"]), list(data_cfg["std"])) == ((3, 32, 32), norm["mean"],
+                                                                                     norm["std"])
+    assert resolve_data_config(model=timm.create_model("cebench_alexnet"))["input_size"] == (3, 227, 227)
 
 
 def test_bf16_autocast_path_trains(image_folder: Path, tmp_path: Path) -> None:

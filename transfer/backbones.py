@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,9 +27,8 @@ from torch import nn
 
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.export import EncoderLoadError, load_encoder, sha256_file
+from pretext.models.backbones import BackboneSpecError, build_backbone, is_backbone_spec
 
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": "pixels / 255"}
-KINDS = ("timm", "torchvision")
 # Containers a checkpoint may nest its weights in, most preferred first (DINO: the teacher is the eval model).
 NESTS = ("state_dict", "model", "teacher", "target_encoder", "student", "network", "classy_state_dict", "base_model",
          "trunk", "model_state")
@@ -49,107 +47,6 @@ UNUSED = ("fc.", "head.", "classifier.", "avgpool.", "head_drop.", "fc_norm.")
 
 class BackboneError(EncoderLoadError):
     """A backbone spec, a model name or a weights file that cannot be used."""
-
-
-class TimmBackbone(nn.Module):
-    """A timm model's feature maps by stage name (its feature_info modules), through forward_intermediates."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        info = list(model.feature_info)
-        self.stages = tuple(f["module"] for f in info)
-        self.channels = {f["module"]: int(f["num_chs"]) for f in info}
-        self.strides = {f["module"]: int(f["reduction"]) for f in info}
-
-    def forward(self, x: torch.Tensor, out: str | Sequence[str] = "") -> torch.Tensor | dict[str, torch.Tensor]:
-        names = (out or self.stages[-1],) if isinstance(out, str) else tuple(out)
-        _check_stages(names, self.stages)
-        indices = sorted({self.stages.index(n) for n in names})
-        maps = self.model.forward_intermediates(x, indices=indices, intermediates_only=True, stop_early=True)
-        found = dict(zip((self.stages[i] for i in indices), maps))
-        return found[names[0]] if isinstance(out, str) else {n: found[n] for n in names}
-
-
-class _Stop(Exception):
-    pass
-
-
-class TorchvisionBackbone(nn.Module):
-    """A torchvision model's feature maps by stage name (module outputs caught by hooks; the forward pass stops
-    after the deepest stage asked for)."""
-
-    def __init__(self, model: nn.Module, input_size: int) -> None:
-        super().__init__()
-        self.model = model
-        self.stages, self.channels, self.strides = _map_stages(model, input_size)
-        if not self.stages:
-            raise BackboneError(f"{type(model).__name__}: no module gives a feature map")
-        self._modules_by_name = dict(model.named_modules())
-
-    def forward(self, x: torch.Tensor, out: str | Sequence[str] = "") -> torch.Tensor | dict[str, torch.Tensor]:
-        names = (out or self.stages[-1],) if isinstance(out, str) else tuple(out)
-        _check_stages(names, self.stages)
-        last = max(self.stages.index(n) for n in names)
-        found: dict[str, torch.Tensor] = {}
-
-        def catch(name: str):
-            def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-                found[name] = output if name == self.stages[last] else output.clone()
-                if name == self.stages[last]:
-                    raise _Stop
-
-            return hook
-
-        handles = [self._modules_by_name[n].register_forward_hook(catch(n)) for n in names]
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        return found[names[0]] if isinstance(out, str) else {n: found[n] for n in names}
-
-
-def _check_stages(names: Sequence[str], stages: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in stages]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(stages)}")
-
-
-def _candidates(model: nn.Module) -> list[str]:
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        return [f"features.{name}" for name, _ in features.named_children()]
-    return [name for name, _ in model.named_children()]
-
-
-def _map_stages(model: nn.Module, size: int) -> tuple[tuple[str, ...], dict[str, int], dict[str, int]]:
-    """The candidate modules whose output on a size x size image is a map of more than one pixel, in the order they
-    run, with channels and strides."""
-    modules = dict(model.named_modules())
-    shapes: dict[str, torch.Size] = {}
-
-    def record(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:  # returns None: output unchanged
-            if isinstance(output, torch.Tensor):
-                shapes.setdefault(name, output.shape)
-
-        return hook
-
-    handles = [modules[n].register_forward_hook(record(n)) for n in _candidates(model)]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    stages = tuple(n for n in shapes if len(shapes[n]) == 4 and shapes[n][-1] > 1)
-    return (stages, {n: int(shapes[n][1]) for n in stages},
-            {n: max(1, round(size / int(shapes[n][-1]))) for n in stages})
 
 
 # ---- weights of other trainers ------------------------------------------------------------------------------------
@@ -246,40 +143,6 @@ def load_backbone_weights(model: nn.Module, path: Path) -> dict:
 
 # ---- specs --------------------------------------------------------------------------------------------------------
 
-def is_backbone_spec(spec: str | Path) -> bool:
-    """Whether `spec` names a timm / torchvision model rather than a path."""
-    return isinstance(spec, str) and spec.split(":", 1)[0] in KINDS and ":" in spec
-
-
-def _build(kind: str, name: str) -> tuple[nn.Module, int, dict]:
-    if kind == "timm":
-        import timm
-
-        if not timm.is_model(name):
-            raise BackboneError(f"timm has no model {name!r} (timm.list_models() lists them; a tag such as "
-                                f"vit_small_patch16_224.dino picks the pretrained config: input size, mean, std)")
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-        if not hasattr(model, "feature_info") or not hasattr(model, "forward_intermediates"):
-            raise BackboneError(f"timm model {name!r} exposes no feature stages (feature_info and "
-                                f"forward_intermediates)")
-        cfg = model.pretrained_cfg or {}
-        size = int((cfg.get("input_size") or (3, 224, 224))[-1])
-        norm = {"mean": [float(v) for v in cfg.get("mean", IMAGENET["mean"])],
-                "std": [float(v) for v in cfg.get("std", IMAGENET["std"])], "scale": "pixels / 255"}
-        return model, size, norm
-    import torchvision
-
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise BackboneError(f"torchvision has no classification model {name!r} "
-                            f"(torchvision.models.list_models() lists them)")
-    model = torchvision.models.get_model(name, weights=None)
-    transformers = (torchvision.models.VisionTransformer, torchvision.models.SwinTransformer, torchvision.models.MaxVit)
-    if isinstance(model, transformers):  # token or NHWC outputs: not feature maps by module
-        raise BackboneError(f"torchvision's {name} is a transformer whose stages are not NCHW feature maps; use the "
-                            f"timm model of the same name (timm:NAME), whose stages timm exposes")
-    return model, 224, dict(IMAGENET)
-
-
 def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -292,12 +155,13 @@ def _version(package: str) -> str:
 def open_backbone(spec: str, weights: Path | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
     """(module with `stages` and `forward(x, out=STAGE)`, metadata as pretext.export's) for `timm:NAME` or
     `torchvision:NAME`; random init from `seed` unless `weights` is given."""
-    kind, name = spec.split(":", 1)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's random state
         torch.manual_seed(seed)
-        model, size, norm = _build(kind, name)
-    loaded = load_backbone_weights(model, Path(weights)) if weights is not None else None
-    backbone = TimmBackbone(model) if kind == "timm" else TorchvisionBackbone(model, size)
+        try:
+            backbone, size, norm = build_backbone(spec)
+        except BackboneSpecError as exc:
+            raise BackboneError(str(exc)) from None
+    loaded = load_backbone_weights(backbone.model, Path(weights)) if weights is not None else None
     versions = f"timm {_version('timm')}, torchvision {_version('torchvision')}"
     source = f"weights {sha256_file(Path(weights))}" if weights is not None else f"random init, seed {seed}, {versions}"
     identity = hashlib.sha256(f"{spec} {source}".encode()).hexdigest()  # the feature cache's key

@@ -29,10 +29,8 @@ import logging
 import math
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,31 +39,28 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pretext.config import ConfigError, ConfigRoot, _opt, apply_overrides, check_device, check_fields, load_raw
-from pretext.config import preset_names as config_preset_names
+from pretext.config import ConfigError, ConfigRoot, _opt, check_device, check_fields
 from pretext.data.dataset import SampleKey, build_loader, crop_flip, resize_shorter, to_uint8_tensor
 from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
-from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
-from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
-from pretext.engine.logger import RunLogger
+from pretext.engine.checkpoint import atomic_write_text
+from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, convergence, step_seed
+from pretext.engine.trainer import convergence
 from pretext.init import affine_layers, data_dependent_init
-from pretext.losses import classification_loss, masked_sigmoid_cross_entropy
+from pretext.losses import classification_loss
 from pretext.models.alexnet import STAGES
 from pretext.models.kernels import to_channels_last
 
-from .arguments import fine_tune_main, max_images
-from .backbones import default_layer, encoder_record, open_encoder
+from .arguments import fine_tune_main
+from .backbones import default_layer, encoder_record
 from .evaluate import json_safe, provenance
-from .features import LabelledImages, _normalise_input, check_train_test, open_labelled, subset
+from .features import LabelledImages, check_train_test, open_labelled, subset
+from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fc_block, fine_tune_parser,
+                       load_task_config, task_presets)
 from .metrics import classification_metrics, top1_accuracy
 from .voc import read_split_ids, write_cls_results
 
 log = logging.getLogger("cebench")
-
-TRAINED_BLOCKS = {"fc8": ("fc8",), "fc6-8": ("fc6", "fc7", "fc8"), "all": ("encoder", "fc6", "fc7", "fc8")}
-
 
 # --- configuration ------------------------------------------------------------------------------
 
@@ -108,47 +103,6 @@ class HeadConfig:
     rescale_encoder: bool = _opt(False, doc="with init=data_dependent, calibrate the encoder's conv layers with the "
                                             "head (Krahenbuhl et al.'s rescaling of pretrained networks: one scale per "
                                             "layer, biases following; the features themselves are unchanged)")
-
-
-@dataclass
-class SGDConfig:
-    """SGD with momentum, step decay and gradient clipping."""
-
-    lr: float = _opt(1e-3, min=0.0)
-    momentum: float = _opt(0.9, min=0.0, max=1.0)
-    weight_decay: float = _opt(1e-6, min=0.0)
-    bias_lr_mult: float = _opt(1.0, min=0.0, doc="bias lr / weight lr (Caffe convention: 2)")
-    grad_clip: float = _opt(10.0, min=0.0, doc="max global gradient norm; 0 = off")
-    lr_schedule: str = _opt("step", choices=("step", "cosine"),
-                            doc="step: lr * lr_gamma ** (step // lr_step); cosine: half a cosine from lr to 0 over "
-                                "train.max_steps (then max_steps is part of the result: it cannot change on resume)")
-    lr_step: int = _opt(10000, min=0, doc="step schedule: multiply the lr by lr_gamma every lr_step steps; 0 = constant")
-    lr_gamma: float = _opt(0.5, min=0.0, max=1.0)
-    warmup_steps: int = _opt(0, min=0, doc="the schedule's lr scaled linearly from 1/warmup_steps to 1 over the "
-                                           "first steps")
-
-
-@dataclass
-class FineTuneConfig:
-    """Loop, devices, precision and checkpoints."""
-
-    layers: str = _opt("all", choices=tuple(TRAINED_BLOCKS), doc="blocks that are trained; the others are frozen")
-    max_steps: int = _opt(80000, min=0)
-    batch_size: int = _opt(16, min=1, doc="per process")
-    seed: int = _opt(0, min=0, doc="weights, data order, augmentation, dropout, test crops, --max-images subsets")
-    val_images: int = _opt(0, min=0, doc="labelled training images held out (drawn by the seed) and scored after "
-                                         "training as metrics.json's `val`: choose hyper-parameters on these, "
-                                         "never on the test set")
-    device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
-    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16", "auto"),
-                          doc="auto = bf16 where the hardware has it natively (AVX512-BF16 / AMX CPUs, bf16 GPUs), "
-                              "fp32 elsewhere; the run records what it used")
-    channels_last: bool = _opt(True, doc="inputs in NHWC (oneDNN / cuDNN fast paths); false = the plain layout")
-    ckpt_every: int = _opt(1000, min=1)
-    log_every: int = _opt(20, min=1)
-    resume: bool = _opt(False, doc="continue the checkpoint in --out")
-    progress: bool = _opt(True)
-    ddp_timeout_s: int = _opt(1800, min=1, doc="also bounds how long other ranks wait for rank 0's test pass")
 
 
 @dataclass
@@ -197,13 +151,12 @@ def validate(cfg: ClassifyConfig) -> None:
 
 def preset_names() -> list[str]:
     """Names of the classification presets shipped in transfer/presets."""
-    return [n for n in config_preset_names("transfer") if n.startswith("classify_")]
+    return task_presets("classify_")
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> ClassifyConfig:
     """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
-    raw = apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), ClassifyConfig)
-    return ClassifyConfig.from_dict(raw)
+    return load_task_config(ClassifyConfig, name_or_path, overrides)
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -330,21 +283,17 @@ def train_loader(data: LabelledImages, spec: ViewSpec, cfg: ClassifyConfig, env:
 
 # --- model and loss -----------------------------------------------------------------------------
 
-def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
-    """Linear -> ReLU -> dropout."""
-    return nn.Sequential(OrderedDict(fc=nn.Linear(n_in, n_out), relu=nn.ReLU(inplace=True), drop=nn.Dropout(dropout)))
-
-
 def pooled(feats: torch.Tensor, pool: str) -> torch.Tensor:
     """(B, C, H, W) stage output -> (B, D) head input: flattened, or averaged over positions."""
     return feats.flatten(1) if pool == "flatten" else feats.mean((2, 3))
 
 
-class FineTuneClassifier(nn.Module):
+class FineTuneClassifier(FrozenBlocks):
     """encoder -> one stage's map, flattened or averaged -> fc6 -> fc7 -> fc8 (or fc8 alone without fc widths);
     blocks outside `trained` are frozen and in eval mode."""
 
     BLOCKS = ("encoder", "fc6", "fc7", "fc8")
+    TRAINED = {"fc8": ("fc8",), "fc6-8": ("fc6", "fc7", "fc8"), "all": BLOCKS}
 
     def __init__(self, encoder: nn.Module, in_dim: int, widths: list[int], classes: int, dropout: float,
                  stage: str = "pool5", pool: str = "flatten") -> None:
@@ -353,22 +302,7 @@ class FineTuneClassifier(nn.Module):
         self.fc6 = fc_block(in_dim, widths[0], dropout) if widths else nn.Identity()
         self.fc7 = fc_block(widths[0], widths[1], dropout) if widths else nn.Identity()
         self.fc8 = nn.Linear(widths[1] if widths else in_dim, classes)
-        self.trained: tuple[str, ...] = self.BLOCKS
-
-    def freeze(self, layers: str) -> None:
-        """Gradients only for the blocks of `layers` (fc8 | fc6-8 | all)."""
-        self.trained = TRAINED_BLOCKS[layers]
-        for name in self.BLOCKS:
-            getattr(self, name).requires_grad_(name in self.trained)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "FineTuneClassifier":
-        """Like nn.Module.train, but frozen blocks always evaluate (no dropout in features that do not learn)."""
-        super().train(mode)
-        for name in self.BLOCKS:
-            if name not in self.trained:
-                getattr(self, name).eval()
-        return self
+        self.trained = self.BLOCKS
 
     def head_layers(self) -> list[nn.Linear]:
         """The new linear layers: fc6, fc7, fc8 (fc8 alone for a linear head)."""
@@ -417,25 +351,6 @@ def head_stage(encoder: nn.Module, meta: dict, cfg: HeadConfig, where: str) -> t
     return stage, pool
 
 
-def lr_at(cfg: SGDConfig, step: int, total: int) -> float:
-    """The lr of update `step` (0-based) of `total`: step decay (lr * lr_gamma ** (step // lr_step)) or half a
-    cosine from lr to 0 over `total`, after a linear warm-up over `warmup_steps`."""
-    if cfg.lr_schedule == "cosine":
-        lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-    else:
-        lr = cfg.lr * cfg.lr_gamma ** (step // cfg.lr_step) if cfg.lr_step else cfg.lr
-    return lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
-
-
-def build_optimizer(model: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
-    """SGD over the trainable parameters; biases in their own group for bias_lr_mult."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in params if not n.endswith("bias")], "lr_mult": 1.0},
-              {"params": [p for n, p in params if n.endswith("bias")], "lr_mult": cfg.bias_lr_mult}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
-
-
 # --- the fine-tuning run -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -451,64 +366,34 @@ class RunInputs:
     weights: Path | None = None  # a backbone's state dict (--weights)
 
 
-# Settings that may change when a run is resumed: they do not change what the finished run computes.
-RESUME_FREE = {"train": ("max_steps", "resume", "progress", "ckpt_every", "log_every", "device", "ddp_timeout_s"),
-               "data": ("workers",)}
-
-
-def _resume_relevant(config: dict, free: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, sec in config.items() if s != "test" for k, v in sec.items()
-            if k not in free.get(s, ())}
-
-
-def resume_changes(state: dict, config: dict, record: dict, free: dict[str, tuple[str, ...]] = RESUME_FREE) -> list[str]:
-    """Result-changing settings (all but `free` and test) and record entries that differ between a fine-tuning
-    checkpoint and this run, as 'key (old -> new)'. A cosine schedule spans train.max_steps: then it counts."""
-    if config.get("optim", {}).get("lr_schedule") == "cosine":
-        free = {**free, "train": tuple(k for k in free.get("train", ()) if k != "max_steps")}
-    old, new = _resume_relevant(state["config"], free), _resume_relevant(config, free)
-    changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
-               if old.get(k) != new.get(k)]
-    return changed + [f"{k} ({state['record'].get(k)} -> {v})" for k, v in record.items()
-                      if state["record"].get(k) != v]
-
-
-class FineTuner(Engine):
+class FineTuner(TaskTuner):
     """Fine-tunes one encoder on one labelled training set into `inputs.out`, resumably, on the shared engine."""
 
-    def __init__(self, cfg: ClassifyConfig, inputs: RunInputs, env: DistEnv) -> None:
-        super().__init__(cfg.train, inputs.out, env)
-        self.cfg, self.inputs = cfg, inputs
-        encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
-        self.stage, self.pool = head_stage(encoder, self.meta, cfg.model, str(inputs.encoder))
-        self.crop = cfg.data.crop or int(self.meta["input_size"])
-        self.train_spec, self.test_spec = self._view_specs()
-        self.state = self.open_checkpoint(self._mismatches)
-        self.model = self._build_model(encoder)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        if self.state is not None:
-            self._load_state(self.state)
-        self.net = wrap_ddp(self.model, env)
+    TASK, PROGRESS, UNTAGGED = "classification", "classify", "classification"
 
     # --- set-up -----------------------------------------------------------------------------
+    def prepare(self, encoder: nn.Module) -> None:
+        self.stage, self.pool = head_stage(encoder, self.meta, self.cfg.model, str(self.inputs.encoder))
+        self.crop = self.cfg.data.crop or int(self.meta["input_size"])
+        self.train_spec, self.test_spec = self._view_specs()
+
     def _view_specs(self) -> tuple[ViewSpec, ViewSpec]:
         d = self.cfg.data
         fill = tuple(int(round(255 * m)) for m in self.meta["normalization"]["mean"])
         train = ViewSpec(self.crop, (d.scale_min, d.scale_max), d.scale_of, d.flip, fill, d.max_image_pixels)
         return train, dataclasses.replace(train, scales=self.cfg.test_scales())
 
-    def _record(self) -> dict:
-        """What a checkpoint must share with the run that continues it."""
-        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0]),
-                "world_size": self.env.world_size,  # the data order and the effective batch depend on it
-                "precision": self.precision}  # what train.precision=auto resolved to: the same on resume
+    def record_extra(self) -> dict:
+        # the data order and the effective batch depend on world_size; what train.precision=auto resolved to must
+        # be the same on resume
+        return {"precision": self.precision}
 
-    def _mismatches(self, state: dict) -> list[str]:
-        """What differs between the checkpoint's run and this one, among the settings that change the result."""
-        if "record" not in state:
-            raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a classification fine-tuning checkpoint; "
-                                  f"choose another --out")
-        return resume_changes(state, self.cfg.to_dict(), self._record())
+    def state_extra(self) -> dict:
+        return {"start": self.start}
+
+    def log_extra(self) -> dict:
+        t = self.cfg.train
+        return {"epoch": self.step * t.batch_size * self.env.world_size / len(self.inputs.train.paths)}
 
     def _build_model(self, encoder: nn.Module) -> FineTuneClassifier:
         h = self.cfg.model
@@ -544,23 +429,10 @@ class FineTuner(Engine):
         labels = torch.from_numpy(np.asarray(self.inputs.train.labels)[order]).to(self.env.device)
         return self._normalise(views), labels
 
-    def _load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.load_engine_state(state)
-
     # --- one step ---------------------------------------------------------------------------
-
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        x = _normalise_input(images, self.meta, self.env.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
-
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One SGD step at the schedule's lr; a non-finite loss stops the run."""
-        torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
-        lr = lr_at(self.cfg.optim, self.step, self.cfg.train.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+        self.begin_step()
         with self.autocast():
             loss = classification_loss(self.net(self._normalise(images)), labels.to(self.env.device))
         self.optimizer_step(self.optimizer, loss, self.cfg.optim.grad_clip)
@@ -569,31 +441,12 @@ class FineTuner(Engine):
         self.step += 1
         return float(loss.detach())
 
-    # --- outputs ----------------------------------------------------------------------------
-    def save(self) -> None:
-        """Atomic checkpoint (rank 0) with everything an exact resume needs."""
-        if not self.env.is_main:
-            return
-        state = {**self.engine_state(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "config": self.cfg.to_dict(), "record": self._record(), "start": self.start}
-        save_checkpoint(state, self.run_dir / CHECKPOINT)
-
     # --- the loop ---------------------------------------------------------------------------
-    def fit(self) -> float:
-        """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
-        loader = train_loader(self.inputs.train, self.train_spec, self.cfg, self.env, self.step)
-        self.model.train()
-        return self.fine_tune_loop(loader, "classify", self.cfg.to_dict(), lambda batch: self.train_step(*batch),
-                                   self._log)
+    def train_loader(self) -> DataLoader:
+        return train_loader(self.inputs.train, self.train_spec, self.cfg, self.env, self.step)
 
-    def _log(self, loss: float, logger: RunLogger, bar: tqdm, last: dict) -> None:
-        now = time.perf_counter()
-        t, world = self.cfg.train, self.env.world_size
-        extra = {"lr": lr_at(self.cfg.optim, self.step - 1, self.cfg.train.max_steps),
-                 "images_per_s": (self.step - last["step"]) * t.batch_size * world / max(now - last["time"], 1e-9),
-                 "epoch": self.step * t.batch_size * world / len(self.inputs.train.paths)}
-        last.update(time=now, step=self.step)
-        self.report({"loss": loss}, extra, logger, bar)
+    def step_values(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        return {"loss": self.train_step(*batch)}
 
     @torch.no_grad()
     def predict(self, data: LabelledImages) -> np.ndarray:
@@ -716,27 +569,18 @@ def summary(record: dict) -> str:
                    f"sklearn {record['map_sklearn']:.2f}")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Arguments of the classify command."""
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an encoder (the suite's, or any timm / torchvision "
-                                                        "backbone) for image classification.")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500 train.layers=fc8")
-    p.add_argument("--encoder", metavar="RUN_DIR|timm:NAME|torchvision:NAME",
-                   help="run directory or encoder.json, or a timm / torchvision model (random init unless --weights)")
-    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
-                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
+def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, metavar="ROOT_OR_DIR",
                    help="VOC-format root (has ImageSets/Main) or training ImageFolder DIR/<class>/<image>")
     p.add_argument("--test-data", type=Path, metavar="ROOT_OR_DIR", help="test root or ImageFolder (default: --data)")
     p.add_argument("--train-split", default="trainval", help="VOC split to train on (default: trainval)")
     p.add_argument("--test-split", default="test", help="VOC split to test on (default: test)")
-    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory: checkpoint, curves, metrics.json")
-    p.add_argument("--preset", default="classify_demo", help="a preset (see --list-presets) or a YAML file")
-    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
-                   help="use a fixed random subset of N training (M test) images (default: all)")
-    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return p
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the classify command."""
+    return fine_tune_parser(prog, "Fine-tune an encoder (the suite's, or any timm / torchvision backbone) for image "
+                                  "classification.", "classify_demo", _data_arguments)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -52,35 +52,32 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_pool
 from tqdm import tqdm
 
-from pretext.config import ConfigError, ConfigRoot, _opt, apply_overrides, check_device, check_fields, load_raw
-from pretext.config import preset_names as config_preset_names
+from pretext.config import ConfigError, ConfigRoot, _opt, check_device, check_fields
 from pretext.data.dataset import SampleKey, build_loader
 from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
-from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
-from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
-from pretext.engine.logger import RunLogger
+from pretext.engine.checkpoint import atomic_write_text
+from pretext.engine.distributed import barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, convergence, step_seed
+from pretext.engine.trainer import convergence
 from pretext.init import affine_layers, data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
 from pretext.models.kernels import to_channels_last
 
-from .arguments import fine_tune_main, max_images
-from .backbones import encoder_record, eval_norms, open_encoder
-from .classify import RESUME_FREE as CLASSIFY_RESUME_FREE
-from .classify import FineTuneConfig, SGDConfig, build_optimizer, fc_block, lr_at, resume_changes
+from .arguments import fine_tune_main
+from .backbones import encoder_record
 from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_coco_results
 from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
 from .evaluate import json_safe, provenance
 from .features import is_voc_root
+from .finetune import RESUME_FREE as FINE_TUNE_RESUME_FREE
+from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fc_block, fine_tune_parser,
+                       load_task_config, task_presets)
 from .proposals import ProposalSettings, compute_proposals, load_precomputed
 from .voc import read_class_list, read_split_ids
 
 log = logging.getLogger("cebench")
 
 BACKBONE_ROI_SIZE = 7  # RoI grid on another backbone's stage (torchvision's Faster R-CNN heads: 7 x 7)
-TRAINED_BLOCKS = {"fc8": ("cls_score", "bbox_pred"), "fc6-8": ("fc6", "fc7", "cls_score", "bbox_pred"),
-                  "all": ("encoder", "fc6", "fc7", "cls_score", "bbox_pred")}
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -116,7 +113,9 @@ class DetModelConfig:
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     roi_size: int | None = _opt(None, min=1, doc="RoI pooling grid; null = the encoder's pool5 grid (AlexNet), 7 "
                                                  "for another backbone")
-    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) while fine-tuning: batches of a few images make poor batch statistics (detectron2 and mmdetection do the same); AlexNets have none")
+    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) "
+                                     "while fine-tuning: batches of a few images make poor batch statistics "
+                                     "(detectron2 and mmdetection do the same); AlexNets have none")
     stage: str | None = _opt(None, doc="encoder stage the RoIs are pooled from; null = conv5 of the suite's AlexNets, "
                                        "the deepest stage of stride <= 16 of another backbone")
     init: str = _opt("gaussian", choices=("gaussian", "data_dependent"),
@@ -190,13 +189,12 @@ class DetectConfig(ConfigRoot):
 
 def preset_names() -> list[str]:
     """Names of the detection presets shipped in transfer/presets."""
-    return [n for n in config_preset_names("transfer") if n.startswith("detect_")]
+    return task_presets("detect_")
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> DetectConfig:
     """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
-    raw = apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), DetectConfig)
-    return DetectConfig.from_dict(raw)
+    return load_task_config(DetectConfig, name_or_path, overrides)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -392,10 +390,11 @@ def conv5_stride(encoder: nn.Module) -> int:
     return stride
 
 
-class FastRCNN(nn.Module):
+class FastRCNN(FrozenBlocks):
     """encoder conv5 -> RoI max pooling -> fc6 -> fc7 -> (C+1) scores and (C+1) x 4 box deltas."""
 
     BLOCKS = ("encoder", "fc6", "fc7", "cls_score", "bbox_pred")
+    TRAINED = {"fc8": ("cls_score", "bbox_pred"), "fc6-8": ("fc6", "fc7", "cls_score", "bbox_pred"), "all": BLOCKS}
 
     def __init__(self, encoder: nn.Module, roi_size: int, widths: list[int], classes: int, dropout: float,
                  stage: str = "conv5", channels: int | None = None, stride: int | None = None,
@@ -407,24 +406,7 @@ class FastRCNN(nn.Module):
         self.fc7 = fc_block(widths[0], widths[1], dropout)
         self.cls_score = nn.Linear(widths[1], classes + 1)
         self.bbox_pred = nn.Linear(widths[1], 4 * (classes + 1))
-        self.trained: tuple[str, ...] = self.BLOCKS
-
-    def freeze(self, layers: str) -> None:
-        """Gradients only for the blocks of `layers` (fc8 = the two output layers | fc6-8 | all)."""
-        self.trained = TRAINED_BLOCKS[layers]
-        for name in self.BLOCKS:
-            getattr(self, name).requires_grad_(name in self.trained)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "FastRCNN":
-        """Like nn.Module.train, but frozen blocks (and with norm_eval the encoder's batch norms) always evaluate."""
-        super().train(mode)
-        for name in self.BLOCKS:
-            if name not in self.trained:
-                getattr(self, name).eval()
-        if self.norm_eval:
-            eval_norms(self.encoder)
-        return self
+        self.trained = self.BLOCKS
 
     def head_layers(self) -> list[nn.Linear]:
         """fc6, fc7 and the two output layers."""
@@ -492,16 +474,17 @@ def detection_stage(encoder: nn.Module, meta: dict, stage: str | None, where: st
     return stage, int(stages[stage]["channels"]), int(stages[stage]["stride"])
 
 
-RESUME_FREE = {**CLASSIFY_RESUME_FREE, "proposals": ("workers", "cache_dir")}
+RESUME_FREE = {**FINE_TUNE_RESUME_FREE, "proposals": ("workers", "cache_dir")}
 
 
-class Detector(Engine):
+class Detector(TaskTuner):
     """Fine-tunes one encoder for detection into `inputs.out`, resumably, on the shared engine."""
 
-    def __init__(self, cfg: DetectConfig, inputs: DetectInputs, env: DistEnv) -> None:
-        super().__init__(cfg.train, inputs.out, env)
-        self.cfg, self.inputs = cfg, inputs
-        encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
+    TASK, PROGRESS = "detection", "detect"
+    RESUME_FREE = RESUME_FREE
+
+    def prepare(self, encoder: nn.Module) -> None:
+        inputs, cfg = self.inputs, self.cfg
         self.stage, self.channels, self.stride = detection_stage(encoder, self.meta, cfg.model.stage,
                                                                  str(inputs.encoder))
         self.fill = tuple(int(round(255 * m)) for m in self.meta["normalization"]["mean"])
@@ -512,24 +495,9 @@ class Detector(Engine):
         skipped = len(inputs.train.ids) - len(self.train_set)
         if skipped:
             log.warning("%d training image(s) without a non-difficult box skipped", skipped)
-        self.state = self.open_checkpoint(self._mismatches)
-        self.model = self._build_model(encoder)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        if self.state is not None:
-            self.model.load_state_dict(self.state["model"])
-            self.optimizer.load_state_dict(self.state["optimizer"])
-            self.load_engine_state(self.state)
-        self.net = wrap_ddp(self.model, env)
 
-    def _record(self) -> dict:
-        """What a checkpoint must share with the run that continues it."""
-        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0]),
-                "proposals": self.inputs.proposal_source.get("train"), "world_size": self.env.world_size}
-
-    def _mismatches(self, state: dict) -> list[str]:
-        if "record" not in state or state.get("task") != "detection":
-            raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a detection checkpoint; choose another --out")
-        return resume_changes(state, self.cfg.to_dict(), self._record(), RESUME_FREE)
+    def record_extra(self) -> dict:
+        return {"proposals": self.inputs.proposal_source.get("train")}
 
     def _build_model(self, encoder: nn.Module) -> FastRCNN:
         m = self.cfg.model
@@ -563,19 +531,10 @@ class Detector(Engine):
         data_dependent_init(model, self._normalise(images), forward=lambda x: model(x, rois)[0], layers=layers,
                             new_layers=new, iterations=self.cfg.model.init_iterations, seed=self.cfg.train.seed)
 
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        from .features import _normalise_input
-
-        x = _normalise_input(images, self.meta, self.env.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
-
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
         """One SGD step at the schedule's lr; a non-finite loss stops the run."""
         images, rois, labels, targets = batch
-        torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
-        lr = lr_at(self.cfg.optim, self.step, self.cfg.train.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+        self.begin_step()
         dev = self.env.device
         with self.autocast():
             logits, deltas = self.net(self._normalise(images), rois.to(dev))
@@ -586,32 +545,14 @@ class Detector(Engine):
         self.step += 1
         return {"loss": float((cls + box).detach()), "loss_cls": float(cls.detach()), "loss_box": float(box.detach())}
 
-    def save(self) -> None:
-        """Atomic checkpoint (rank 0) with everything an exact resume needs."""
-        if not self.env.is_main:
-            return
-        state = {**self.engine_state(), "task": "detection", "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(), "record": self._record()}
-        save_checkpoint(state, self.run_dir / CHECKPOINT)
+    def step_values(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        return self.train_step(batch)
 
-    def fit(self) -> float:
-        """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
+    def train_loader(self) -> DataLoader:
         t = self.cfg.train
-        loader = build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,
-                              self.env.world_size, self.step, pin_memory=self.env.device.type == "cuda",
-                              collate_fn=Collate(self.fill))
-        self.model.train()
-        return self.fine_tune_loop(loader, "detect", self.cfg.to_dict(), self.train_step, self._log)
-
-    def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
-        now = time.perf_counter()
-        t = self.cfg.train
-        extra = {"lr": lr_at(self.cfg.optim, self.step - 1, self.cfg.train.max_steps),
-                 "images_per_s": (self.step - last["step"]) * t.batch_size * self.env.world_size
-                 / max(now - last["time"], 1e-9)}
-        last.update(time=now, step=self.step)
-        loss = values.pop("loss")
-        self.report({"loss": loss}, {**values, **extra}, logger, bar)
+        return build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,
+                            self.env.world_size, self.step, pin_memory=self.env.device.type == "cuda",
+                            collate_fn=Collate(self.fill))
 
     @torch.no_grad()
     def detect(self, data: DetectionSet, proposals: dict[str, np.ndarray]) -> tuple[dict[str, list[np.ndarray]], float]:
@@ -818,17 +759,9 @@ def summary(record: dict) -> str:
             + f" ({record['inference_seconds_per_image']:.3f} s per test image)")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Arguments of the detect command."""
+def _data_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluate import class_list
 
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an encoder (the suite's, or any timm / torchvision "
-                                                        "backbone) for Fast R-CNN detection.")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
-    p.add_argument("--encoder", metavar="RUN_DIR|timm:NAME|torchvision:NAME",
-                   help="run directory or encoder.json, or a timm / torchvision model (random init unless --weights)")
-    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
-                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
     p.add_argument("--data", type=Path, metavar="ROOT",
                    help="VOC-format root (ImageSets/Main, Annotations, JPEGImages) or COCO root (annotations/"
                         "instances_<split>.json, <split>/ images)")
@@ -840,13 +773,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--train-proposals", type=Path, default=None, metavar="FILE",
                    help="precomputed proposals (.mat as Fast R-CNN's, .json, .npz) instead of selective search")
     p.add_argument("--test-proposals", type=Path, default=None, metavar="FILE")
-    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory: checkpoint, curves, metrics.json")
-    p.add_argument("--preset", default="detect_demo", help="a preset (see --list-presets) or a YAML file")
-    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
-                   help="a fixed random subset of N training (M test) images, drawn by train.seed (default: all)")
-    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return p
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the detect command."""
+    return fine_tune_parser(prog, "Fine-tune an encoder (the suite's, or any timm / torchvision backbone) for Fast "
+                                  "R-CNN detection.", "detect_demo", _data_arguments)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -119,7 +119,7 @@ def load_batch(paths: Sequence[Path], size: int) -> torch.Tensor:
                                                   False)) for p in paths])
 
 
-def _normalise_input(batch: torch.Tensor, meta: dict, device: torch.device) -> torch.Tensor:
+def normalise_input(batch: torch.Tensor, meta: dict, device: torch.device) -> torch.Tensor:
     norm = meta["normalization"]
     mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1)
@@ -147,9 +147,9 @@ def encode_batch(encoder: nn.Module, meta: dict, batch: torch.Tensor, layer: str
     """(B, D) L2-normalised float32 features of uint8 images; `hole` (1, 1, S, S) pixels are set to `fill_value`
     first. The batch runs in channels_last (oneDNN's and cuDNN's fast convolution and pooling paths) and under
     autocast for a resolved `precision` of bf16 / fp16."""
-    x = _normalise_input(batch, meta, device)
+    x = normalise_input(batch, meta, device)
     if hole is not None:  # filled after normalisation, as the context encoder fills its input in training
-        fill = _normalise_input(torch.tensor(fill_value(meta)).view(1, 3, 1, 1) * 255, meta, device)
+        fill = normalise_input(torch.tensor(fill_value(meta)).view(1, 3, 1, 1) * 255, meta, device)
         x = torch.where(hole.to(device), fill, x)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=AUTOCAST.get(precision), enabled=precision in AUTOCAST):

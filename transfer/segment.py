@@ -55,28 +55,26 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pretext.config import ConfigError, ConfigRoot, _opt, apply_overrides, check_device, check_fields, load_raw
-from pretext.config import preset_names as config_preset_names
+from pretext.config import ConfigError, ConfigRoot, _opt, check_device, check_fields
 from pretext.data.dataset import SampleKey, build_loader
 from pretext.data.images import DEFAULT_MAX_PIXELS
-from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
-from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
-from pretext.engine.logger import RunLogger
+from pretext.engine.checkpoint import CHECKPOINT, atomic_write_text
+from pretext.engine.distributed import barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
-from pretext.engine.trainer import Engine, convergence, step_seed
+from pretext.engine.trainer import convergence
 from pretext.init import within_layer_init
 from pretext.models.kernels import to_channels_last
 
-from .arguments import fine_tune_main, max_images
-from .backbones import default_layer, encoder_record, eval_norms, open_encoder
-from .classify import RESUME_FREE, FineTuneConfig, SGDConfig, build_optimizer, lr_at, resume_changes
+from .arguments import fine_tune_main
+from .backbones import default_layer, encoder_record
 from .evaluate import json_safe, provenance
+from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fine_tune_parser, load_task_config,
+                       task_presets)
 from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
 from .segmentation_eval import confusion, segmentation_scores
 
 log = logging.getLogger("cebench")
 
-TRAINED_BLOCKS = {"fc8": ("score",), "fc6-8": ("fc6", "fc7", "score"), "all": ("encoder", "fc6", "fc7", "score")}
 PAPER_CONV1_PAD = 100  # FCN's padding of conv1 for the 227 px AlexNet
 
 
@@ -99,7 +97,9 @@ class SegModelConfig:
 
     fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths (as convolutions); [] = the score "
                                                            "layer alone on the stage (another backbone's stage only)")
-    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) while fine-tuning: batches of a few images make poor batch statistics (detectron2 and mmdetection do the same); AlexNets have none")
+    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) "
+                                     "while fine-tuning: batches of a few images make poor batch statistics "
+                                     "(detectron2 and mmdetection do the same); AlexNets have none")
     stage: str | None = _opt(None, doc="encoder stage the head reads; null = pool5 of the suite's AlexNets (FCN-32s), "
                                        "the deepest stage of another backbone (timm:NAME, torchvision:NAME)")
     dropout: float = _opt(0.5, min=0.0, max=0.99)
@@ -163,13 +163,12 @@ class SegmentConfig(ConfigRoot):
 
 def preset_names() -> list[str]:
     """Names of the segmentation presets shipped in transfer/presets."""
-    return [n for n in config_preset_names("transfer") if n.startswith("segment_")]
+    return task_presets("segment_")
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None) -> SegmentConfig:
     """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
-    raw = apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), SegmentConfig)
-    return SegmentConfig.from_dict(raw)
+    return load_task_config(SegmentConfig, name_or_path, overrides)
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -213,29 +212,12 @@ def up_geometry(stride: int, b: float) -> tuple[int, int]:
     return 2 * stride, int(np.floor(offset + 0.5))
 
 
-class SegmentationHead(nn.Module):
+class SegmentationHead(FrozenBlocks):
     """encoder -> fc6 -> fc7 -> score; blocks outside `trained` are frozen and in eval mode."""
 
     BLOCKS = ("encoder", "fc6", "fc7", "score")
-    trained: tuple[str, ...] = BLOCKS
-    norm_eval = False  # the encoder's batch norms always evaluate (model.norm_eval)
-
-    def freeze(self, layers: str) -> None:
-        """Gradients only for the blocks of `layers` (fc8 = the score layer | fc6-8 | all)."""
-        self.trained = TRAINED_BLOCKS[layers]
-        for name in self.BLOCKS:
-            getattr(self, name).requires_grad_(name in self.trained)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "SegmentationHead":
-        """Like nn.Module.train, but frozen blocks (and with norm_eval the encoder's batch norms) always evaluate."""
-        super().train(mode)
-        for name in self.BLOCKS:
-            if name not in self.trained:
-                getattr(self, name).eval()
-        if self.norm_eval:
-            eval_norms(self.encoder)
-        return self
+    TRAINED = {"fc8": ("score",), "fc6-8": ("fc6", "fc7", "score"), "all": BLOCKS}
+    trained = BLOCKS
 
 
 class FCN(SegmentationHead):
@@ -450,34 +432,18 @@ class SegmentInputs:
     weights: Path | None = None  # a backbone's state dict (--weights)
 
 
-class Segmenter(Engine):
+class Segmenter(TaskTuner):
     """Fine-tunes one encoder for segmentation into `inputs.out`, resumably, on the shared engine."""
 
-    def __init__(self, cfg: SegmentConfig, inputs: SegmentInputs, env: DistEnv) -> None:
-        super().__init__(cfg.train, inputs.out, env)
-        self.cfg, self.inputs = cfg, inputs
-        encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
-        self.stage = cfg.model.stage or default_layer(encoder)
+    TASK, PROGRESS = "segmentation", "segment"
+
+    def prepare(self, encoder: nn.Module) -> None:
+        self.stage = self.cfg.model.stage or default_layer(encoder)
         self._check_head(encoder)
-        self.train_set = TrainPairs(inputs.train, cfg)
-        self.state = self.open_checkpoint(self._mismatches)
-        self.model = self._build_model(encoder)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        if self.state is not None:
-            self.model.load_state_dict(self.state["model"])
-            self.optimizer.load_state_dict(self.state["optimizer"])
-            self.load_engine_state(self.state)
-        self.net = wrap_ddp(self.model, env)
+        self.train_set = TrainPairs(self.inputs.train, self.cfg)
 
-    def _record(self) -> dict:
-        """What a checkpoint must share with the run that continues it."""
-        return {"encoder_sha256": self.meta["sha256"], "train": self.inputs.train.describe(self.inputs.max_images[0]),
-                "classes": list(self.inputs.train.classes), "world_size": self.env.world_size}
-
-    def _mismatches(self, state: dict) -> list[str]:
-        if "record" not in state or state.get("task") != "segmentation":
-            raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a segmentation checkpoint; choose another --out")
-        return resume_changes(state, self.cfg.to_dict(), self._record(), RESUME_FREE)
+    def record_extra(self) -> dict:
+        return {"classes": list(self.inputs.train.classes)}
 
     def _check_head(self, encoder: nn.Module) -> None:
         """FCN-32s on an AlexNet's pool5 (2 fc widths); the stage head on another backbone."""
@@ -546,18 +512,9 @@ class Segmenter(Engine):
             conv7.weight.copy_(w7)
             conv7.bias.copy_(fc["fc7.bias"])
 
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        from .features import _normalise_input
-
-        x = _normalise_input(images, self.meta, self.env.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
-
     def train_step(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """One SGD update from the averaged gradients of the batch's images (one forward/backward each)."""
-        torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)  # dropout of this step
-        lr = lr_at(self.cfg.optim, self.step, self.cfg.train.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+        self.begin_step()
         self.optimizer.zero_grad(set_to_none=True)
         total, labelled = 0.0, 0
         for k, (image, labels) in enumerate(batch):
@@ -577,31 +534,14 @@ class Segmenter(Engine):
         self.step += 1
         return {"loss": total, "labelled_pixels": labelled}
 
-    def save(self) -> None:
-        """Atomic checkpoint (rank 0) with everything an exact resume needs."""
-        if not self.env.is_main:
-            return
-        state = {**self.engine_state(), "task": "segmentation", "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(), "record": self._record()}
-        save_checkpoint(state, self.run_dir / CHECKPOINT)
+    def step_values(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        return self.train_step(batch)
 
-    def fit(self) -> float:
-        """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
+    def train_loader(self) -> DataLoader:
         t = self.cfg.train
-        loader = build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,
-                              self.env.world_size, self.step, pin_memory=self.env.device.type == "cuda",
-                              collate_fn=as_list)
-        self.model.train()
-        return self.fine_tune_loop(loader, "segment", self.cfg.to_dict(), self.train_step, self._log)
-
-    def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
-        now = time.perf_counter()
-        t = self.cfg.train
-        extra = {"lr": lr_at(self.cfg.optim, self.step - 1, self.cfg.train.max_steps), "labelled_pixels": values["labelled_pixels"],
-                 "images_per_s": (self.step - last["step"]) * t.batch_size * self.env.world_size
-                 / max(now - last["time"], 1e-9)}
-        last.update(time=now, step=self.step)
-        self.report({"loss": values["loss"]}, extra, logger, bar)
+        return build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,
+                            self.env.world_size, self.step, pin_memory=self.env.device.type == "cuda",
+                            collate_fn=as_list)
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -724,17 +664,9 @@ def summary(record: dict) -> str:
               f"({record['inference_seconds_per_image']:.3f} s per test image)")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Arguments of the segment command."""
+def _data_arguments(p: argparse.ArgumentParser) -> None:
     from .evaluate import class_list
 
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune an encoder (the suite's, or any timm / torchvision "
-                                                        "backbone) for FCN semantic segmentation.")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500")
-    p.add_argument("--encoder", metavar="RUN_DIR|timm:NAME|torchvision:NAME",
-                   help="run directory or encoder.json, or a timm / torchvision model (random init unless --weights)")
-    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
-                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
     p.add_argument("--data", type=Path, metavar="ROOT",
                    help="segmentation root: VOC (ImageSets/Segmentation, SegmentationClass, JPEGImages), SBD "
                         "(cls/, img/), COCO (annotations/instances_<split>.json) or images/ + masks/")
@@ -744,13 +676,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
                    help="class list for roots without classes.txt, in label-value order (background first or "
                         "added; default for VOC and SBD roots: the 20 VOC classes)")
-    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory: checkpoint, curves, metrics.json")
-    p.add_argument("--preset", default="segment_demo", help="a preset (see --list-presets) or a YAML file")
-    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
-                   help="a fixed random subset of N training (M test) images, drawn by train.seed (default: all)")
-    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return p
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Arguments of the segment command."""
+    return fine_tune_parser(prog, "Fine-tune an encoder (the suite's, or any timm / torchvision backbone) for FCN "
+                                  "semantic segmentation.", "segment_demo", _data_arguments)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -7,6 +7,11 @@ other folder (ImageFolder trees, COCO roots, plain folders): every file below it
 file enters as (path relative to the root, size, modification time in ns), so an image replaced under the same
 name, an edited annotation or a changed split list changes the fingerprint, without reading the files' bytes.
 Hidden files and folders (a leading '.') are left out, as the readers leave them out.
+
+`$CEBENCH_FINGERPRINT=content` stamps each file by its size and a hash of its bytes instead of its modification time,
+for file systems whose times cannot be trusted (a copy that resets them, a rewrite within the time resolution): an
+unchanged file then keeps its stamp whatever its time, at the cost of reading every byte. The fingerprints and the
+feature cache's per-image stamps of the two modes differ, so switching modes recomputes what they key.
 """
 
 from __future__ import annotations
@@ -16,17 +21,36 @@ import os
 from pathlib import Path
 
 _PER_ID = (("Annotations", ".xml"), ("JPEGImages", ".jpg"))
+MODE_ENV = "CEBENCH_FINGERPRINT"
+MODES = ("stat", "content")
 _WHOLE = ("SegmentationClass", "SegmentationObject")
 
 
+def fingerprint_mode() -> str:
+    """`stat` (size and modification time; the default) or `content` (size and a hash of the bytes), from
+    $CEBENCH_FINGERPRINT; another value is a ValueError naming it."""
+    mode = os.environ.get(MODE_ENV, "stat") or "stat"
+    if mode not in MODES:
+        raise ValueError(f"${MODE_ENV}={mode!r}: choose {' or '.join(MODES)}")
+    return mode
+
+
+def _content(path: Path) -> int:
+    digest = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return int.from_bytes(digest.digest(), "big") >> 1  # fits a signed 64-bit integer (JSON, numpy)
+
+
 def file_stamp(path: Path) -> tuple[int, int] | None:
-    """(size, modification time in ns) of a file, or None when it is missing: what fingerprints and the feature
-    cache compare, without reading the bytes."""
+    """(size, modification time in ns) of a file, or with $CEBENCH_FINGERPRINT=content (size, a hash of its bytes);
+    None when it is missing: what fingerprints and the feature cache compare."""
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None
-    return stat.st_size, stat.st_mtime_ns
+    return (stat.st_size, _content(path)) if fingerprint_mode() == "content" else (stat.st_size, stat.st_mtime_ns)
 
 
 def _stamp(digest: "hashlib._Hash", root: Path, path: Path) -> None:
@@ -70,7 +94,8 @@ def _tree(root: Path, digest: "hashlib._Hash", relative_to: Path | None = None) 
 def data_fingerprint(root: str | Path, split: str | None = None) -> str:
     """The sha256 (hex) of what the readers of `root` (and `split`, for a VOC root) read; see the module doc."""
     root = Path(root)
-    digest = hashlib.sha256(f"{root.resolve()}\0{split}\0".encode())
+    mode = fingerprint_mode()
+    digest = hashlib.sha256(f"{root.resolve()}\0{split}\0{'' if mode == 'stat' else mode}".encode())
     if root.is_file():
         _stamp(digest, root.parent, root)
     elif split is not None and (root / "ImageSets" / "Main").is_dir():

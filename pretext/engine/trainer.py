@@ -479,6 +479,8 @@ class Trainer(Engine):
                 "fill_mean": self.fill_mean, "git_commit": git_commit(), "versions": versions()}
         if isinstance(enc, AlexNetEncoder):
             meta["timm_model"] = timm_name(enc.spec)
+        if arch == "backbone":  # the transfer tasks place heads by stage: channels and stride of each
+            meta["stages"] = {s: {"channels": enc.channels[s], "stride": enc.strides[s]} for s in enc.stages}
         export_encoder(enc, arch, spec, self.run_dir, meta)
         atomic_write_text(self.run_dir / "pretrain_time.json", json.dumps(record, indent=2) + "\n")
         return result

@@ -5,22 +5,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import PretrainConfig
+from ..config import ConfigError, PretrainConfig
 from ..engine.distributed import unwrap
 from ..losses import (discriminator_loss, generator_adversarial_loss, joint_loss, match_layout, reconstruction_loss,
                       region_weights)
 from ..masks import MaskGenerator, build_mask_generator, prediction_region
 from ..models import alexnet_spec
 from ..models.alexnet import AlexNetEncoder
+from ..models.backbones import BACKBONES, build_backbone
 from ..models.context_encoder import ContextEncoderNet
 from ..models.dcgan import DCGAN_WIDTHS, DCGANDiscriminator, DCGANGenerator
 from .base import GeneratorDiscriminator, PretextMethod, StepContext
 
 
 def build_generator(cfg: PretrainConfig) -> nn.Module:
-    """AlexNet context encoder ('alexnet', 'alexnet_small') or the DCGAN inpainting generator ('dcgan')."""
+    """AlexNet context encoder ('alexnet', 'alexnet_small'), a context encoder on `model.backbone`'s deepest stage,
+    or the DCGAN inpainting generator ('dcgan')."""
     m, size = cfg.model, cfg.data.fine_size
     out = size if m.output == "full" else size // 2
+    if m.backbone:
+        encoder, _, _ = build_backbone(m.backbone)
+        with torch.no_grad():
+            c, h, w = encoder.eval()(torch.zeros(1, 3, size, size)).shape[1:]
+        if h != w:
+            raise ConfigError(f"model.backbone={m.backbone} gives a {h}x{w} map at {size} px: not square")
+        return ContextEncoderNet(encoder.train(), c, h, out, m.decoder_widths, m.dropout, m.decoder_norm)
     if m.arch == "dcgan":
         widths = m.widths or _dcgan_widths(size)
         return DCGANGenerator(size, widths, m.bottleneck, m.output)
@@ -136,6 +145,8 @@ class ContextEncoderMethod(GeneratorDiscriminator, PretextMethod):
         enc = unwrap(self.generator).encoder
         if isinstance(enc, AlexNetEncoder):
             return enc, "alexnet", enc.spec.to_dict()
+        if isinstance(enc, BACKBONES):
+            return enc, "backbone", {"backbone": self.cfg.model.backbone, "input_size": self.cfg.data.fine_size}
         return enc, "dcgan", {"input_size": enc.input_size, "widths": [m.out_channels for m in enc.features
                                                                         if isinstance(m, nn.Conv2d)],
                               "bottleneck": enc.out_channels}

@@ -8,7 +8,7 @@ from .alexnet import PAPER_WIDTHS, AlexNetEncoder, AlexNetSpec
 from .dcgan import DCGAN_WIDTHS, DCGANEncoder
 from .gated import GatedEncoder
 
-ENCODER_ARCHS = ("alexnet", "dcgan", "gated")
+ENCODER_ARCHS = ("alexnet", "dcgan", "gated", "backbone")
 
 
 def alexnet_spec(arch: str, widths: list[int] | None, input_size: int, layout: str = "caffe", lrn: bool = False,
@@ -19,8 +19,9 @@ def alexnet_spec(arch: str, widths: list[int] | None, input_size: int, layout: s
 
 
 def build_encoder(arch: str, spec: dict) -> nn.Module:
-    """Encoder from exported metadata: arch 'alexnet' (AlexNetSpec dict), 'dcgan' (DCGANEncoder kwargs) or 'gated'
-    (GatedEncoder kwargs: the free-form inpainting model's coarse encoder)."""
+    """Encoder from exported metadata: arch 'alexnet' (AlexNetSpec dict), 'dcgan' (DCGANEncoder kwargs), 'gated'
+    (GatedEncoder kwargs: the free-form inpainting model's coarse encoder) or 'backbone' (a timm / torchvision
+    model pretrained by the context encoder or the autoencoder: {backbone: SPEC, input_size})."""
     if arch == "alexnet":
         return AlexNetEncoder(AlexNetSpec.from_dict(spec))
     if arch == "dcgan":
@@ -29,6 +30,13 @@ def build_encoder(arch: str, spec: dict) -> nn.Module:
             raise ValueError(f"unknown DCGAN encoder spec keys {sorted(unknown)}")
         kwargs = {**spec, "widths": tuple(spec.get("widths", DCGAN_WIDTHS))}
         return DCGANEncoder(**kwargs)
+    if arch == "backbone":
+        from .backbones import build_backbone
+
+        unknown = set(spec) - {"backbone", "input_size"}
+        if unknown or "backbone" not in spec:
+            raise ValueError(f"a backbone encoder spec has backbone and input_size, got keys {sorted(spec)}")
+        return build_backbone(spec["backbone"])[0]
     if arch == "gated":
         unknown = set(spec) - {"input_size", "cnum", "dilations"}
         if unknown:

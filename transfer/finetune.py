@@ -1,0 +1,298 @@
+"""What the fine-tuning tasks (`cebench transfer classify|detect|segment`) share: the loop and SGD settings, the lr
+schedule and the optimiser, the resume checks, heads whose frozen blocks stay in eval mode, the command line, and
+`TaskTuner`, the engine each task subclasses with its own data, head, loss and prediction.
+
+A tuner opens the encoder (`transfer.backbones.open_encoder`: the suite's encoders or any timm / torchvision
+backbone), lets the task `prepare` (stage checks, views, datasets), opens the checkpoint in the run directory (one
+tagged with the same task; refused when a setting that changes the result differs), builds the model
+(`_build_model`) and the SGD optimiser, loads the checkpoint's state and wraps the model for DDP. `fit` runs the
+shared loop (`pretext.engine.trainer.Engine.fine_tune_loop`) over the task's `train_loader()` with its
+`step_values(batch)`, logging the loss, the lr, images/s and what the task adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pretext.config import _opt, apply_overrides, load_raw
+from pretext.config import preset_names as config_preset_names
+from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, save_checkpoint
+from pretext.engine.distributed import DistEnv, wrap_ddp
+from pretext.engine.logger import RunLogger
+from pretext.engine.trainer import Engine, step_seed
+
+from .arguments import max_images
+from .backbones import eval_norms, open_encoder
+from .features import normalise_input
+
+LAYERS = ("fc8", "fc6-8", "all")  # train.layers: the output layers, the new head, or everything
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class SGDConfig:
+    """SGD with momentum, step decay and gradient clipping."""
+
+    lr: float = _opt(1e-3, min=0.0)
+    momentum: float = _opt(0.9, min=0.0, max=1.0)
+    weight_decay: float = _opt(1e-6, min=0.0)
+    bias_lr_mult: float = _opt(1.0, min=0.0, doc="bias lr / weight lr (Caffe convention: 2)")
+    grad_clip: float = _opt(10.0, min=0.0, doc="max global gradient norm; 0 = off")
+    lr_schedule: str = _opt("step", choices=("step", "cosine"),
+                            doc="step: lr * lr_gamma ** (step // lr_step); cosine: half a cosine from lr to 0 over "
+                                "train.max_steps (then max_steps is part of the result: it cannot change on resume)")
+    lr_step: int = _opt(10000, min=0, doc="step schedule: multiply the lr by lr_gamma every lr_step steps; 0 = constant")
+    lr_gamma: float = _opt(0.5, min=0.0, max=1.0)
+    warmup_steps: int = _opt(0, min=0, doc="the schedule's lr scaled linearly from 1/warmup_steps to 1 over the "
+                                           "first steps")
+
+
+@dataclass
+class FineTuneConfig:
+    """Loop, devices, precision and checkpoints."""
+
+    layers: str = _opt("all", choices=LAYERS, doc="blocks that are trained (fc8 = the task's output layers, fc6-8 = "
+                                                   "the new head, all = with the encoder); the others are frozen")
+    max_steps: int = _opt(80000, min=0)
+    batch_size: int = _opt(16, min=1, doc="per process")
+    seed: int = _opt(0, min=0, doc="weights, data order, augmentation, dropout, test crops, --max-images subsets")
+    val_images: int = _opt(0, min=0, doc="labelled training images held out (drawn by the seed) and scored after "
+                                         "training as metrics.json's `val`: choose hyper-parameters on these, "
+                                         "never on the test set")
+    device: str = _opt("auto", doc="auto, cpu, cuda or cuda:N")
+    precision: str = _opt("fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                          doc="auto = bf16 where the hardware has it natively (AVX512-BF16 / AMX CPUs, bf16 GPUs), "
+                              "fp32 elsewhere; the run records what it used")
+    channels_last: bool = _opt(True, doc="inputs in NHWC (oneDNN / cuDNN fast paths); false = the plain layout")
+    ckpt_every: int = _opt(1000, min=1)
+    log_every: int = _opt(20, min=1)
+    resume: bool = _opt(False, doc="continue the checkpoint in --out")
+    progress: bool = _opt(True)
+    ddp_timeout_s: int = _opt(1800, min=1, doc="also bounds how long other ranks wait for rank 0's test pass")
+
+
+# --- schedule, optimiser, resume checks ----------------------------------------------------------
+
+def lr_at(cfg: SGDConfig, step: int, total: int) -> float:
+    """The lr of update `step` (0-based) of `total`: step decay (lr * lr_gamma ** (step // lr_step)) or half a
+    cosine from lr to 0 over `total`, after a linear warm-up over `warmup_steps`."""
+    if cfg.lr_schedule == "cosine":
+        lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    else:
+        lr = cfg.lr * cfg.lr_gamma ** (step // cfg.lr_step) if cfg.lr_step else cfg.lr
+    return lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
+
+
+def build_optimizer(model: nn.Module, cfg: SGDConfig) -> torch.optim.SGD:
+    """SGD over the trainable parameters; biases in their own group for bias_lr_mult."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if not n.endswith("bias")], "lr_mult": 1.0},
+              {"params": [p for n, p in params if n.endswith("bias")], "lr_mult": cfg.bias_lr_mult}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+# Settings that may change when a run is resumed: they do not change what the finished run computes.
+RESUME_FREE = {"train": ("max_steps", "resume", "progress", "ckpt_every", "log_every", "device", "ddp_timeout_s"),
+               "data": ("workers",)}
+
+
+def _resume_relevant(config: dict, free: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, sec in config.items() if s != "test" for k, v in sec.items()
+            if k not in free.get(s, ())}
+
+
+def resume_changes(state: dict, config: dict, record: dict, free: dict[str, tuple[str, ...]] = RESUME_FREE) -> list[str]:
+    """Result-changing settings (all but `free` and test) and record entries that differ between a fine-tuning
+    checkpoint and this run, as 'key (old -> new)'. A cosine schedule spans train.max_steps: then it counts."""
+    if config.get("optim", {}).get("lr_schedule") == "cosine":
+        free = {**free, "train": tuple(k for k in free.get("train", ()) if k != "max_steps")}
+    old, new = _resume_relevant(state["config"], free), _resume_relevant(config, free)
+    changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k)]
+    return changed + [f"{k} ({state['record'].get(k)} -> {v})" for k, v in record.items()
+                      if state["record"].get(k) != v]
+
+
+# --- heads --------------------------------------------------------------------------------------
+
+class FrozenBlocks(nn.Module):
+    """An encoder with new layers, as named blocks: `freeze(layers)` leaves gradients to the blocks that
+    `TRAINED[layers]` names; the others, and with `norm_eval` the encoder's batch norms, always evaluate (no
+    dropout in features that do not learn; running statistics where batches hold a few images)."""
+
+    BLOCKS: tuple[str, ...] = ()
+    TRAINED: dict[str, tuple[str, ...]] = {}  # train.layers -> the blocks that learn
+    trained: tuple[str, ...] = ()  # every block until `freeze` (set per instance in __init__)
+    norm_eval = False
+
+    def freeze(self, layers: str) -> None:
+        """Gradients only for the blocks of `layers` (fc8 | fc6-8 | all)."""
+        self.trained = self.TRAINED[layers]
+        for name in self.BLOCKS:
+            getattr(self, name).requires_grad_(name in self.trained)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FrozenBlocks":
+        """Like nn.Module.train, but frozen blocks (and with norm_eval the encoder's batch norms) always evaluate."""
+        super().train(mode)
+        for name in self.BLOCKS:
+            if name not in self.trained:
+                getattr(self, name).eval()
+        if self.norm_eval:
+            eval_norms(self.encoder)
+        return self
+
+
+def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
+    """Linear -> ReLU -> dropout, addressable as .fc."""
+    from collections import OrderedDict
+
+    return nn.Sequential(OrderedDict(fc=nn.Linear(n_in, n_out), relu=nn.ReLU(inplace=True), drop=nn.Dropout(dropout)))
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+class TaskTuner(Engine):
+    """Fine-tunes one encoder for one task into `inputs.out`, resumably. `inputs` has `encoder`, `weights`, `train`
+    (with `describe`), `max_images` and `out`; a task sets TASK and PROGRESS and defines `_build_model`,
+    `train_loader` and `step_values`, and may add to the checkpoint's record (`record_extra`), its state
+    (`state_extra`) and the log (`log_extra`)."""
+
+    TASK = ""  # the checkpoint's tag
+    PROGRESS = ""  # the progress bar's name
+    RESUME_FREE = RESUME_FREE
+    UNTAGGED: str | None = None  # the task of the checkpoints written before they were tagged
+
+    def __init__(self, cfg: Any, inputs: Any, env: DistEnv) -> None:
+        super().__init__(cfg.train, inputs.out, env)
+        self.cfg, self.inputs = cfg, inputs
+        encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
+        self.prepare(encoder)
+        self.state = self.open_checkpoint(self._mismatches)
+        self.model = self._build_model(encoder)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        if self.state is not None:
+            self.model.load_state_dict(self.state["model"])
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.load_engine_state(self.state)
+        self.net = wrap_ddp(self.model, env)
+
+    # --- what a task defines ------------------------------------------------------------------
+    def prepare(self, encoder: nn.Module) -> None:
+        """Checks and set-up that need the encoder, before the checkpoint is opened."""
+
+    def _build_model(self, encoder: nn.Module) -> FrozenBlocks:
+        raise NotImplementedError
+
+    def train_loader(self) -> DataLoader:
+        raise NotImplementedError
+
+    def step_values(self, batch: Any) -> dict[str, float]:
+        """One update; its loss (key `loss`) and what else to log."""
+        raise NotImplementedError
+
+    def record_extra(self) -> dict:
+        return {}
+
+    def state_extra(self) -> dict:
+        return {}
+
+    def log_extra(self) -> dict:
+        return {}
+
+    # --- shared ----------------------------------------------------------------------------------
+    def _record(self) -> dict:
+        """What a checkpoint must share with the run that continues it."""
+        i = self.inputs
+        return {"encoder_sha256": self.meta["sha256"], "train": i.train.describe(i.max_images[0]),
+                "world_size": self.env.world_size, **self.record_extra()}
+
+    def _mismatches(self, state: dict) -> list[str]:
+        """What differs between the checkpoint's run and this one, among the settings that change the result."""
+        if "record" not in state or state.get("task", self.UNTAGGED) != self.TASK:
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a {self.TASK} checkpoint; choose another --out")
+        return resume_changes(state, self.cfg.to_dict(), self._record(), self.RESUME_FREE)
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> the encoder's normalised input on the device, channels_last if configured."""
+        x = normalise_input(images, self.meta, self.env.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def begin_step(self) -> None:
+        """Seed this update's dropout (by step and rank) and set the schedule's lr."""
+        torch.manual_seed(step_seed(self.cfg.train.seed, self.step, self.env.rank) + 1)
+        lr = lr_at(self.cfg.optim, self.step, self.cfg.train.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+
+    def save(self) -> None:
+        """Atomic checkpoint (rank 0) with everything an exact resume needs."""
+        if not self.env.is_main:
+            return
+        state = {**self.engine_state(), "task": self.TASK, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(), "record": self._record(),
+                 **self.state_extra()}
+        save_checkpoint(state, self.run_dir / CHECKPOINT)
+
+    def fit(self) -> float:
+        """Train until `train.max_steps`, checkpointing and logging; returns the total training seconds."""
+        loader = self.train_loader()
+        self.model.train()
+        return self.fine_tune_loop(loader, self.PROGRESS, self.cfg.to_dict(), self.step_values, self._log)
+
+    def _log(self, values: dict[str, float], logger: RunLogger, bar: tqdm, last: dict) -> None:
+        now = time.perf_counter()
+        t, world = self.cfg.train, self.env.world_size
+        values = dict(values)
+        loss = values.pop("loss")
+        extra = {"lr": lr_at(self.cfg.optim, self.step - 1, t.max_steps),
+                 "images_per_s": (self.step - last["step"]) * t.batch_size * world / max(now - last["time"], 1e-9),
+                 **self.log_extra(), **values}
+        last.update(time=now, step=self.step)
+        self.report({"loss": loss}, extra, logger, bar)
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def task_presets(prefix: str) -> list[str]:
+    """Names of the shipped presets (transfer/presets) of one task: those starting with `prefix`."""
+    return [n for n in config_preset_names("transfer") if n.startswith(prefix)]
+
+
+def load_task_config(root: type, name_or_path: str, overrides: list[str] | None = None) -> Any:
+    """A preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> the validated
+    config of class `root`."""
+    return root.from_dict(apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), root))
+
+
+def fine_tune_parser(prog: str | None, description: str, preset: str,
+                     data_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    """The arguments every fine-tuning command takes (overrides, --encoder, --weights, --out, --preset,
+    --max-images, --list-presets, --print-config) around the task's own data arguments."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=500 train.layers=fc8")
+    p.add_argument("--encoder", metavar="RUN_DIR|timm:NAME|torchvision:NAME",
+                   help="run directory or encoder.json, or a timm / torchvision model (random init unless --weights)")
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="state dict of a timm / torchvision --encoder, as any SSL trainer saved it")
+    data_arguments(p)
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run directory: checkpoint, curves, metrics.json")
+    p.add_argument("--preset", default=preset, help="a preset (see --list-presets) or a YAML file")
+    p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
+                   help="a fixed random subset of N training (M test) images, drawn by train.seed (default: all)")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
