@@ -442,8 +442,14 @@ def pretraining_hash(p: Pretraining, suite: Suite, data: Datasets, pretrain_root
     changed one gets a new encoder directory."""
     if p.weights is not None or p.backbone is not None:
         stat = p.weights.stat() if p.weights is not None and p.weights.is_file() else None
+        versions = None
+        if p.backbone and p.weights is None:  # a random init depends on the library that draws it
+            from importlib.metadata import version
+
+            versions = {k: version(k) for k in ("timm", "torchvision")}
         return _hash({"weights": str(p.weights.resolve()) if p.weights else None, "size": stat and stat.st_size,
-                      "mtime_ns": stat and stat.st_mtime_ns, **({"backbone": p.backbone} if p.backbone else {})})
+                      "mtime_ns": stat and stat.st_mtime_ns,
+                      **({"backbone": p.backbone, "versions": versions} if p.backbone else {})})
     from pretext.config import load_config
 
     cfg = load_config(p.preset, _pretrain_overrides(p, data, pretrain_root, suite, 0))
@@ -682,12 +688,14 @@ def _why_run(path: Path, parts: dict[str, Any], force: bool) -> str | None:
 
 def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:
     from .figures import write_figures
+    from .report import write_report
     from .tables import load_cells, write_tables
     from .verdict import summary
 
     cells = load_cells(out, specs)  # only this plan's cells: not those of removed seeds, tasks or settings
     write_tables(out, cells, reference=list(suite.reference) or None)
     write_figures(out, cells)
+    write_report(out, cells, reference=list(suite.reference) or None)
     print(summary(out, cells, list(suite.reference) or None), end="")
 
 

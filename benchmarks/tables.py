@@ -684,8 +684,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if not cells:
             raise ValueError(f"{args.results_dir / 'cells'}: no cell files (*.json) of the suite's plan")
         from .figures import write_figures
+        from .report import write_report
 
         paths = write_tables(args.results_dir, cells, reference, args.baseline) + write_figures(args.results_dir, cells)
+        paths.append(write_report(args.results_dir, cells, reference, args.baseline))
     except (ValueError, CheckpointError) as exc:  # a bad cell file or baseline, or results_dir not writable
         log.error("%s", exc)
         return 2

@@ -87,6 +87,7 @@ def verdict(cells: list[dict], results_dir: Path, baseline: str | None = None) -
     names = ["table2.md", "table2_stats.md", "table2.csv", "results.csv", "table1.md", "table1.csv", "failed.md",
              "figures"]
     shown = [n for n in names if (Path(results_dir) / n).exists()]
+    shown += ["report.html"] if shown else []  # written with the tables, after this text is made
     lines.append(f"Files in {results_dir}: " + (", ".join(shown) if shown else "none yet") + ".")
     return "\n".join(lines) + "\n"
 

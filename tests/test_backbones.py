@@ -227,6 +227,16 @@ def test_classification_fine_tunes_any_backbone_with_its_weights(tmp_path: Path)
                           "--out", str(out), *tiny, "model.fc_widths=[16,16]", "train.max_steps=3"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert (m["stage"], m["pool"], m["layers"]) == ("layer4", "avg", "all") and m["encoder_weights"] is None
+    # a stage before the last: layer4 and the classifier get no gradient; the calibration of the whole encoder
+    # (the suites' start: data_dependent) leaves them out instead of failing on them
+    out = tmp_path / "tv3"
+    assert classify_main(["--encoder", "torchvision:resnet18", "--data", str(train), "--test-data", str(test),
+                          "--out", str(out), *tiny, "model.stage=layer3", "model.init=data_dependent",
+                          "model.rescale_encoder=true", "train.max_steps=2"]) == 0
+    # ... and a batch-normalised encoder sets its own scale: its layers are not rescaled (a random ResNet-18 whose
+    # convolutions were diverged at its first update), the head is
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["start"]["encoder_layers_rescaled"] == 0 and 0.5 < m["start"]["logit_std"] < 2.0
     assert classify_main(["--encoder", "timm:resnet18", "--data", str(train), "--test-data", str(test), "--out",
                           str(tmp_path / "x"), *tiny, "model.stage=pool5"]) == 2
 
@@ -337,8 +347,30 @@ def test_context_encoder_and_autoencoder_pretrain_a_backbone_the_transfer_tasks_
                                                                                "context_encoder")
     ae = train(tiny_config(images, "train.max_steps=2", "model.backbone=torchvision:resnet18", *net,
                            preset="demo_autoencoder"), tmp_path / "ae")
-    assert ae.step == 2 and load_encoder(tmp_path / "ae")[1]["method"] == "autoencoder"
+    encoder, meta = load_encoder(tmp_path / "ae")
+    assert ae.step == 2 and meta["method"] == "autoencoder"
+    # encoder.json keeps its keys sorted (bn1, conv1, layer1 ...): detection's default stage follows the depth order
+    from transfer.detect import detection_stage
+
+    assert detection_stage(encoder, meta, None, "ae") == ("layer3", 256, 16)
     with pytest.raises(ConfigError, match="must be timm:NAME or torchvision:NAME"):
         tiny_config(images, *net, "model.backbone=resnet18")
     with pytest.raises(ConfigError, match="not of method=supervised"):
         tiny_config(images, "model.backbone=timm:resnet18", *net, preset="demo_supervised")
+
+
+def test_the_layers_a_stage_does_not_reach_are_found_and_frozen() -> None:
+    """unreached_parameters: a torchvision ResNet's layer4 and classifier do not reach layer3 (and would get no
+    gradient, which DDP refuses); everything up to layer3 does; the gradients already there are left as they were."""
+    from pretext.models.backbones import build_backbone, freeze_parameters, unreached_parameters
+
+    backbone, _, _ = build_backbone("torchvision:resnet18")
+    marker = torch.ones_like(backbone.model.conv1.weight)
+    backbone.model.conv1.weight.grad = marker
+    names = unreached_parameters(backbone, "layer3", 64)
+    assert "model.fc.weight" in names and "model.layer4.0.conv1.weight" in names
+    assert not any(n.startswith(("model.layer3.", "model.conv1.", "model.bn1.")) for n in names)
+    assert backbone.model.conv1.weight.grad is marker and backbone.training
+    assert unreached_parameters(backbone, "layer4", 64) == ["model.fc.weight", "model.fc.bias"]
+    freeze_parameters(backbone, names)
+    assert not backbone.model.fc.weight.requires_grad and backbone.model.layer3[0].conv1.weight.requires_grad

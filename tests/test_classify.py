@@ -363,6 +363,7 @@ def test_rescale_encoder_calibrates_the_pretrained_convolutions(encoder_dir: Pat
     assert moved >= 3
     for t in (plain, rescaled):
         assert 0.5 < t.start["logit_std"] < 2.0 and t.start["images"] == 16, t.start
+    assert (plain.start["encoder_layers_rescaled"], rescaled.start["encoder_layers_rescaled"]) == (0, len(loaded))
     with pytest.raises(ConfigError, match="rescale_encoder=true needs model.init=data_dependent"):
         load_config("classify_demo", ["model.rescale_encoder=true"])
 
@@ -408,3 +409,18 @@ def test_cosine_schedule_with_warm_up_and_its_resume_rule() -> None:
     assert changed == ["train.max_steps (100 -> 200)"]
     state["config"]["optim"]["lr_schedule"] = "step"
     assert resume_changes(state, {"train": {"max_steps": 200}, "optim": {"lr_schedule": "step"}}, {}) == []
+
+
+def test_a_checkpoint_from_before_a_setting_existed_is_compared_at_its_defaults() -> None:
+    """Settings added since a checkpoint was written (model.pool, model.stage) count at their defaults, which
+    compute what the older code did; a resume that sets one to another value is still refused."""
+    from transfer.classify import ClassifyConfig
+    from transfer.finetune import with_defaults
+
+    cfg = load_config("classify_demo").to_dict()
+    old = {s: dict(sec) for s, sec in cfg.items()}
+    del old["model"]["pool"], old["model"]["stage"]
+    state = {"config": with_defaults(old, ClassifyConfig().to_dict()), "record": {"world_size": 1}}
+    assert resume_changes(state, cfg, {"world_size": 1}) == []
+    assert resume_changes(state, load_config("classify_demo", ["model.pool=avg"]).to_dict(),
+                          {"world_size": 1}) == ["model.pool ('auto' -> 'avg')"]

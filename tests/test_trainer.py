@@ -106,6 +106,24 @@ def test_resume_with_other_model_is_refused(image_folder: Path, tmp_path: Path) 
         train(tiny_config(image_folder, "max_steps=2", "resume=true", "model.dropout=0.1"), tmp_path / "run")
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes(image_folder: Path, tmp_path: Path) -> None:
+    """A checkpoint written before a config key was added (its config lacks model.backbone) resumes: the missing key
+    had its default then; setting the new key to another value on resume is still refused."""
+    from pretext.engine.checkpoint import save_checkpoint
+
+    train(tiny_config(image_folder, "max_steps=1"), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    del state["config"]["model"]["backbone"]
+    save_checkpoint(state, tmp_path / "run" / "checkpoint.pt")
+    assert train(tiny_config(image_folder, "max_steps=2", "resume=true"), tmp_path / "run").step == 2
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    del state["config"]["model"]["backbone"]
+    save_checkpoint(state, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="model"):
+        train(tiny_config(image_folder, "max_steps=3", "resume=true", "model.backbone=timm:resnet18",
+                          "model.widths=null"), tmp_path / "run")
+
+
 @pytest.mark.parametrize("fault", ["nan_loss", "inf_loss", "nan_gradient"])
 def test_nan_loss_stops_and_keeps_last_checkpoint(image_folder: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch, fault: str) -> None:

@@ -223,10 +223,24 @@ def eval_norms(module: nn.Module) -> None:
             m.eval()
 
 
+def encoder_stages(encoder: nn.Module) -> tuple[str, ...]:
+    """The stages `encoder(x, out=STAGE)` gives, shallowest first: a backbone's, or those of the suite's AlexNet,
+    DCGAN and gated encoders."""
+    from pretext.models.alexnet import STAGES
+    from pretext.models.dcgan import DCGANEncoder
+    from pretext.models.gated import GATED_STAGES, GatedEncoder
+
+    if getattr(encoder, "stages", None):
+        return tuple(encoder.stages)
+    if isinstance(encoder, DCGANEncoder):
+        return ("conv", "bottleneck")
+    return tuple(GATED_STAGES) if isinstance(encoder, GatedEncoder) else STAGES
+
+
 def default_layer(encoder: nn.Module) -> str:
     """The stage probed when none is asked for: pool5 for the suite's AlexNets, the last stage otherwise."""
-    stages = tuple(getattr(encoder, "stages", ()))
-    return "pool5" if not stages or "pool5" in stages else stages[-1]
+    stages = encoder_stages(encoder)
+    return "pool5" if "pool5" in stages else stages[-1]
 
 
 def encoder_record(meta: dict) -> dict:

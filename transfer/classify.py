@@ -46,13 +46,12 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import affine_layers, data_dependent_init
+from pretext.init import data_dependent_init
 from pretext.losses import classification_loss
-from pretext.models.alexnet import STAGES
 from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main
-from .backbones import default_layer, encoder_record
+from .backbones import default_layer, encoder_record, encoder_stages
 from .evaluate import json_safe, provenance
 from .features import LabelledImages, check_train_test, open_labelled, subset
 from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fc_block, fine_tune_parser,
@@ -333,7 +332,7 @@ def head_input_dim(encoder: nn.Module, stage: str, pool: str, crop: int) -> int:
     with torch.no_grad():
         try:
             feats = encoder.eval()(torch.zeros(1, 3, crop, crop), out=stage)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError) as exc:  # timm's size checks assert
             raise ValueError(f"data.crop={crop} does not fit the encoder: {str(exc).splitlines()[0]}") from None
     if feats.dim() != 4:
         raise ValueError(f"stage {stage!r} gives a {feats.dim()}-d output, not a (B, C, H, W) feature map")
@@ -343,7 +342,7 @@ def head_input_dim(encoder: nn.Module, stage: str, pool: str, crop: int) -> int:
 def head_stage(encoder: nn.Module, meta: dict, cfg: HeadConfig, where: str) -> tuple[str, str]:
     """(stage, pool) the head reads: model.stage or the encoder's default, checked against its stages."""
     stage = cfg.stage or default_layer(encoder)
-    stages = tuple(getattr(encoder, "stages", STAGES))
+    stages = encoder_stages(encoder)
     if stage not in stages:
         raise ValueError(f"{where}: model.stage={stage!r} is not a stage of this {meta.get('arch')} encoder; "
                          f"choose from {', '.join(stages)}")
@@ -410,11 +409,12 @@ class FineTuner(TaskTuner):
         model.to(self.env.device)
         if self.state is None:
             images, labels = self._init_batch()
+            rescaled = self.encoder_layers(model) if h.init == "data_dependent" and h.rescale_encoder else []
             if h.init == "data_dependent":
-                layers = (affine_layers(model.encoder) if h.rescale_encoder else []) + model.head_layers()
-                data_dependent_init(model, images, layers=layers, new_layers=model.head_layers(),
-                                    iterations=h.init_iterations, seed=self.cfg.train.seed)
-            self.start = start_statistics(model, images, labels)
+                data_dependent_init(model, images, layers=rescaled + model.head_layers(),
+                                    new_layers=model.head_layers(), iterations=h.init_iterations,
+                                    seed=self.cfg.train.seed)
+            self.start = {**start_statistics(model, images, labels), "encoder_layers_rescaled": len(rescaled)}
         else:
             self.start = self.state.get("start", {})
         model.freeze(self.cfg.train.layers)

@@ -59,19 +59,19 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import affine_layers, data_dependent_init
+from pretext.init import data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
 from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main
-from .backbones import encoder_record
+from .backbones import encoder_record, encoder_stages
 from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_coco_results
 from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
 from .evaluate import json_safe, provenance
 from .features import is_voc_root
 from .finetune import RESUME_FREE as FINE_TUNE_RESUME_FREE
-from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fc_block, fine_tune_parser,
-                       load_task_config, task_presets)
+from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fc_block,
+                       fine_tune_parser, load_task_config, task_presets)
 from .proposals import ProposalSettings, compute_proposals, load_precomputed
 from .voc import read_class_list, read_split_ids
 
@@ -113,9 +113,7 @@ class DetModelConfig:
     dropout: float = _opt(0.5, min=0.0, max=0.99)
     roi_size: int | None = _opt(None, min=1, doc="RoI pooling grid; null = the encoder's pool5 grid (AlexNet), 7 "
                                                  "for another backbone")
-    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) "
-                                     "while fine-tuning: batches of a few images make poor batch statistics "
-                                     "(detectron2 and mmdetection do the same); AlexNets have none")
+    norm_eval: bool = _opt(True, doc=NORM_EVAL_DOC)
     stage: str | None = _opt(None, doc="encoder stage the RoIs are pooled from; null = conv5 of the suite's AlexNets, "
                                        "the deepest stage of stride <= 16 of another backbone")
     init: str = _opt("gaussian", choices=("gaussian", "data_dependent"),
@@ -464,14 +462,18 @@ def detection_stage(encoder: nn.Module, meta: dict, stage: str | None, where: st
             raise ValueError(f"{where}: Fast R-CNN on an AlexNet encoder pools conv5 (the paper's protocol); "
                              f"model.stage={stage!r} is for other backbones")
         return "conv5", None, None
-    stages = meta.get("stages") or {}
+    geometry = meta.get("stages") or {}
+    if not geometry:
+        raise ValueError(f"{where}: Fast R-CNN needs an AlexNet or a backbone whose stages have strides (timm, "
+                         f"torchvision, model.backbone), not a {meta.get('arch')} encoder")
+    order = [s for s in encoder_stages(encoder) if s in geometry]  # depth order (encoder.json's keys are sorted)
     if stage is None:
-        shallow = [s for s, g in stages.items() if int(g["stride"]) <= 16]
-        stage = (shallow or list(stages))[-1]
-    if stage not in stages:
+        shallow = [s for s in order if int(geometry[s]["stride"]) <= 16]
+        stage = (shallow or order)[-1]
+    if stage not in geometry:
         raise ValueError(f"{where}: model.stage={stage!r} is not a stage of this {meta.get('arch')} encoder; choose "
-                         f"from {', '.join(stages)}")
-    return stage, int(stages[stage]["channels"]), int(stages[stage]["stride"])
+                         f"from {', '.join(order)}")
+    return stage, int(geometry[stage]["channels"]), int(geometry[stage]["stride"])
 
 
 RESUME_FREE = {**FINE_TUNE_RESUME_FREE, "proposals": ("workers", "cache_dir")}
@@ -527,7 +529,7 @@ class Detector(TaskTuner):
         # New layers: fc6, fc7 and the classifier, whose logits the calibration brings to unit scale (the box
         # regressor keeps its N(0, bbox_std) start); pretrained conv layers are only scaled as a whole.
         new = [model.fc6.fc, model.fc7.fc, model.cls_score]
-        layers = (affine_layers(model.encoder) if self.cfg.model.rescale_encoder else []) + new
+        layers = (self.encoder_layers(model) if self.cfg.model.rescale_encoder else []) + new
         data_dependent_init(model, self._normalise(images), forward=lambda x: model(x, rois)[0], layers=layers,
                             new_layers=new, iterations=self.cfg.model.init_iterations, seed=self.cfg.train.seed)
 

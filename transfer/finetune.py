@@ -13,6 +13,7 @@ shared loop (`pretext.engine.trainer.Engine.fine_tune_loop`) over the task's `tr
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -31,12 +32,19 @@ from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, save_checkpoi
 from pretext.engine.distributed import DistEnv, wrap_ddp
 from pretext.engine.logger import RunLogger
 from pretext.engine.trainer import Engine, step_seed
+from pretext.init import affine_layers
+from pretext.models.backbones import freeze_parameters, unreached_parameters
 
 from .arguments import max_images
 from .backbones import eval_norms, open_encoder
 from .features import normalise_input
 
+log = logging.getLogger("cebench")
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # layers that set their outputs' scale
 LAYERS = ("fc8", "fc6-8", "all")  # train.layers: the output layers, the new head, or everything
+NORM_EVAL_DOC = ("keep the encoder's batch-norm layers on their running statistics (eval mode) while fine-tuning: "
+                 "batches of a few images make poor batch statistics (detectron2 and mmdetection do the same); "
+                 "AlexNets have none")
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -114,6 +122,13 @@ def _resume_relevant(config: dict, free: dict[str, tuple[str, ...]]) -> dict[str
             if k not in free.get(s, ())}
 
 
+def with_defaults(old: dict, defaults: dict) -> dict:
+    """A checkpoint's config with the settings added since it was written at their `defaults` (which compute what
+    the older code did), so that a resume compares what the runs set, not which code wrote them."""
+    return {s: ({**defaults[s], **sec} if isinstance(sec, dict) and isinstance(defaults.get(s), dict) else sec)
+            for s, sec in old.items()}
+
+
 def resume_changes(state: dict, config: dict, record: dict, free: dict[str, tuple[str, ...]] = RESUME_FREE) -> list[str]:
     """Result-changing settings (all but `free` and test) and record entries that differ between a fine-tuning
     checkpoint and this run, as 'key (old -> new)'. A cosine schedule spans train.max_steps: then it counts."""
@@ -181,8 +196,12 @@ class TaskTuner(Engine):
         self.cfg, self.inputs = cfg, inputs
         encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
         self.prepare(encoder)
+        # a backbone's layers after the task's stage get no gradient: frozen (DDP), left out of the calibration
+        size = getattr(self, "crop", None) or int(self.meta["input_size"])
+        self.unreached = unreached_parameters(encoder, self.stage, size)
         self.state = self.open_checkpoint(self._mismatches)
         self.model = self._build_model(encoder)
+        freeze_parameters(encoder, self.unreached)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         if self.state is not None:
             self.model.load_state_dict(self.state["model"])
@@ -214,6 +233,17 @@ class TaskTuner(Engine):
         return {}
 
     # --- shared ----------------------------------------------------------------------------------
+    def encoder_layers(self, model: FrozenBlocks) -> list[nn.Module]:
+        """The encoder's conv / linear layers that the data-dependent calibration rescales (model.rescale_encoder):
+        those the task's stage depends on; none in an encoder with normalisation layers, which set their own scale
+        (rescaling the convolutions before a batch norm changes only their effective learning rate: a random
+        ResNet-18 calibrated so diverged at its first update)."""
+        if any(isinstance(m, NORMS) for m in model.encoder.modules()):
+            log.info("the encoder normalises its activations: its layers are left out of the calibration")
+            return []
+        unreached = {id(p) for n, p in model.encoder.named_parameters() if n in set(self.unreached)}
+        return [m for m in affine_layers(model.encoder) if id(m.weight) not in unreached]
+
     def _record(self) -> dict:
         """What a checkpoint must share with the run that continues it."""
         i = self.inputs
@@ -224,7 +254,8 @@ class TaskTuner(Engine):
         """What differs between the checkpoint's run and this one, among the settings that change the result."""
         if "record" not in state or state.get("task", self.UNTAGGED) != self.TASK:
             raise CheckpointError(f"{self.run_dir / CHECKPOINT} is not a {self.TASK} checkpoint; choose another --out")
-        return resume_changes(state, self.cfg.to_dict(), self._record(), self.RESUME_FREE)
+        old = with_defaults(state["config"], type(self.cfg)().to_dict())
+        return resume_changes({**state, "config": old}, self.cfg.to_dict(), self._record(), self.RESUME_FREE)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> the encoder's normalised input on the device, channels_last if configured."""

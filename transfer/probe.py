@@ -37,7 +37,7 @@ from pretext.models.alexnet import STAGES
 from pretext.models.gated import GATED_STAGES
 
 from .arguments import add_precision_argument, max_images, number_list
-from .backbones import default_layer, encoder_record, open_encoder
+from .backbones import default_layer, encoder_record, encoder_stages, open_encoder
 from .evaluate import json_safe, provenance
 from .features import Features, cached_features, check_train_test, open_labelled
 from .knn import DEFAULT_KS, TEMPERATURE, knn_probe
@@ -168,7 +168,7 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features]:
     device = select_device(args.device)
     encoder, meta = open_encoder(args.encoder, args.weights)
     args.layer = args.layer or default_layer(encoder)
-    stages = getattr(encoder, "stages", STAGES)
+    stages = encoder_stages(encoder)
     if args.layer not in stages:
         raise ValueError(f"{args.encoder}: unknown layer {args.layer!r} for a {meta.get('arch')} encoder; choose from "
                          f"{', '.join(stages)}")

@@ -66,10 +66,10 @@ from pretext.init import within_layer_init
 from pretext.models.kernels import to_channels_last
 
 from .arguments import fine_tune_main
-from .backbones import default_layer, encoder_record
+from .backbones import default_layer, encoder_record, encoder_stages
 from .evaluate import json_safe, provenance
-from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fine_tune_parser, load_task_config,
-                       task_presets)
+from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fine_tune_parser,
+                       load_task_config, task_presets)
 from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
 from .segmentation_eval import confusion, segmentation_scores
 
@@ -97,9 +97,7 @@ class SegModelConfig:
 
     fc_widths: list[int] = _opt([4096, 4096], min=1, doc="fc6 and fc7 widths (as convolutions); [] = the score "
                                                            "layer alone on the stage (another backbone's stage only)")
-    norm_eval: bool = _opt(True, doc="keep the encoder's batch-norm layers on their running statistics (eval mode) "
-                                     "while fine-tuning: batches of a few images make poor batch statistics "
-                                     "(detectron2 and mmdetection do the same); AlexNets have none")
+    norm_eval: bool = _opt(True, doc=NORM_EVAL_DOC)
     stage: str | None = _opt(None, doc="encoder stage the head reads; null = pool5 of the suite's AlexNets (FCN-32s), "
                                        "the deepest stage of another backbone (timm:NAME, torchvision:NAME)")
     dropout: float = _opt(0.5, min=0.0, max=0.99)
@@ -306,7 +304,10 @@ def stage_geometry(encoder: nn.Module, meta: dict, stage: str, where: str) -> tu
     """(channels, stride) of a backbone stage, checked against the encoder's stages."""
     stages = meta.get("stages") or {}
     if stage not in stages:
-        names = stages or tuple(getattr(encoder, "stages", ()))
+        names = encoder_stages(encoder) if stages else ()
+        if not names:
+            raise ValueError(f"{where}: an FCN head needs an AlexNet or a backbone whose stages have strides (timm, "
+                             f"torchvision, model.backbone), not a {meta.get('arch')} encoder")
         raise ValueError(f"{where}: model.stage={stage!r} is not a stage of this {meta.get('arch')} encoder; choose "
                          f"from {', '.join(names)}")
     return int(stages[stage]["channels"]), int(stages[stage]["stride"])

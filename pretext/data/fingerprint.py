@@ -48,9 +48,9 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
     None when it is missing: what fingerprints and the feature cache compare."""
     try:
         stat = path.stat()
-    except FileNotFoundError:
+        return (stat.st_size, _content(path)) if fingerprint_mode() == "content" else (stat.st_size, stat.st_mtime_ns)
+    except FileNotFoundError:  # missing, or gone between stat and read
         return None
-    return (stat.st_size, _content(path)) if fingerprint_mode() == "content" else (stat.st_size, stat.st_mtime_ns)
 
 
 def _stamp(digest: "hashlib._Hash", root: Path, path: Path) -> None:

@@ -333,9 +333,11 @@ class Trainer(Engine):
     # --- set-up -----------------------------------------------------------------------------
     def _mismatches(self, state: dict) -> list[str]:
         old = state["config"]
-        # A section missing from an older checkpoint's config had its default values then.
+        # A section, or a key, missing from an older checkpoint's config had its default value then.
         defaults, new = PretrainConfig().to_dict(), self.cfg.to_dict()
-        changed = [f"{k} settings" for k in RESUME_MUST_MATCH if old.get(k, defaults[k]) != new[k]]
+        filled = {k: ({**defaults[k], **old[k]} if isinstance(old.get(k), dict) and isinstance(defaults[k], dict)
+                      else old.get(k, defaults[k])) for k in RESUME_MUST_MATCH}
+        changed = [f"{k} settings" for k in RESUME_MUST_MATCH if filled[k] != new[k]]
         space = dataclasses.asdict(self.label_space) if self.label_space else None
         return changed + (["the data's classes"] if state.get("label_space") != space else [])
 

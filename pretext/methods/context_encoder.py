@@ -12,7 +12,7 @@ from ..losses import (discriminator_loss, generator_adversarial_loss, joint_loss
 from ..masks import MaskGenerator, build_mask_generator, prediction_region
 from ..models import alexnet_spec
 from ..models.alexnet import AlexNetEncoder
-from ..models.backbones import BACKBONES, build_backbone
+from ..models.backbones import BACKBONES, build_backbone, freeze_parameters, unreached_parameters
 from ..models.context_encoder import ContextEncoderNet
 from ..models.dcgan import DCGAN_WIDTHS, DCGANDiscriminator, DCGANGenerator
 from .base import GeneratorDiscriminator, PretextMethod, StepContext
@@ -29,6 +29,8 @@ def build_generator(cfg: PretrainConfig) -> nn.Module:
             c, h, w = encoder.eval()(torch.zeros(1, 3, size, size)).shape[1:]
         if h != w:
             raise ConfigError(f"model.backbone={m.backbone} gives a {h}x{w} map at {size} px: not square")
+        # layers after the deepest stage (a torchvision classifier, a ViT's last norm) never get a gradient
+        freeze_parameters(encoder, unreached_parameters(encoder, encoder.stages[-1], size))
         return ContextEncoderNet(encoder.train(), c, h, out, m.decoder_widths, m.dropout, m.decoder_norm)
     if m.arch == "dcgan":
         widths = m.widths or _dcgan_widths(size)

@@ -162,6 +162,33 @@ def _build_model(kind: str, name: str) -> tuple[nn.Module, int, dict]:
 BACKBONES = (TimmBackbone, TorchvisionBackbone)
 
 
+def unreached_parameters(encoder: nn.Module, stage: str, size: int) -> list[str]:
+    """Names of the trainable parameters of `encoder` that its output at `stage` does not depend on (a backbone's
+    layers after the stage, its classifier), found by one backward pass of a size x size input in eval mode: they
+    get no gradient, which DDP and the data-dependent calibration refuse, so callers freeze them."""
+    params = dict(encoder.named_parameters())
+    saved = {n: p.grad for n, p in params.items()}
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        for p in params.values():
+            p.grad = None
+        with torch.enable_grad():
+            encoder(torch.zeros(1, 3, size, size), out=stage).float().sum().backward()
+        return [n for n, p in params.items() if p.requires_grad and p.grad is None]
+    finally:
+        for n, p in params.items():
+            p.grad = saved[n]
+        encoder.train(was_training)
+
+
+def freeze_parameters(module: nn.Module, names: Sequence[str]) -> None:
+    """No gradients for the named parameters of `module`."""
+    params = dict(module.named_parameters())
+    for name in names:
+        params[name].requires_grad_(False)
+
+
 def build_backbone(spec: str) -> tuple[TimmBackbone | TorchvisionBackbone, int, dict]:
     """(the backbone with its stages, its input size, its normalisation) of `timm:NAME` or `torchvision:NAME`,
     randomly initialised from torch's current random state."""
