@@ -40,7 +40,8 @@ def _table(frame: pd.DataFrame | None, css: str) -> str:
 
 def _legend(cells: list[dict], reference: list[dict] | None, baseline: str | None) -> str:
     """The marks' legend lines under Table 2 (those of table2.md)."""
-    lines = [line[2:] for line in table2_markdown(cells, reference, baseline).splitlines() if line.startswith("- ")]
+    lines = [line[2:].replace("`", "") for line in table2_markdown(cells, reference, baseline).splitlines()
+             if line.startswith("- ")]
     return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines else ""
 
 

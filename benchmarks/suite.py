@@ -641,6 +641,8 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
                                                       "reference": list(suite.reference)}, indent=2) + "\n")
     failed = 0
     broken: dict[tuple[str, int], str] = {}  # a pretraining that failed is not retried for its other cells
+    todo = [c for c in cells if _why_run(out / "cells" / f"{c.key}.json", parts[c.key], force) is not None]
+    seconds: dict[str, list[float]] = {}  # task -> wall seconds of its cells run so far (pretraining included)
     for i, cell in enumerate(cells, 1):
         path = out / "cells" / f"{cell.key}.json"
         spec = specs[cell.key]
@@ -648,7 +650,8 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
         if why is None:
             log.info("[%d/%d] %s: done, skipped", i, len(cells), cell.key)
             continue
-        log.info("[%d/%d] %s (%s)", i, len(cells), cell.key, why)
+        log.info("[%d/%d] %s (%s)%s", i, len(cells), cell.key, why, time_left(todo, seconds))
+        started = time.perf_counter()
         p = suite.pretrainings[cell.pretraining]
         encoder_dir = out / "pretrain" / f"{p.name}-{pretrained[p.name]}" / f"seed{cell.seed}"
         try:
@@ -667,6 +670,8 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
             result = failed_cell(suite, cell, error, spec)
         atomic_write_text(path, json.dumps(json_safe({**result, "spec_parts": parts[cell.key]}), indent=2) + "\n")
         failed += result["status"] != "ok"
+        seconds.setdefault(cell.task, []).append(time.perf_counter() - started)
+        todo = [c for c in todo if c.key != cell.key]
     _tables(out, suite, specs)
     if failed:
         log.error("%d of %d cells failed: see %s", failed, len(cells), out / "failed.md")
@@ -684,6 +689,19 @@ def _why_run(path: Path, parts: dict[str, Any], force: bool) -> str | None:
     except (OSError, json.JSONDecodeError):
         return "its stored record is unreadable"
     return rerun_reason(stored, parts)
+
+
+def time_left(todo: list[Cell], seconds: dict[str, list[float]]) -> str:
+    """', about 12 min left': the cells still to run (this one included) at the mean time of their task's cells
+    run so far (of all cells, for a task not run yet); empty before the first cell has finished."""
+    done = [s for v in seconds.values() for s in v]
+    if not done:
+        return ""
+    from .tables import format_duration
+
+    mean = sum(done) / len(done)
+    total = sum(sum(seconds[c.task]) / len(seconds[c.task]) if c.task in seconds else mean for c in todo)
+    return f", about {format_duration(total)} left"
 
 
 def _tables(out: Path, suite: Suite, specs: dict[str, str]) -> None:

@@ -165,6 +165,34 @@ def test_concurrent_first_use_generates_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]  # no temporary folder left
 
 
+def test_a_generation_killed_with_sigkill_is_redone_on_next_use(tmp_path: Path) -> None:
+    """kill -9 in the middle of a first use: nothing at the root looks complete, the next use generates the data
+    afresh (byte-identical to an uninterrupted run) and removes the killed process's temporary folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "d"
+    code = "import sys; from pretext.data.demo import ensure_demo_data; ensure_demo_data(sys.argv[1], 600, 3)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)])
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".d.tmp-*/JPEGImages/*.jpg")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the generation wrote no image"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the generation finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (root / MARKER_NAME).exists() and list(tmp_path.glob(".d.tmp-*"))  # half a copy, out of sight
+    ensure_demo_data(root, num_images=8, seed=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.lock", "d"]  # the killed folder is gone
+    fresh = tmp_path / "fresh"
+    ensure_demo_data(fresh, num_images=8, seed=3)
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert all((root / f).read_bytes() == (fresh / f).read_bytes() for f in files)
+
+
 def test_a_second_command_waits_for_the_lock(tmp_path: Path) -> None:
     """While another process holds the lock, a command needing the data waits; then it generates (the holder
     made nothing here)."""

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,8 @@ def test_tiny_suite_runs_resumes_and_isolates_failures(folder: Path, tmp_path: P
     assert len(ok) == 5 and all(got[k]["status"] == "failed" for k in ("broken__knn__seed0", "broken__classify__seed0"))
     assert "missing.pth" in got["broken__knn__seed0"]["error"]
     assert caplog.text.count("pretraining broken") >= 2  # recorded for each of its cells, tried once
+    assert "[1/7] broken__classify__seed0 (new)\n" in caplog.text  # no estimate before a cell has finished, then one
+    assert re.search(r"\[2/7\] \S+ \(new\), about \d+ s left", caplog.text), caplog.text
     knn = got["ce__knn__seed0"]
     assert knn["headline"]["name"] == "kNN top-1 (%)" and 0 <= knn["headline"]["value"] <= 100
     assert knn["method"] == "context_encoder" and knn["supervision"] == "context" and knn["pretrain_seconds"] > 0
@@ -323,6 +326,15 @@ def test_an_edited_annotation_reruns_the_cells_that_read_it(demo_root: Path, tmp
     with caplog.at_level(logging.INFO):
         assert main([str(tmp_path / "edit.yaml"), "--out", str(out)]) == 0
     assert caplog.text.count("done, skipped") == 2
+
+
+def test_the_time_left_counts_each_remaining_cell_at_its_tasks_pace() -> None:
+    from benchmarks.suite import Cell, time_left
+
+    todo = [Cell("ce", "classify", 1), Cell("ce", "knn", 1), Cell("ae", "inpainting", 0)]
+    assert time_left(todo, {}) == ""  # nothing finished: no estimate
+    # classify at 100 s, knn at 2 s, inpainting (not run yet) at the mean of all cells run: (90 + 110 + 2) / 3
+    assert time_left(todo, {"classify": [90.0, 110.0], "knn": [2.0]}) == ", about 2.8 min left"  # 169 s
 
 
 def test_the_reason_a_cell_runs_again() -> None:

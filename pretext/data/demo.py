@@ -827,6 +827,8 @@ def _ensure(root: Path, num_images: int, seed: int) -> bool:
     with _locked(root.parent / f".{root.name}.lock"):
         if _read_marker(root) == want:  # another process generated it while this one waited
             return False
+        for stale in root.parent.glob(f".{root.name}.tmp-*"):  # a generation killed before it could clean up
+            shutil.rmtree(stale, ignore_errors=True)  # (safe: whoever wrote it no longer holds the lock)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
             make_demo_data(tmp, num_images=num_images, seed=seed)
