@@ -17,7 +17,7 @@ import pandas as pd
 
 from pretext.engine.checkpoint import atomic_write_text
 
-from .tables import _failed, table1, table2, table2_markdown, table2_stats
+from .tables import Table2Stats, _failed, _table2_frame, table1, table2_stats
 from .verdict import verdict
 
 STYLE = """
@@ -38,10 +38,9 @@ def _table(frame: pd.DataFrame | None, css: str) -> str:
     return frame.to_html(index=False, escape=True, na_rep="", classes=css, border=0)
 
 
-def _legend(cells: list[dict], reference: list[dict] | None, baseline: str | None) -> str:
-    """The marks' legend lines under Table 2 (those of table2.md)."""
-    lines = [line[2:].replace("`", "") for line in table2_markdown(cells, reference, baseline).splitlines()
-             if line.startswith("- ")]
+def _legend(stats: Table2Stats) -> str:
+    """The marks' legend under Table 2 (that of table2.md)."""
+    lines = [line.removeprefix("- ").replace("`", "") for line in stats.legend()]
     return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines else ""
 
 
@@ -91,10 +90,10 @@ def render_report(results_dir: Path, cells: list[dict], reference: list[dict] | 
              f"failed; results directory <code>{html.escape(str(results_dir))}</code>.</p>",
              "<h2>Verdict</h2>", f"<pre>{html.escape(verdict(cells, results_dir, baseline))}</pre>"]
     if features:
-        stats = table2_stats(cells, baseline).frame().round(3)
-        parts += ["<h2>Table 2: features</h2>", _table(table2(cells, reference, baseline), "table2"),
-                  _legend(cells, reference, baseline),
-                  "<h3>Statistics behind the marks</h3>", _table(stats, "table2-stats")]
+        stats = table2_stats(cells, baseline)  # once: the table, its legend and the statistics share it
+        parts += ["<h2>Table 2: features</h2>", _table(_table2_frame(cells, reference, stats), "table2"),
+                  _legend(stats), "<h3>Statistics behind the marks</h3>", _table(stats.frame().round(3),
+                                                                                 "table2-stats")]
     inpainting = table1(cells)
     if inpainting is not None:
         parts += ["<h2>Table 1: inpainting</h2>", _table(inpainting, "table1")]

@@ -641,12 +641,13 @@ def _run_locked(suite: Suite, out: Path, force: bool) -> int:
                                                       "reference": list(suite.reference)}, indent=2) + "\n")
     failed = 0
     broken: dict[tuple[str, int], str] = {}  # a pretraining that failed is not retried for its other cells
-    todo = [c for c in cells if _why_run(out / "cells" / f"{c.key}.json", parts[c.key], force) is not None]
+    whys = {c.key: _why_run(out / "cells" / f"{c.key}.json", parts[c.key], force) for c in cells}  # read once
+    todo = [c for c in cells if whys[c.key] is not None]
     seconds: dict[str, list[float]] = {}  # task -> wall seconds of its cells run so far (pretraining included)
     for i, cell in enumerate(cells, 1):
         path = out / "cells" / f"{cell.key}.json"
         spec = specs[cell.key]
-        why = _why_run(path, parts[cell.key], force)
+        why = whys[cell.key]
         if why is None:
             log.info("[%d/%d] %s: done, skipped", i, len(cells), cell.key)
             continue

@@ -235,6 +235,14 @@ class PretrainConfig(ConfigRoot):
         validate(self)
 
 
+def with_defaults(old: dict, defaults: dict) -> dict:
+    """A stored config (a checkpoint's) completed from `defaults`: the sections and keys added since it was written
+    had their default values then, so a resume compares what the runs set, not which code wrote them."""
+    merged = {**defaults, **old}
+    return {s: ({**defaults[s], **v} if isinstance(v, dict) and isinstance(defaults.get(s), dict) else v)
+            for s, v in merged.items()}
+
+
 def _sections(root: type | None = None) -> dict[str, type]:
     """Section name -> dataclass of a root config class (PretrainConfig by default)."""
     root = root or PretrainConfig

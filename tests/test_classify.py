@@ -415,7 +415,7 @@ def test_a_checkpoint_from_before_a_setting_existed_is_compared_at_its_defaults(
     """Settings added since a checkpoint was written (model.pool, model.stage) count at their defaults, which
     compute what the older code did; a resume that sets one to another value is still refused."""
     from transfer.classify import ClassifyConfig
-    from transfer.finetune import with_defaults
+    from pretext.config import with_defaults
 
     cfg = load_config("classify_demo").to_dict()
     old = {s: dict(sec) for s, sec in cfg.items()}

@@ -547,9 +547,6 @@ class Detector(TaskTuner):
         self.step += 1
         return {"loss": float((cls + box).detach()), "loss_cls": float(cls.detach()), "loss_box": float(box.detach())}
 
-    def step_values(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
-        return self.train_step(batch)
-
     def train_loader(self) -> DataLoader:
         t = self.cfg.train
         return build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,

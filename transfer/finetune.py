@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretext.config import _opt, apply_overrides, load_raw
+from pretext.config import _opt, apply_overrides, load_raw, with_defaults
 from pretext.config import preset_names as config_preset_names
 from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, save_checkpoint
 from pretext.engine.distributed import DistEnv, wrap_ddp
@@ -122,13 +123,6 @@ def _resume_relevant(config: dict, free: dict[str, tuple[str, ...]]) -> dict[str
             if k not in free.get(s, ())}
 
 
-def with_defaults(old: dict, defaults: dict) -> dict:
-    """A checkpoint's config with the settings added since it was written at their `defaults` (which compute what
-    the older code did), so that a resume compares what the runs set, not which code wrote them."""
-    return {s: ({**defaults[s], **sec} if isinstance(sec, dict) and isinstance(defaults.get(s), dict) else sec)
-            for s, sec in old.items()}
-
-
 def resume_changes(state: dict, config: dict, record: dict, free: dict[str, tuple[str, ...]] = RESUME_FREE) -> list[str]:
     """Result-changing settings (all but `free` and test) and record entries that differ between a fine-tuning
     checkpoint and this run, as 'key (old -> new)'. A cosine schedule spans train.max_steps: then it counts."""
@@ -173,8 +167,6 @@ class FrozenBlocks(nn.Module):
 
 def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
     """Linear -> ReLU -> dropout, addressable as .fc."""
-    from collections import OrderedDict
-
     return nn.Sequential(OrderedDict(fc=nn.Linear(n_in, n_out), relu=nn.ReLU(inplace=True), drop=nn.Dropout(dropout)))
 
 
@@ -220,8 +212,8 @@ class TaskTuner(Engine):
         raise NotImplementedError
 
     def step_values(self, batch: Any) -> dict[str, float]:
-        """One update; its loss (key `loss`) and what else to log."""
-        raise NotImplementedError
+        """One update (`train_step`); its loss (key `loss`) and what else to log."""
+        return self.train_step(batch)
 
     def record_extra(self) -> dict:
         return {}
@@ -241,7 +233,8 @@ class TaskTuner(Engine):
         if any(isinstance(m, NORMS) for m in model.encoder.modules()):
             log.info("the encoder normalises its activations: its layers are left out of the calibration")
             return []
-        unreached = {id(p) for n, p in model.encoder.named_parameters() if n in set(self.unreached)}
+        names = set(self.unreached)
+        unreached = {id(p) for n, p in model.encoder.named_parameters() if n in names}
         return [m for m in affine_layers(model.encoder) if id(m.weight) not in unreached]
 
     def _record(self) -> dict:

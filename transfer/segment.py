@@ -535,9 +535,6 @@ class Segmenter(TaskTuner):
         self.step += 1
         return {"loss": total, "labelled_pixels": labelled}
 
-    def step_values(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        return self.train_step(batch)
-
     def train_loader(self) -> DataLoader:
         t = self.cfg.train
         return build_loader(self.train_set, t.batch_size, t.seed, self.cfg.data.workers, self.env.rank,

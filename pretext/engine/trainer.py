@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import ConfigError, PretrainConfig
+from ..config import ConfigError, PretrainConfig, with_defaults
 from ..data.dataset import ImagesWithLabels, UnlabelledImages, build_loader, collate, collate_labelled, estimate_mean
 from ..data.labels import LabelSpace, open_labelled_source
 from ..data.sources import list_images
@@ -332,12 +332,8 @@ class Trainer(Engine):
 
     # --- set-up -----------------------------------------------------------------------------
     def _mismatches(self, state: dict) -> list[str]:
-        old = state["config"]
-        # A section, or a key, missing from an older checkpoint's config had its default value then.
-        defaults, new = PretrainConfig().to_dict(), self.cfg.to_dict()
-        filled = {k: ({**defaults[k], **old[k]} if isinstance(old.get(k), dict) and isinstance(defaults[k], dict)
-                      else old.get(k, defaults[k])) for k in RESUME_MUST_MATCH}
-        changed = [f"{k} settings" for k in RESUME_MUST_MATCH if filled[k] != new[k]]
+        old, new = with_defaults(state["config"], PretrainConfig().to_dict()), self.cfg.to_dict()
+        changed = [f"{k} settings" for k in RESUME_MUST_MATCH if old[k] != new[k]]
         space = dataclasses.asdict(self.label_space) if self.label_space else None
         return changed + (["the data's classes"] if state.get("label_space") != space else [])
 
