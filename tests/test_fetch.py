@@ -210,3 +210,151 @@ def test_an_archive_reaching_outside_its_folder_is_refused(server, tmp_path: Pat
     with pytest.raises(FetchError, match=r"VOCtrainval_06-Nov-2007\.tar: .*outside"):
         fetch("voc2007", tmp_path / "data", base_url=base)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, name: str, md5s: list[str]) -> None:
+    """Point dataset `name` at the test's archives: same file names, the test's MD5s."""
+    spec = fetch_mod.DATASETS[name]
+    monkeypatch.setitem(fetch_mod.DATASETS, name, fetch_mod.Dataset(
+        tuple(Remote(f.url, m) for f, m in zip(spec.files, md5s)), spec.prepare, spec.layout))
+
+
+def _png(size: tuple[int, int], colour: str = "red", mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_voc2012_is_a_voc_root_with_its_segmentation_splits(server, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, _ = server
+    prefix = "VOCdevkit/VOC2012/"
+    from transfer.segmentation_data import write_label_png
+
+    seg = np.pad(np.full((4, 6), 8, np.uint8), ((3, 3), (2, 2)))  # class 8: cat, in the VOC palette
+    write_label_png(tmp_path / "label.png", seg)
+    label = io.BytesIO((tmp_path / "label.png").read_bytes())
+    members = {f"{prefix}JPEGImages/{i}.jpg": _jpeg() for i in ("2007_000032", "2007_000033")}
+    members |= {f"{prefix}SegmentationClass/{i}.png": label.getvalue() for i in ("2007_000032", "2007_000033")}
+    members |= {f"{prefix}ImageSets/{kind}/{split}.txt": f"{image_id}\n".encode() for kind in ("Main", "Segmentation")
+                for split, image_id in (("train", "2007_000032"), ("val", "2007_000033"))}
+    _serve(monkeypatch, "voc2012", [_tar(served / "VOCtrainval_11-May-2012.tar", members, mode="w")])
+    root = fetch("voc2012", tmp_path / "data", base_url=base)
+    assert root == tmp_path / "data" / "VOCdevkit" / "VOC2012"
+    from transfer.segmentation_data import open_segmentation_set
+
+    val = open_segmentation_set(root, "val")
+    assert val.kind == "voc" and val.ids == ("2007_000033",) and val.classes[8] == "cat"
+    assert (val.pair(0)[1] == seg).all()
+
+
+def test_voc2012_without_segmentation_lists_is_refused(server, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, _ = server
+    members = {"VOCdevkit/VOC2012/ImageSets/Main/train.txt": b"a\n", "VOCdevkit/VOC2012/ImageSets/Main/val.txt": b"b\n"}
+    _serve(monkeypatch, "voc2012", [_tar(served / "VOCtrainval_11-May-2012.tar", members, mode="w")])
+    with pytest.raises(FetchError, match=r"VOC2012: the archive held no ImageSets/Segmentation/train\.txt, "
+                                         r"ImageSets/Segmentation/val\.txt"):
+        fetch("voc2012", tmp_path / "data", base_url=base)
+    assert not (tmp_path / "data" / "VOCdevkit" / "VOC2012" / fetch_mod.MARKER).exists()
+
+
+def _jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (10, 10), "red").save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_sbd_becomes_a_segmentation_root_with_train_noval(server, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from scipy.io import savemat
+
+    base, served, _ = server
+    seg = np.zeros((10, 10), np.uint8)
+    seg[2:6, 3:9] = 15  # person
+    mat = io.BytesIO()
+    savemat(mat, {"GTcls": {"Segmentation": seg, "Boundaries": np.zeros(1), "CategoriesPresent": np.array([15])}})
+    prefix = "benchmark_RELEASE/dataset/"
+    members = {f"{prefix}train.txt": b"2008_000002\n", f"{prefix}val.txt": b"2008_000003\n"}
+    for image_id in ("2008_000002", "2008_000003"):
+        members |= {f"{prefix}img/{image_id}.jpg": _jpeg(), f"{prefix}cls/{image_id}.mat": mat.getvalue()}
+    md5 = _tar(served / "benchmark.tgz", members)
+    (served / "train_noval.txt").write_bytes(b"2008_000002\n2008_000003\n")
+    _serve(monkeypatch, "sbd", [md5, hashlib.md5(b"2008_000002\n2008_000003\n").hexdigest()])
+    root = fetch("sbd", tmp_path / "data", base_url=base)
+    assert root == tmp_path / "data" / "sbd"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads", "sbd"]  # no temporary left
+    from transfer.segmentation_data import open_segmentation_set
+
+    data = open_segmentation_set(root, "train_noval")
+    assert data.kind == "sbd" and data.ids == ("2008_000002", "2008_000003") and data.classes[15] == "person"
+    assert (data.pair(1)[1] == seg).all()
+
+
+def test_sbd_without_its_dataset_folder_is_refused(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, _ = server
+    md5 = _tar(served / "benchmark.tgz", {"benchmark_RELEASE/dataset/train.txt": b"x\n"})
+    (served / "train_noval.txt").write_bytes(b"x\n")
+    _serve(monkeypatch, "sbd", [md5, hashlib.md5(b"x\n").hexdigest()])
+    with pytest.raises(FetchError, match=r"benchmark\.tgz: no val\.txt, img, cls under benchmark_RELEASE/dataset"):
+        fetch("sbd", tmp_path / "data", base_url=base)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads"]
+
+
+def _stl_archive(path: Path, n: dict[str, int], labels: dict[str, list[int]] | None = None
+                 ) -> tuple[str, dict[str, np.ndarray]]:
+    """An STL-10-binary-format archive (images channel by channel, column-major; labels 1..10 as bytes); its MD5
+    and each split's images as (N, 96, 96, 3)."""
+    rng = np.random.default_rng(0)
+    names = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+    members = {"stl10_binary/class_names.txt": ("\n".join(names) + "\n").encode()}
+    images = {}
+    for split, count in n.items():
+        images[split] = rng.integers(0, 256, (count, 96, 96, 3), dtype=np.uint8)
+        members[f"stl10_binary/{split}_X.bin"] = images[split].transpose(0, 3, 2, 1).tobytes()
+        if split != "unlabeled":
+            ys = (labels or {}).get(split, [1 + i % 10 for i in range(count)])
+            members[f"stl10_binary/{split}_y.bin"] = bytes(ys)
+    return _tar(path, members), images
+
+
+def test_stl10_becomes_imagefolders_and_an_unlabelled_folder(server, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served, _ = server
+    md5, images = _stl_archive(served / "stl10_binary.tar.gz", {"train": 10, "test": 2, "unlabeled": 4})
+    _serve(monkeypatch, "stl10", [md5])
+    root = fetch("stl10", tmp_path / "data", base_url=base)
+    assert root == tmp_path / "data" / "stl10"
+    # the first training image, label 1 = airplane, read back row by row as the array it was made from
+    first = np.asarray(Image.open(root / "train" / "airplane" / "00000.png"))
+    assert np.array_equal(first, images["train"][0])
+    assert np.array_equal(np.asarray(Image.open(root / "test" / "bird" / "00001.png")), images["test"][1])
+    assert len(list((root / "unlabeled").glob("*.png"))) == 4
+    assert np.array_equal(np.asarray(Image.open(root / "unlabeled" / "000003.png")), images["unlabeled"][3])
+    from pretext.data.labels import open_image_folder
+    from pretext.data.sources import list_images
+
+    train = open_image_folder(root / "train")
+    assert len(train.paths) == 10 and len(train.classes) == 10
+    assert len(list_images(root / "unlabeled")) == 4  # what `cebench pretrain ... data.root=DIR/stl10/unlabeled` reads
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ({"train": [1, 11]}, r"train_y\.bin: 1 label\(s\) outside 1\.\.10 \(first: image 1, label 11\)"),
+    ({"train": [1]}, r"train_y\.bin: 1 labels for 2 images"),
+])
+def test_stl10_with_bad_labels_is_refused(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          labels: dict, message: str) -> None:
+    base, served, _ = server
+    md5, _ = _stl_archive(served / "stl10_binary.tar.gz", {"train": 2, "test": 1, "unlabeled": 1}, labels)
+    _serve(monkeypatch, "stl10", [md5])
+    with pytest.raises(FetchError, match=message):
+        fetch("stl10", tmp_path / "data", base_url=base)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads"]  # no half-written dataset
+
+
+def test_every_dataset_is_offered_on_the_command_line(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        data_main(["fetch", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("cifar10", "stl10", "voc2007", "voc2012", "sbd"))

@@ -7,6 +7,14 @@ and lay it out as the suites read it.
   MD5 matched, and with an unpickler that builds nothing but numpy arrays, lists, dicts and strings.
 - `voc2007`: the PASCAL VOC2007 trainval and test archives, unpacked into `DIR/VOCdevkit/VOC2007`: a VOC root
   with the `trainval` and `test` splits (`cebench run paper data.root=DIR/VOCdevkit/VOC2007`).
+- `voc2012`: the PASCAL VOC2012 trainval archive, unpacked into `DIR/VOCdevkit/VOC2012`: detection and
+  classification `train`/`val`/`trainval`, segmentation `train`/`val` (the FCN protocol's test split).
+- `sbd`: Hariharan et al.'s Semantic Boundaries Dataset (`benchmark.tgz`) as `DIR/sbd` (`train.txt`, `val.txt`,
+  `img/`, `cls/`, `inst/`), with the FCN authors' `train_noval.txt` (SBD train + val without VOC2012 segmentation
+  val): `cebench transfer segment --data DIR/sbd --train-split train_noval --test-data DIR/VOCdevkit/VOC2012`.
+- `stl10`: the STL-10 binary archive as ImageFolders `DIR/stl10/{train,test}/<class>/<n>.png` (5,000 and 8,000
+  labelled 96 px images) and the 100,000 unlabelled images as `DIR/stl10/unlabeled/<n>.png`, the split STL-10
+  was made for: `cebench pretrain demo --out RUN data.root=DIR/stl10/unlabeled`.
 
 Downloads go to `DIR/.downloads/<file>.part` and are renamed when complete and verified; an interrupted download
 resumes where the server supports ranges (else it starts again); a file whose MD5 does not match is removed and
@@ -203,13 +211,115 @@ def prepare_voc2007(archives: list[Path], dest: Path) -> Path:
     return root
 
 
+def prepare_voc2012(archives: list[Path], dest: Path) -> Path:
+    """The trainval archive unpacked: dest/VOCdevkit/VOC2012 with the Main and Segmentation split lists."""
+    _safe_extract(archives[0], dest)
+    root = dest / "VOCdevkit" / "VOC2012"
+    wanted = [f"ImageSets/{kind}/{split}.txt" for kind in ("Main", "Segmentation") for split in ("train", "val")]
+    missing = [w for w in wanted if not (root / w).is_file()]
+    if missing:
+        raise FetchError(f"{root}: the archive held no {', '.join(missing)}")
+    return root
+
+
+def prepare_sbd(archives: list[Path], dest: Path) -> Path:
+    """benchmark.tgz's `benchmark_RELEASE/dataset` as dest/sbd, with train_noval.txt beside train.txt."""
+    work = dest / ".sbd-extract"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _safe_extract(archives[0], work)
+        found = work / "benchmark_RELEASE" / "dataset"
+        missing = [n for n in ("train.txt", "val.txt", "img", "cls") if not (found / n).exists()]
+        if missing:
+            raise FetchError(f"{archives[0]}: no {', '.join(missing)} under benchmark_RELEASE/dataset")
+        shutil.copyfile(archives[1], found / "train_noval.txt")
+        out = dest / "sbd"
+        try:
+            install_dir(found, out)
+        except ValueError as exc:
+            raise FetchError(str(exc)) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+_STL_SIDE = 96
+
+
+def _stl_images(path: Path) -> np.ndarray:
+    """An STL-10 `*_X.bin` as (N, 96, 96, 3) uint8 (memory-mapped): each image is stored channel by channel,
+    column-major."""
+    size = path.stat().st_size if path.is_file() else -1
+    if size <= 0 or size % (3 * _STL_SIDE * _STL_SIDE):
+        raise FetchError(f"{path}: {'missing' if size < 0 else f'{size:,} bytes, not a whole number of'} "
+                         f"3x96x96 images")
+    pixels = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, _STL_SIDE, _STL_SIDE)
+    return pixels.transpose(0, 3, 2, 1)
+
+
+def _stl_labels(path: Path, n: int, n_classes: int) -> np.ndarray:
+    """An STL-10 `*_y.bin` (one byte per image, classes 1..n_classes) as 0-based labels; n of them, or FetchError."""
+    if not path.is_file():
+        raise FetchError(f"{path}: missing (the labels of {n} images)")
+    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1
+    if len(labels) != n:
+        raise FetchError(f"{path}: {len(labels)} labels for {n} images")
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if len(bad):
+        raise FetchError(f"{path}: {len(bad)} label(s) outside 1..{n_classes} (first: image {bad[0]}, "
+                         f"label {labels[bad[0]] + 1})")
+    return labels
+
+
+def prepare_stl10(archives: list[Path], dest: Path) -> Path:
+    """The binary archive as ImageFolders dest/stl10/{train,test}/<class>/<n>.png and dest/stl10/unlabeled/."""
+    work = dest / ".stl10-extract"
+    tmp = dest / ".stl10-tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _safe_extract(archives[0], work)
+        source = work / "stl10_binary"
+        names_file = source / "class_names.txt"
+        if not names_file.is_file():
+            raise FetchError(f"{archives[0]}: no stl10_binary/class_names.txt")
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        for split in ("train", "test"):
+            images = _stl_images(source / f"{split}_X.bin")
+            labels = _stl_labels(source / f"{split}_y.bin", len(images), len(names))
+            for name in names:
+                (tmp / split / name).mkdir(parents=True)
+            for n, (pixels, label) in enumerate(zip(images, labels)):
+                Image.fromarray(np.ascontiguousarray(pixels)).save(tmp / split / names[label] / f"{n:05d}.png")
+        (tmp / "unlabeled").mkdir()
+        for n, pixels in enumerate(_stl_images(source / "unlabeled_X.bin")):
+            Image.fromarray(np.ascontiguousarray(pixels)).save(tmp / "unlabeled" / f"{n:06d}.png")
+        try:
+            install_dir(tmp, dest / "stl10")
+        except ValueError as exc:
+            raise FetchError(str(exc)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return dest / "stl10"
+
+
+_VOC = "https://thor.robots.ox.ac.uk/pascal/VOC"  # the mirror torchvision uses; host.robots.ox.ac.uk is the old one
+
 DATASETS: dict[str, Dataset] = {
     "cifar10": Dataset((Remote("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                                "c58f30108f718f92721af3b95e74349a"),), prepare_cifar10, "cifar10"),
-    "voc2007": Dataset((Remote("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar",
-                               "c52e279531787c972589f7e41ab4ae64"),
-                        Remote("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
-                               "b6e924de25625d8de591ea690078ad9f")), prepare_voc2007, "VOCdevkit/VOC2007"),
+    "voc2007": Dataset((Remote(f"{_VOC}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
+                        Remote(f"{_VOC}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f")),
+                       prepare_voc2007, "VOCdevkit/VOC2007"),
+    "voc2012": Dataset((Remote(f"{_VOC}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd"),),
+                       prepare_voc2012, "VOCdevkit/VOC2012"),
+    "sbd": Dataset((Remote("https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/"
+                           "benchmark.tgz", "82b4d87ceb2ed10f6038a1cba92111cb"),
+                    Remote("https://www.cs.cornell.edu/~bharathh/train_noval.txt",
+                           "79bff800c5f0b1ec6b21080a3c066722")), prepare_sbd, "sbd"),
+    "stl10": Dataset((Remote("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+                             "91f7769df0f17e558f3565bffb0c7dfb"),), prepare_stl10, "stl10"),
 }
 
 
@@ -234,7 +344,7 @@ def fetch(name: str, dest: str | Path, base_url: str | None = None, keep_archive
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """`cebench data fetch NAME DIR`."""
-    p = sub.add_parser("fetch", help="download a dataset (cifar10, voc2007), verify its MD5s, lay it out",
+    p = sub.add_parser("fetch", help="download a dataset (cifar10, stl10, voc2007, voc2012, sbd), verify its MD5s, lay it out",
                        description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(DATASETS))
     p.add_argument("dest", type=Path, metavar="DIR")
