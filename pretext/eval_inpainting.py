@@ -70,8 +70,10 @@ def default_images(method) -> Path:
 
 def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split: str = "test", batch_size: int = 32,
              max_images: int | None = None, seed: int = 0, device: str = "auto", overlap: int | None = None,
-             region_bank: str | None = None, holes: str = "run") -> dict:
-    """Score a trained model and mean fill on the same holes."""
+             region_bank: str | None = None, holes: str = "run", workers: int | None = None,
+             progress: bool = False) -> dict:
+    """Score a trained model and mean fill on the same holes; images decoded by `workers` processes (None: one per
+    core but one), with a progress bar when `progress`; every unreadable image is named in one error."""
     dev = select_device(device)
     method = load_inpainter(checkpoint, dev)
     masks = eval_mask_generator(method, mask, overlap, region_bank, holes == "standard")
@@ -81,7 +83,7 @@ def evaluate(checkpoint: Path, images: Path | None, mask: str = "central", split
     dataset = eval_dataset(method, images, split, max_images=max_images, seed=seed)
     coverage: list[torch.Tensor] = []
     errs: dict[str, list[torch.Tensor]] = {f"{who}_{k}": [] for who in ("model", "mean") for k in ("l1", "l2", "ssim")}
-    for n, (_, batch) in enumerate(batches(dataset, batch_size)):
+    for n, (_, batch) in enumerate(batches(dataset, batch_size, workers, progress)):
         x, hole, filled, mean_fill = fill_batch(method, masks, batch, seed + n, dev)
         for name, pred in (("model", filled), ("mean", mean_fill)):
             l1, l2 = hole_errors(pred, x, hole)
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         metrics = evaluate(args.checkpoint, args.images, args.mask, args.split, args.batch_size, args.max_images,
-                           args.seed, args.device, args.overlap, args.region_bank, args.holes)
+                           args.seed, args.device, args.overlap, args.region_bank, args.holes, args.workers,
+                           progress=True)
     except (ValueError, OSError, CheckpointError) as exc:  # bad paths, unreadable images or checkpoints, wrong mask for the model
         log.error("%s", exc)
         return 2

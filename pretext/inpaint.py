@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .config import MaskConfig, PretrainConfig
-from .data.dataset import UnlabelledImages
+from .data.dataset import UnlabelledImages, image_batches
+from .data.images import BadImageError
 from .data.sources import fixed_subset, list_images
 from .engine.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .engine.distributed import select_device
@@ -78,11 +79,11 @@ def eval_dataset(method: PretextMethod, images: str | Path, split: str, on_bad_i
                             max_pixels=d.max_image_pixels)
 
 
-def batches(dataset: UnlabelledImages, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """(indices, uint8 images) in dataset order."""
-    for start in range(0, len(dataset), batch_size):
-        idx = list(range(start, min(start + batch_size, len(dataset))))
-        yield idx, torch.stack([dataset[i][0] for i in idx])
+def batches(dataset: UnlabelledImages, batch_size: int, workers: int | None = None, progress: bool = False
+            ) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices, uint8 images) in dataset order, decoded by `workers` processes with a progress bar; every
+    unreadable image is named in one BadImageError at the end of the pass (`image_batches`)."""
+    return image_batches(dataset, batch_size, workers, progress, desc="images")
 
 
 def batch_holes(masks: MaskGenerator, images_u8: torch.Tensor, seed: int, device: torch.device
@@ -132,6 +133,8 @@ def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
                    help="hole settings besides the kind: the run's own mask section, or the defaults (coverage "
                         "0.05-0.25, strokes, blob seed 0) so that models trained with other settings get the same "
                         "holes (the suites use standard)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image decoding processes (default: one per core but one, at most 4; 0 = in this process)")
     p.add_argument("--device", default="auto")
 
 
@@ -163,26 +166,30 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     device = method.fill.device
     args.out.mkdir(parents=True, exist_ok=True)
     grid_rows: list[torch.Tensor] = []
-    for n, (idx, images) in enumerate(batches(dataset, args.batch_size)):
-        x, hole = batch_holes(masks, images, args.seed + n, device)
-        if hasattr(method, "inpaint_with_attention"):  # one generator pass gives both
-            filled, attention = method.inpaint_with_attention(x, hole)
-        else:
-            filled, attention = method.inpaint(x, hole), None
-        x, filled = _to01(x), _to01(filled)
-        masked = torch.where(hole, torch.ones_like(x), x)
-        for j, i in enumerate(idx):
-            stem = dataset.paths[i].stem
-            save_image(masked[j], args.out / f"{stem}_masked.png")
-            save_image(filled[j], args.out / f"{stem}_filled.png")
-            if attention is not None:
-                save_image(attention[j], args.out / f"{stem}_attention.png")
-        if n == 0:
-            k = min(8, len(idx))
-            grid_rows = [masked[:k], filled[:k], x[:k]]
-            if attention is not None:
-                attention_rows = [masked[:k], filled[:k], attention[:k], x[:k]]
-                save_image(torch.cat(attention_rows).cpu(), args.out / "attention.png", nrow=k)
+    try:
+        for n, (idx, images) in enumerate(batches(dataset, args.batch_size, args.workers, progress=True)):
+            x, hole = batch_holes(masks, images, args.seed + n, device)
+            if hasattr(method, "inpaint_with_attention"):  # one generator pass gives both
+                filled, attention = method.inpaint_with_attention(x, hole)
+            else:
+                filled, attention = method.inpaint(x, hole), None
+            x, filled = _to01(x), _to01(filled)
+            masked = torch.where(hole, torch.ones_like(x), x)
+            for j, i in enumerate(idx):
+                stem = dataset.paths[i].stem
+                save_image(masked[j], args.out / f"{stem}_masked.png")
+                save_image(filled[j], args.out / f"{stem}_filled.png")
+                if attention is not None:
+                    save_image(attention[j], args.out / f"{stem}_attention.png")
+            if n == 0:
+                k = min(8, len(idx))
+                grid_rows = [masked[:k], filled[:k], x[:k]]
+                if attention is not None:
+                    attention_rows = [masked[:k], filled[:k], attention[:k], x[:k]]
+                    save_image(torch.cat(attention_rows).cpu(), args.out / "attention.png", nrow=k)
+    except BadImageError as exc:  # the readable images before the first bad one are written
+        log.error("%s", exc)
+        return 2
     save_image(torch.cat(grid_rows).cpu(), args.out / "grid.png", nrow=grid_rows[0].shape[0])
     log.info("inpainted %d images into %s (grid: %s)", len(dataset), args.out, args.out / "grid.png")
     return 0

@@ -247,15 +247,30 @@ def test_the_feature_cache_follows_cebench_cache(encoder_dir: Path, stripe_data,
     assert len(list((tmp_path / "c" / "features").glob("*.npz"))) == 1
 
 
-def test_bad_image_error_names_the_file(encoder_dir: Path, stripe_data, tmp_path: Path) -> None:
+def test_bad_image_error_names_the_file(encoder_dir: Path, stripe_data, tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "bad"
-    for name in ("a", "b"):
+    for name in ("horizontal", "vertical"):  # the test set's classes: the files are what is wrong
         (root / name).mkdir(parents=True)
         Image.new("RGB", (40, 40)).save(root / name / "ok.png")
-    (root / "b" / "broken.png").write_bytes(b"not a png")
+    (root / "vertical" / "broken.png").write_bytes(b"not a png")
+    (root / "horizontal" / "empty.png").write_bytes(b"")
+    caplog.set_level(logging.ERROR)
     code = main(["knn", "--encoder", str(encoder_dir), "--train", str(root), "--test", str(stripe_data[1]),
                  "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")], prog="cebench probe")
     assert code == 2
+    # both bad files named in one pass, with the count
+    assert "2 of 4 images unreadable" in caplog.text
+    assert str(root / "vertical" / "broken.png") in caplog.text and str(root / "horizontal" / "empty.png") in caplog.text
+
+
+def test_loader_workers_extract_the_features_of_the_main_process(encoder_dir: Path, stripe_data,
+                                                                  tmp_path: Path) -> None:
+    encoder, meta = load_encoder(encoder_dir)
+    data = open_labelled(stripe_data[0], "unused")
+    plain = cached_features(encoder, meta, data, "pool5", tmp_path / "a", batch_size=8, workers=0)
+    forked = cached_features(encoder, meta, data, "pool5", tmp_path / "b", batch_size=8, workers=2)
+    assert np.array_equal(plain.x, forked.x) and np.array_equal(plain.labels, forked.labels)
 
 
 def probe_cli(probe: str, encoder: Path, train_dir: Path, test_dir: Path, out: Path, *extra: str) -> dict:

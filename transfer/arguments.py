@@ -30,11 +30,15 @@ def positive_int(text: str) -> int:
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
-def add_precision_argument(p: argparse.ArgumentParser) -> None:
-    """--precision of the feature extraction (probes, retrieval); metrics.json records what `auto` resolved to."""
+def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
+    """--precision and --workers of the feature extraction (probes, retrieval); metrics.json records what `auto`
+    resolved to."""
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="feature extraction precision: auto = bf16 where the hardware has it natively (AVX512-BF16 / "
                         "AMX CPUs, bf16 GPUs), fp32 elsewhere (default: fp32)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image decoding processes while the encoder runs (default: one per core but one, at most "
+                        "4; 0 = in this process)")
 
 
 def max_images(text: str) -> tuple[int, int]:

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretext.data.dataset import crop_flip, resize_shorter, to_uint8_tensor
-from pretext.data.images import load_rgb
+from pretext.data.dataset import crop_flip, image_batches, resize_shorter, to_uint8_tensor
+from pretext.data.images import BadImageError, load_rgb
 from pretext.data.labels import LabelledDataError, LabelledImages, open_image_folder, open_voc
 from pretext.data.sources import fixed_subset
 from pretext.engine.checkpoint import atomic_write_bytes
@@ -113,10 +113,28 @@ def pooled_grid(channels: int, height: int, max_dims: int = MAX_DIMS) -> int:
     return max(1, min(height, math.isqrt(max_dims // channels)))
 
 
+def load_view(path: Path, size: int) -> torch.Tensor:
+    """(3, size, size) uint8: shorter side resized to `size`, centre crop; a bad file raises BadImageError."""
+    return to_uint8_tensor(crop_flip(resize_shorter(load_rgb(path, min_side=size), size), size, None, False))
+
+
 def load_batch(paths: Sequence[Path], size: int) -> torch.Tensor:
-    """(B, 3, size, size) uint8: shorter side resized to `size`, centre crop; a bad file raises BadImageError."""
-    return torch.stack([to_uint8_tensor(crop_flip(resize_shorter(load_rgb(p, min_side=size), size), size, None,
-                                                  False)) for p in paths])
+    """(B, 3, size, size) uint8 `load_view`s of the files."""
+    return torch.stack([load_view(p, size) for p in paths])
+
+
+class CentreViews(torch.utils.data.Dataset):
+    """The files' `load_view`s as `(image, ())` items, for `image_batches` (loader workers, progress, every bad
+    file named in one pass)."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, tuple]:
+        return load_view(self.paths[index], self.size), ()
 
 
 def normalise_input(batch: torch.Tensor, meta: dict, device: torch.device) -> torch.Tensor:
@@ -158,13 +176,19 @@ def encode_batch(encoder: nn.Module, meta: dict, batch: torch.Tensor, layer: str
 
 
 def extract_features(encoder: nn.Module, meta: dict, images: Sequence[Path], layer: str, batch_size: int,
-                     device: torch.device, hole: torch.Tensor | None = None, precision: str = "fp32") -> np.ndarray:
-    """(N, D) float32 L2-normalised features of `layer` for the image files, encoder in eval mode."""
+                     device: torch.device, hole: torch.Tensor | None = None, precision: str = "fp32",
+                     workers: int | None = None, progress: bool = False) -> np.ndarray:
+    """(N, D) float32 L2-normalised features of `layer` for the image files, encoder in eval mode; the images are
+    decoded by `workers` loader processes (None: one per core but one, at most 4) while the encoder runs, with a
+    progress bar when `progress`. Unreadable files: one ProbeError naming each of them, after the whole pass."""
     encoder.eval().to(device)
-    size, chunks = int(meta["input_size"]), []
-    for start in range(0, len(images), batch_size):
-        chunks.append(encode_batch(encoder, meta, load_batch(images[start:start + batch_size], size), layer, device,
-                                   hole, precision))
+    chunks = []
+    try:
+        for _, batch in image_batches(CentreViews(images, int(meta["input_size"])), batch_size, workers, progress,
+                                      desc=f"{layer} features"):
+            chunks.append(encode_batch(encoder, meta, batch, layer, device, hole, precision))
+    except BadImageError as exc:
+        raise ProbeError(str(exc)) from None
     return np.concatenate(chunks).astype(np.float32)
 
 
@@ -224,7 +248,7 @@ def _write_cache(path: Path, key: dict, x: np.ndarray, stamps: np.ndarray) -> No
 def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer: str, cache_dir: Path | None,
                     max_images: int | None = None, seed: int = 0, batch_size: int = 64,
                     device: torch.device = torch.device("cpu"), hole: torch.Tensor | None = None,
-                    precision: str = "fp32") -> Features:
+                    precision: str = "fp32", workers: int | None = None, progress: bool = False) -> Features:
     """Features of (a subset of) a labelled set, from the cache when there, else extracted and cached. `precision`
     is a resolved one (fp32, bf16, fp16): features of another precision are other features."""
     data = subset(data, max_images, seed)
@@ -237,7 +261,7 @@ def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer:
     cached = _read_cache(path, key, len(data.paths))
     if cached is None:
         log.info("extracting %s features of %d images of %s (%s)", layer, len(data.paths), data.name, precision)
-        x = extract_features(encoder, meta, data.paths, layer, batch_size, device, hole, precision)
+        x = extract_features(encoder, meta, data.paths, layer, batch_size, device, hole, precision, workers, progress)
         _write_cache(path, key, x, stamps)
         return Features(x, data.labels, data.classes, data)
     x, stored = cached
@@ -248,7 +272,7 @@ def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer:
                     data.name, data.paths[changed[0]])
         x = x.copy()
         x[changed] = extract_features(encoder, meta, [data.paths[i] for i in changed], layer, batch_size, device,
-                                      hole, precision)
+                                      hole, precision, workers, progress)
         _write_cache(path, key, x, stamps)
     else:
         log.info("%s features of %s from cache %s", layer, data.name, path)

@@ -36,7 +36,7 @@ from pretext.engine.trainer import resolve_precision
 from pretext.models.alexnet import STAGES
 from pretext.models.gated import GATED_STAGES
 
-from .arguments import add_precision_argument, max_images, number_list
+from .arguments import add_extraction_arguments, max_images, number_list
 from .backbones import default_layer, encoder_record, encoder_stages, open_encoder
 from .evaluate import json_safe, provenance
 from .features import Features, cached_features, check_train_test, open_labelled
@@ -174,7 +174,7 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features]:
                          f"{', '.join(stages)}")
     args.precision = resolve_precision(args.precision, device)
     feats = [cached_features(encoder, meta, data, args.layer, args.cache, limit, args.seed, args.batch_size, device,
-                             precision=args.precision)
+                             precision=args.precision, workers=args.workers, progress=True)
              for data, limit in ((train_set, args.max_images[0]), (test_set, args.max_images[1]))]
     return meta, feats[0], feats[1]
 
@@ -249,7 +249,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_precision_argument(p)
+    add_extraction_arguments(p)
     p.add_argument("--n-jobs", type=int, default=1, help="parallel classes / costs (joblib; -1 = all cores)")
     p.add_argument("--seed", type=int, default=0, help="subset and cross-validation seed")
     return p

@@ -39,7 +39,7 @@ from pretext.engine.distributed import select_device
 from pretext.engine.trainer import resolve_precision
 from pretext.masks import CentralMask
 
-from .arguments import add_precision_argument, max_images, positive_int
+from .arguments import add_extraction_arguments, max_images, positive_int
 from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import (Features, LabelledImages, cached_features, fill_value, is_voc_root, load_batch,
@@ -259,7 +259,7 @@ def load_features(args: argparse.Namespace) -> tuple[dict, Features, Features, t
     db_hole = hole if args.database_mask == "same" else None
     args.precision = resolve_precision(args.precision, device)
     common = dict(cache_dir=args.cache, seed=args.seed, batch_size=args.batch_size, device=device,
-                  precision=args.precision)
+                  precision=args.precision, workers=args.workers, progress=True)
     db = cached_features(encoder, meta, db_set, args.layer, max_images=args.max_images[0], hole=db_hole, **common)
     queries = cached_features(encoder, meta, query_set, args.layer, max_images=args.max_images[1], hole=hole, **common)
     return meta, db, queries, hole
@@ -360,7 +360,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    add_precision_argument(p)
+    add_extraction_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="subset seed")
     return p
 

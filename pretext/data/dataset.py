@@ -155,6 +155,61 @@ def build_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, ran
                       prefetch_factor=4 if workers > 0 else None)
 
 
+def default_workers() -> int:
+    """Decoding processes for a pass over a set: one core is left to the network; at most 4."""
+    import os
+
+    return max(0, min(4, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                      - 1))
+
+
+class _Reported(Dataset):
+    """`dataset[i][0]`, or for an unreadable image an empty tensor and the error's message: a worker process hands
+    its errors back as data, so one pass can name every bad file."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.dataset[index][0], ""
+        except BadImageError as exc:
+            return torch.empty(0, dtype=torch.uint8), str(exc)
+
+
+def _collate_reported(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor | None, list[str]]:
+    errors = [e for _, e in items]
+    return (None if any(errors) else torch.stack([t for t, _ in items])), errors
+
+
+def image_batches(dataset: Dataset, batch_size: int, workers: int | None = None, progress: bool = False,
+                  desc: str = "images") -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices, uint8 images) of `dataset` (items `(image, ...)`) in order, decoded by `workers` processes
+    (None: `default_workers()`; none for a set of one batch), with a progress bar when `progress` and stderr is a
+    terminal. An unreadable image does not stop the pass: the batches after it are still decoded (not yielded),
+    and the pass ends with one BadImageError naming every bad file and the count."""
+    workers = default_workers() if workers is None else workers
+    workers = workers if len(dataset) > batch_size else 0
+    loader = DataLoader(_Reported(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate_reported, prefetch_factor=4 if workers else None)
+    bad: list[str] = []
+    from tqdm import tqdm
+
+    with tqdm(total=len(dataset), desc=desc, unit="img", disable=None if progress else True, leave=False,
+              dynamic_ncols=True) as bar:
+        for n, (images, errors) in enumerate(loader):
+            bad += [e for e in errors if e]
+            if not bad:
+                yield list(range(n * batch_size, n * batch_size + len(errors))), images
+            bar.update(len(errors))
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise BadImageError(f"{len(bad)} of {len(dataset)} images unreadable: {shown}")
+
+
 def estimate_mean(dataset: UnlabelledImages, max_images: int = 256) -> list[float]:
     """RGB mean in [0, 1] of centre crops of up to `max_images` evenly spaced images."""
     idx = np.linspace(0, len(dataset) - 1, num=min(max_images, len(dataset))).round().astype(int)
