@@ -50,11 +50,10 @@ from pretext.init import data_dependent_init
 from pretext.losses import classification_loss
 from pretext.models.kernels import to_channels_last
 
-from .arguments import fine_tune_main
 from .backbones import default_layer, encoder_record, encoder_stages
 from .evaluate import json_safe, provenance
 from .features import LabelledImages, check_train_test, open_labelled, subset
-from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fc_block, fine_tune_parser,
+from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskCommand, TaskData, TaskTuner, fc_block,
                        load_task_config, task_presets)
 from .metrics import classification_metrics, top1_accuracy
 from .voc import read_split_ids, write_cls_results
@@ -569,25 +568,12 @@ def summary(record: dict) -> str:
                    f"sklearn {record['map_sklearn']:.2f}")
 
 
-def _data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, metavar="ROOT_OR_DIR",
-                   help="VOC-format root (has ImageSets/Main) or training ImageFolder DIR/<class>/<image>")
-    p.add_argument("--test-data", type=Path, metavar="ROOT_OR_DIR", help="test root or ImageFolder (default: --data)")
-    p.add_argument("--train-split", default="trainval", help="VOC split to train on (default: trainval)")
-    p.add_argument("--test-split", default="test", help="VOC split to test on (default: test)")
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Arguments of the classify command."""
-    return fine_tune_parser(prog, "Fine-tune an encoder (the suite's, or any timm / torchvision backbone) for image "
-                                  "classification.", "classify_demo", _data_arguments)
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, resolve the config, fine-tune and test, print a summary."""
-    return fine_tune_main(build_parser(prog), argv, preset_names, load_config,
-                          lambda cfg, args: run_classify(cfg, open_inputs(args, cfg.train.seed, cfg.train.val_images)),
-                          summary)
+COMMAND = TaskCommand(
+    "image classification", "classify_demo",
+    TaskData("VOC-format root (has ImageSets/Main) or training ImageFolder DIR/<class>/<image>", "trainval", "test"),
+    preset_names, load_config,
+    lambda cfg, args: run_classify(cfg, open_inputs(args, cfg.train.seed, cfg.train.val_images)), summary)
+build_parser, main = COMMAND.build_parser, COMMAND.main
 
 
 if __name__ == "__main__":

@@ -63,15 +63,14 @@ from pretext.init import data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
 from pretext.models.kernels import to_channels_last
 
-from .arguments import fine_tune_main
 from .backbones import encoder_record, encoder_stages
 from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_coco_results
 from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
 from .evaluate import json_safe, provenance
 from .features import is_voc_root
 from .finetune import RESUME_FREE as FINE_TUNE_RESUME_FREE
-from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fc_block,
-                       fine_tune_parser, load_task_config, task_presets)
+from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskCommand, TaskData, TaskTuner,
+                       fc_block, load_task_config, task_presets)
 from .proposals import ProposalSettings, compute_proposals, load_precomputed
 from .voc import read_class_list, read_split_ids
 
@@ -758,32 +757,20 @@ def summary(record: dict) -> str:
             + f" ({record['inference_seconds_per_image']:.3f} s per test image)")
 
 
-def _data_arguments(p: argparse.ArgumentParser) -> None:
-    from .evaluate import class_list
-
-    p.add_argument("--data", type=Path, metavar="ROOT",
-                   help="VOC-format root (ImageSets/Main, Annotations, JPEGImages) or COCO root (annotations/"
-                        "instances_<split>.json, <split>/ images)")
-    p.add_argument("--test-data", type=Path, metavar="ROOT", help="test root (default: --data)")
-    p.add_argument("--train-split", default="trainval", help="split to train on (default: trainval)")
-    p.add_argument("--test-split", default="test", help="split to test on (default: test)")
-    p.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
-                   help="class list for roots without classes.txt (default: the 20 VOC classes)")
+def _proposal_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-proposals", type=Path, default=None, metavar="FILE",
                    help="precomputed proposals (.mat as Fast R-CNN's, .json, .npz) instead of selective search")
     p.add_argument("--test-proposals", type=Path, default=None, metavar="FILE")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Arguments of the detect command."""
-    return fine_tune_parser(prog, "Fine-tune an encoder (the suite's, or any timm / torchvision backbone) for Fast "
-                                  "R-CNN detection.", "detect_demo", _data_arguments)
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, resolve the config, fine-tune, detect and score, print a summary."""
-    return fine_tune_main(build_parser(prog), argv, preset_names, load_config,
-                          lambda cfg, args: run_detect(cfg, open_inputs(args, cfg)), summary)
+COMMAND = TaskCommand(
+    "Fast R-CNN detection", "detect_demo",
+    TaskData("VOC-format root (ImageSets/Main, Annotations, JPEGImages) or COCO root (annotations/"
+             "instances_<split>.json, <split>/ images)", "trainval", "test",
+             classes="class list for roots without classes.txt (default: the 20 VOC classes)",
+             extra=_proposal_arguments),
+    preset_names, load_config, lambda cfg, args: run_detect(cfg, open_inputs(args, cfg)), summary)
+build_parser, main = COMMAND.build_parser, COMMAND.main
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pretext.engine.trainer import Engine, step_seed
 from pretext.init import affine_layers
 from pretext.models.backbones import freeze_parameters, unreached_parameters
 
-from .arguments import max_images
+from .arguments import fine_tune_main, max_images
 from .backbones import eval_norms, open_encoder
 from .features import normalise_input
 
@@ -300,6 +300,55 @@ def load_task_config(root: type, name_or_path: str, overrides: list[str] | None 
     """A preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> the validated
     config of class `root`."""
     return root.from_dict(apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), root))
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's data options: --data and --test-data roots (what they may be: `roots`), the default splits, and
+    --classes where the roots may lack a class list; `extra` adds the task's own (detection's proposals)."""
+
+    roots: str
+    train_split: str
+    test_split: str
+    classes: str | None = None  # help of --classes; None: the task takes no --classes
+    extra: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def add_to(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", type=Path, metavar="ROOT", help=self.roots)
+        p.add_argument("--test-data", type=Path, metavar="ROOT", help="test data, of the kind --data is (default: --data)")
+        p.add_argument("--train-split", default=self.train_split,
+                       help=f"split to train on (default: {self.train_split})")
+        p.add_argument("--test-split", default=self.test_split, help=f"split to test on (default: {self.test_split})")
+        if self.classes is not None:  # evaluate imports the task modules' evaluators: imported here, when used
+            from .evaluate import class_list
+
+            p.add_argument("--classes", type=class_list, default=None, metavar="A,B,C", help=self.classes)
+        if self.extra is not None:
+            self.extra(p)
+
+
+@dataclass(frozen=True)
+class TaskCommand:
+    """`cebench transfer TASK`: the command line every fine-tuning task shares (`fine_tune_parser`,
+    `fine_tune_main`) around the task's data options, presets, config and run."""
+
+    what: str  # "image classification": the parser's description ends with it
+    preset: str  # the default preset
+    data: TaskData
+    preset_names: Callable[[], list[str]]
+    load_config: Callable[[str, list[str]], Any]
+    run: Callable[[Any, argparse.Namespace], dict | None]
+    summary: Callable[[dict], str]
+
+    def build_parser(self, prog: str | None = None) -> argparse.ArgumentParser:
+        """Arguments of the command."""
+        return fine_tune_parser(prog, f"Fine-tune an encoder (the suite's, or any timm / torchvision backbone) for "
+                                      f"{self.what}.", self.preset, self.data.add_to)
+
+    def main(self, argv: list[str] | None = None, prog: str | None = None) -> int:
+        """Parse, resolve the config, fine-tune and test, print a summary; the exit code."""
+        return fine_tune_main(self.build_parser(prog), argv, self.preset_names, self.load_config, self.run,
+                              self.summary)
 
 
 def fine_tune_parser(prog: str | None, description: str, preset: str,

@@ -65,10 +65,9 @@ from pretext.engine.trainer import convergence
 from pretext.init import within_layer_init
 from pretext.models.kernels import to_channels_last
 
-from .arguments import fine_tune_main
 from .backbones import default_layer, encoder_record, encoder_stages
 from .evaluate import json_safe, provenance
-from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskTuner, fine_tune_parser,
+from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskCommand, TaskData, TaskTuner,
                        load_task_config, task_presets)
 from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
 from .segmentation_eval import confusion, segmentation_scores
@@ -662,30 +661,14 @@ def summary(record: dict) -> str:
               f"({record['inference_seconds_per_image']:.3f} s per test image)")
 
 
-def _data_arguments(p: argparse.ArgumentParser) -> None:
-    from .evaluate import class_list
-
-    p.add_argument("--data", type=Path, metavar="ROOT",
-                   help="segmentation root: VOC (ImageSets/Segmentation, SegmentationClass, JPEGImages), SBD "
-                        "(cls/, img/), COCO (annotations/instances_<split>.json) or images/ + masks/")
-    p.add_argument("--test-data", type=Path, metavar="ROOT", help="test root (default: --data)")
-    p.add_argument("--train-split", default="train", help="split to train on (default: train)")
-    p.add_argument("--test-split", default="val", help="split to test on (default: val)")
-    p.add_argument("--classes", type=class_list, default=None, metavar="A,B,C",
-                   help="class list for roots without classes.txt, in label-value order (background first or "
-                        "added; default for VOC and SBD roots: the 20 VOC classes)")
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Arguments of the segment command."""
-    return fine_tune_parser(prog, "Fine-tune an encoder (the suite's, or any timm / torchvision backbone) for FCN "
-                                  "semantic segmentation.", "segment_demo", _data_arguments)
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, resolve the config, fine-tune, segment and score, print a summary."""
-    return fine_tune_main(build_parser(prog), argv, preset_names, load_config,
-                          lambda cfg, args: run_segment(cfg, open_inputs(args, cfg)), summary)
+COMMAND = TaskCommand(
+    "FCN semantic segmentation", "segment_demo",
+    TaskData("segmentation root: VOC (ImageSets/Segmentation, SegmentationClass, JPEGImages), SBD (cls/, img/), "
+             "COCO (annotations/instances_<split>.json) or images/ + masks/", "train", "val",
+             classes="class list for roots without classes.txt, in label-value order (background first or added; "
+                     "default for VOC and SBD roots: the 20 VOC classes)"),
+    preset_names, load_config, lambda cfg, args: run_segment(cfg, open_inputs(args, cfg)), summary)
+build_parser, main = COMMAND.build_parser, COMMAND.main
 
 
 if __name__ == "__main__":
