@@ -615,9 +615,12 @@ def check_root(suite: Suite, root: Path) -> None:
 
     if suite.check_images == 0:
         return
-    report = check_dataset(root, max_images=suite.check_images)
-    log.info("data check %s (%s): %d image(s) decoded, %d problem(s)", root, report.format, report.checked,
-             len(report.problems))
+    detects = any(task.kind == "detection" for task, _ in suite.tasks.values())
+    report = check_dataset(root, max_images=suite.check_images, require_objects=detects)
+    log.info("data check %s (%s): %d image(s) decoded, %d problem(s), %d warning(s)", root, report.format,
+             report.checked, len(report.problems), len(report.warnings))
+    for warning in report.warnings[:5]:
+        log.warning("  %s", warning)
     if report.problems:
         for problem in report.problems[:20]:
             log.error("  %s", problem)

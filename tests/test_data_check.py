@@ -42,6 +42,13 @@ def test_a_clean_voc_root_passes(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "0 problem(s)" in out and "split Main/trainval: 6 image(s)" in out and "cat 6" in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["ok"] and report["images_checked"] == 6 and report["image_sizes"]["median"] == [40, 30]
+    # an annotation without objects alone: exit 0 with a warning; 1 when the task needs objects
+    (root / "Annotations" / f"{sorted(p.stem for p in (root / 'Annotations').glob('*.xml'))[0]}.xml").write_text(
+        "<annotation></annotation>")
+    assert main(["check", str(root), "--json", str(tmp_path / "r.json")]) == 0
+    assert "1 warning(s) (not problems):" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert main(["check", str(root), "--require-objects"]) == 1
 
 
 def test_every_bad_input_of_the_corpus_is_reported_with_its_file(tmp_path: Path, capsys) -> None:
@@ -71,12 +78,19 @@ def test_every_bad_input_of_the_corpus_is_reported_with_its_file(tmp_path: Path,
     out = capsys.readouterr().out
     expected = {"000.jpg": "", "001.jpg": "", "002.jpg": "exceeds the limit", "003.xml": "malformed XML",
                 "004.xml": "", "005.xml": "outside the 40x30 image", "006.xml": "unknown class 'zebra'",
-                "007.xml": "no <object>", "008.png": "label map is 40x29", "009.png": "label value(s) [9]",
+                "008.png": "label map is 40x29", "009.png": "label value(s) [9]",
                 "010.jpg": "missing"}
-    problems = [line for line in out.splitlines() if line.startswith("  /")]
+    problems = [line for line in out[:out.index("warning(s)")].splitlines() if line.startswith("  /")]
     for name, words in expected.items():
         assert any(name in p and words in p for p in problems), (name, problems)
     assert not any("011.jpg" in p for p in problems)
+    # an image without objects: a warning, listed apart, not counted among the problems
+    assert not any("007.xml" in p for p in problems)
+    warnings = out[out.index("warning(s) (not problems):"):]
+    assert "007.xml: no <object>" in warnings and len(check_dataset(root).warnings) == 1
+    # ... unless the task needs objects
+    assert any("007.xml: no <object> (detection needs objects)" in p
+               for p in check_dataset(root, require_objects=True).problems)
     assert any("test.txt:1: invalid image id '../etc/passwd'" in p for p in problems)
     assert any("test.txt:3: duplicate image id '000'" in p for p in problems)
     # bad lists: a duplicate id, a path-traversal id

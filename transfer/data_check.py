@@ -6,7 +6,8 @@ oversized images, malformed XML, boxes without size or outside the image or inve
 masks of the wrong size or with stray values, list files naming missing or duplicate ids, COCO annotations
 naming unknown images or categories. Prints a report (images per split, objects or images per class, image
 sizes, the problems) and exits 1 when there is a problem, 0 when there is none; `--json FILE` writes the report
-as JSON. `cebench run` checks a sample of its data this way before anything trains (suite key
+as JSON. An annotation without objects is a warning (listed, exit code unchanged): classification and
+segmentation can use such an image; `--require-objects` (detection needs objects) makes it a problem. `cebench run` checks a sample of its data this way before anything trains (suite key
 `data.check_images`).
 """
 
@@ -41,6 +42,7 @@ class Report:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the decoded images
     checked: int = 0  # images decoded
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # listed, not counted: the data is usable as it is
 
     @property
     def ok(self) -> bool:
@@ -49,6 +51,9 @@ class Report:
     def problem(self, text: str) -> None:
         self.problems.append(text)
 
+    def warning(self, text: str) -> None:
+        self.warnings.append(text)
+
     def to_dict(self) -> dict:
         w = np.array([s[0] for s in self.sizes]) if self.sizes else np.zeros(0)
         h = np.array([s[1] for s in self.sizes]) if self.sizes else np.zeros(0)
@@ -56,7 +61,7 @@ class Report:
                   "max": [int(w.max()), int(h.max())]} if self.sizes else None)
         return {"root": self.root, "format": self.format, "ok": self.ok, "splits": self.splits,
                 "classes": dict(sorted(self.classes.items())), "images_checked": self.checked, "image_sizes": sizes,
-                "problems": self.problems}
+                "problems": self.problems, "warnings": self.warnings}
 
     def text(self) -> str:
         d = self.to_dict()
@@ -70,6 +75,9 @@ class Report:
                          f"{s['median'][1]}, max {s['max'][0]}x{s['max'][1]}")
         lines.append(f"{len(self.problems)} problem(s)" + (":" if self.problems else ""))
         lines += [f"  {p}" for p in self.problems]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s) (not problems):")
+            lines += [f"  {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -131,7 +139,8 @@ def _voc_splits(root: Path, classes: list[str] | None, report: Report) -> dict[s
     return splits
 
 
-def _check_xml(path: Path, size: tuple[int, int] | None, classes: set[str] | None, report: Report) -> None:
+def _check_xml(path: Path, size: tuple[int, int] | None, classes: set[str] | None, report: Report,
+               require_objects: bool = False) -> None:
     from .detection_eval import read_boxes
     from .voc import read_objects
 
@@ -140,8 +149,10 @@ def _check_xml(path: Path, size: tuple[int, int] | None, classes: set[str] | Non
     except ValueError as exc:
         report.problem(str(exc))
         return
-    if not objects:
-        report.problem(f"{path}: no <object>")
+    if not objects and require_objects:
+        report.problem(f"{path}: no <object> (detection needs objects)")
+    elif not objects:
+        report.warning(f"{path}: no <object> (an image without objects; --require-objects for detection)")
     xml_size = ET.parse(path).getroot().find("size")
     if xml_size is not None and size is not None:
         try:
@@ -161,8 +172,9 @@ def _check_xml(path: Path, size: tuple[int, int] | None, classes: set[str] | Non
 
 
 def check_voc(root: Path, max_images: int | None = None, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-              classes: list[str] | None = None) -> Report:
-    """Split lists, images, Annotations/*.xml and SegmentationClass/*.png of a VOC-format root."""
+              classes: list[str] | None = None, require_objects: bool = False) -> Report:
+    """Split lists, images, Annotations/*.xml and SegmentationClass/*.png of a VOC-format root; an annotation
+    without objects is a warning, or a problem with `require_objects`."""
     from .segmentation_data import check_labels, read_label_png, segmentation_classes
     from .voc import read_class_list
 
@@ -189,7 +201,7 @@ def check_voc(root: Path, max_images: int | None = None, seed: int = 0, max_pixe
             f"{image}: listed in ImageSets but missing")
         xml = root / "Annotations" / f"{image_id}.xml"
         if xml.is_file():
-            _check_xml(xml, size, None if names is None else set(names), report)
+            _check_xml(xml, size, None if names is None else set(names), report, require_objects)
         if image_id in seg_ids:
             mask = root / "SegmentationClass" / f"{image_id}.png"
             try:
@@ -294,15 +306,18 @@ def check_folder(root: Path, max_images: int | None = None, seed: int = 0,
 
 
 def check_dataset(root: str | Path, fmt: str = "auto", max_images: int | None = None, seed: int = 0,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Report:
-    """The report of ROOT checked as `fmt` (auto: `detect_format`)."""
+                  max_pixels: int = DEFAULT_MAX_PIXELS, require_objects: bool = False) -> Report:
+    """The report of ROOT checked as `fmt` (auto: `detect_format`); `require_objects`: a VOC annotation without
+    objects is a problem (detection), not a warning."""
     root = Path(root)
     if not root.is_dir():
         report = Report(str(root), fmt)
         report.problem(f"{root}: not a directory")
         return report
     fmt = detect_format(root) if fmt == "auto" else fmt
-    check = {"voc": check_voc, "coco": check_coco, "imagefolder": check_imagefolder, "folder": check_folder}[fmt]
+    if fmt == "voc":
+        return check_voc(root, max_images, seed, max_pixels, require_objects=require_objects)
+    check = {"coco": check_coco, "imagefolder": check_imagefolder, "folder": check_folder}[fmt]
     return check(root, max_images, seed, max_pixels)
 
 
@@ -318,6 +333,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                        help="decode a seeded sample of N images (per split for COCO and ImageFolder; default: all)")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are problems")
+    check.add_argument("--require-objects", action="store_true",
+                       help="an annotation without objects is a problem (for detection), not a warning")
     check.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
     check.set_defaults(run=_run_check)
     from .fetch import add_parser as add_fetch
@@ -343,7 +360,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    report = check_dataset(args.root, args.format, args.max_images, args.seed, args.max_pixels)
+    report = check_dataset(args.root, args.format, args.max_images, args.seed, args.max_pixels, args.require_objects)
     print(report.text())
     if args.json:
         from pretext.engine.checkpoint import atomic_write_text
