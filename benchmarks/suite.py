@@ -621,6 +621,8 @@ def check_root(suite: Suite, root: Path) -> None:
              report.checked, len(report.problems), len(report.warnings))
     for warning in report.warnings[:5]:
         log.warning("  %s", warning)
+    if len(report.warnings) > 5:
+        log.warning("  and %d more warning(s): `cebench data check %s` lists them all", len(report.warnings) - 5, root)
     if report.problems:
         for problem in report.problems[:20]:
             log.error("  %s", problem)

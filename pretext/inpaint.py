@@ -107,6 +107,13 @@ def _to01(t: torch.Tensor) -> torch.Tensor:
     return t.add(1).div(2).clamp(0, 1)
 
 
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -133,7 +140,7 @@ def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
                    help="hole settings besides the kind: the run's own mask section, or the defaults (coverage "
                         "0.05-0.25, strokes, blob seed 0) so that models trained with other settings get the same "
                         "holes (the suites use standard)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=_at_least_zero, default=None, metavar="N",
                    help="image decoding processes (default: one per core but one, at most 4; 0 = in this process)")
     p.add_argument("--device", default="auto")
 

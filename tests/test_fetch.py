@@ -328,6 +328,10 @@ def test_stl10_becomes_imagefolders_and_an_unlabelled_folder(server, tmp_path: P
     # the first training image, label 1 = airplane, read back row by row as the array it was made from
     first = np.asarray(Image.open(root / "train" / "airplane" / "00000.png"))
     assert np.array_equal(first, images["train"][0])
+    # the format by hand: byte 1 of an image is channel 0 (red) of row 1, column 0 (stored column-major)
+    with tarfile.open(served / "stl10_binary.tar.gz") as tar:
+        head = tar.extractfile("stl10_binary/train_X.bin").read(2)
+    assert first[1, 0, 0] == head[1] and first[0, 0, 0] == head[0]
     assert np.array_equal(np.asarray(Image.open(root / "test" / "bird" / "00001.png")), images["test"][1])
     assert len(list((root / "unlabeled").glob("*.png"))) == 4
     assert np.array_equal(np.asarray(Image.open(root / "unlabeled" / "000003.png")), images["unlabeled"][3])

@@ -90,3 +90,20 @@ def test_eval_inpainting_names_every_unreadable_image(image_folder: Path, tmp_pa
                      "--out", str(tmp_path / "ev")]) == 2
     assert "3 of 27 images unreadable" in caplog.text and all(str(p) in caplog.text for p in bad)
     assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_inpaint_names_every_unreadable_image_and_exits_2(image_folder: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from pretext.inpaint import main
+
+    run = tmp_path / "run"
+    train(tiny_config(image_folder, "train.max_steps=2"), run)
+    bad = _with_bad_files(image_folder, tmp_path / "mixed")
+    with caplog.at_level(logging.ERROR):
+        assert main(["--checkpoint", str(run), "--images", str(tmp_path / "mixed"), "--batch-size", "4",
+                     "--workers", "1", "--out", str(tmp_path / "out")]) == 2
+    assert "3 of 27 images unreadable" in caplog.text and all(str(p) in caplog.text for p in bad)
+    assert "data.on_bad_image" not in caplog.text  # a training option: no use to this command
+    assert len(list((tmp_path / "out").glob("*_filled.png"))) == 4  # the batch before the first bad file
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(run), "--images", str(image_folder), "--workers", "-1", "--out", str(tmp_path)])

@@ -19,6 +19,17 @@ def number_list(text: str, kind: type = int) -> tuple:
     return values
 
 
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     values = number_list(text, int)
@@ -36,7 +47,7 @@ def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="feature extraction precision: auto = bf16 where the hardware has it natively (AVX512-BF16 / "
                         "AMX CPUs, bf16 GPUs), fp32 elsewhere (default: fp32)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                    help="image decoding processes while the encoder runs (default: one per core but one, at most "
                         "4; 0 = in this process)")
 

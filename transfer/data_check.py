@@ -6,7 +6,7 @@ oversized images, malformed XML, boxes without size or outside the image or inve
 masks of the wrong size or with stray values, list files naming missing or duplicate ids, COCO annotations
 naming unknown images or categories. Prints a report (images per split, objects or images per class, image
 sizes, the problems) and exits 1 when there is a problem, 0 when there is none; `--json FILE` writes the report
-as JSON. An annotation without objects is a warning (listed, exit code unchanged): classification and
+as JSON. A VOC annotation without objects is a warning (listed, exit code unchanged): classification and
 segmentation can use such an image; `--require-objects` (detection needs objects) makes it a problem. `cebench run` checks a sample of its data this way before anything trains (suite key
 `data.check_images`).
 """
@@ -334,7 +334,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are problems")
     check.add_argument("--require-objects", action="store_true",
-                       help="an annotation without objects is a problem (for detection), not a warning")
+                       help="a VOC annotation without objects is a problem (for detection), not a warning")
     check.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON")
     check.set_defaults(run=_run_check)
     from .fetch import add_parser as add_fetch

@@ -176,8 +176,9 @@ class _Reported(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
             return self.dataset[index][0], ""
-        except BadImageError as exc:
-            return torch.empty(0, dtype=torch.uint8), str(exc)
+        except BadImageError as exc:  # the reader's own message, without the training loop's data.on_bad_image hint
+            return torch.empty(0, dtype=torch.uint8), str(exc.__cause__ if isinstance(exc.__cause__, BadImageError)
+                                                          else exc)
 
 
 def _collate_reported(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor | None, list[str]]:
@@ -192,6 +193,8 @@ def image_batches(dataset: Dataset, batch_size: int, workers: int | None = None,
     terminal. An unreadable image does not stop the pass: the batches after it are still decoded (not yielded),
     and the pass ends with one BadImageError naming every bad file and the count."""
     workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     workers = workers if len(dataset) > batch_size else 0
     loader = DataLoader(_Reported(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_collate_reported, prefetch_factor=4 if workers else None)
