@@ -24,6 +24,7 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+div.wide { overflow-x: auto; }
 th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; }
 th { background: #eef; } tr.failed td { background: #fdd; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; white-space: pre-wrap; }
@@ -35,7 +36,8 @@ figcaption { font-size: 0.85em; color: #555; }
 def _table(frame: pd.DataFrame | None, css: str) -> str:
     if frame is None or frame.empty:
         return "<p>(none)</p>"
-    return frame.to_html(index=False, escape=True, na_rep="", classes=css, border=0)
+    frame = frame.astype(object).where(frame.notna(), "")  # a missing value is blank, not "None"
+    return f'<div class="wide">{frame.to_html(index=False, escape=True, classes=css, border=0)}</div>'
 
 
 def _legend(stats: Table2Stats) -> str:
@@ -68,7 +70,8 @@ def _provenance(cells: list[dict]) -> str:
         rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cols) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("cell", "status", "headline", "value", "seconds", "precision", "device",
                                               "commit"))
-    return f'<table class="cells"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (f'<div class="wide"><table class="cells"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
+            "</table></div>")
 
 
 def _failures(cells: list[dict]) -> str:

@@ -40,6 +40,8 @@ def test_cebench_table_writes_a_self_contained_deterministic_report(results: Pat
     assert len(pngs) >= 3 and page.count('src="data:image/png;base64,') == len(pngs)
     assert not re.search(r'(src|href)="(?!data:)[^"#]', page)  # nothing to fetch: the file travels alone
     assert page.count("<tr class=\"failed\">") == 0
+    assert "<td>None</td>" not in page  # a missing value (one seed: no std, no test) is a blank cell
+    assert page.count('<div class="wide"><table') == page.count("<table")  # wide tables scroll, not overflow
     first = (results / "report.html").read_bytes()
     assert table_main([str(results)]) == 0 and (results / "report.html").read_bytes() == first  # same cells, same bytes
 
