@@ -170,8 +170,8 @@ def test_the_plan_has_a_cell_per_pretraining_task_and_seed(folder: Path, tmp_pat
 
 
 def test_shipped_suites_validate_and_the_paper_suite_dry_runs_on_a_fake_voc_tree(tmp_path: Path, capsys) -> None:
-    assert {"demo", "cifar10", "cifar10_inpainting", "paper", "backbones"} <= set(suite_mod.suite_names())
-    for name in ("demo", "cifar10", "cifar10_inpainting", "paper", "backbones"):
+    assert {"demo", "cifar10", "cifar10_inpainting", "paper", "backbones", "backbones_cifar10"} <= set(suite_mod.suite_names())
+    for name in ("demo", "cifar10", "cifar10_inpainting", "paper", "backbones", "backbones_cifar10"):
         load_suite(name)
     voc, imagenet = tmp_path / "VOC2007", tmp_path / "imagenet"
     (voc / "ImageSets" / "Main").mkdir(parents=True)
