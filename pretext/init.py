@@ -182,3 +182,41 @@ def data_dependent_init(model: nn.Module, images: torch.Tensor, forward: Callabl
         return between_layer_init(model, forward, images, layers, iterations, seed=seed, unit_output=unit_output)
     finally:
         model.train(was_training)
+
+
+def _unseen(norm: nn.modules.batchnorm._BatchNorm) -> bool:
+    """A batch norm whose running statistics are still their reset values (mean 0, variance 1): it has never
+    seen data, and in eval mode it would pass its input through unnormalised."""
+    return (norm.track_running_stats and norm.running_mean is not None and bool((norm.running_mean == 0).all())
+            and bool((norm.running_var == 1).all()))
+
+
+def has_unseen_norms(module: nn.Module) -> bool:
+    """Whether `module` has a batch norm that has never seen data."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and _unseen(m) for m in module.modules())
+
+
+@torch.no_grad()
+def estimate_unseen_norms(module: nn.Module, forward: Callable[[torch.Tensor], Any], images: torch.Tensor) -> int:
+    """Running statistics, from `images`, for the batch norms of `module` that have never seen data (a random
+    init's); returns how many. Their statistics are then what a training-mode forward of such a batch uses, so an
+    eval-mode calibration (`data_dependent_init`), a start measurement or a frozen encoder sees the activations
+    training sees, not unnormalised ones. Norms with statistics of their own (a trained model's) are untouched."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and _unseen(m)]
+    if not norms:
+        return 0
+    modes = {m: m.training for m in module.modules()}
+    momenta = [m.momentum for m in norms]
+    module.eval()  # dropout off; the other norms on their own statistics
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: one batch gives exactly its statistics
+            m.train()
+        forward(images)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return len(norms)

@@ -23,6 +23,7 @@ metrics.csv (+ TensorBoard) and metrics.json. Bad input is one error line and ex
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -46,7 +47,7 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import data_dependent_init
+from pretext.init import data_dependent_init, estimate_unseen_norms
 from pretext.losses import classification_loss
 from pretext.models.kernels import to_channels_last
 
@@ -313,16 +314,24 @@ class FineTuneClassifier(FrozenBlocks):
 
 @torch.no_grad()
 def start_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """The fine-tuning start on a batch of training images (eval mode): the loss and the std of the logits. A
-    start far from unit logits begins with a large loss, or with gradients too small to move the encoder."""
+    """The fine-tuning start on a batch of training images: the loss and the std of the logits in eval mode, and
+    the std of the logits as the first update sees them (training mode without dropout, on a copy, so the model's
+    running statistics stay: the batch norms that learn normalise with the batch's statistics). A start far from
+    unit logits begins with a large loss, or with gradients too small to move the encoder; the two stds part when
+    learning batch norms' running statistics are not the data's."""
     was_training = model.training
     model.eval()
     try:
         logits = model(images).float()
     finally:
         model.train(was_training)
+    as_trained = copy.deepcopy(model).train()  # frozen blocks (and norm_eval norms) evaluate, as in training
+    for m in as_trained.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+    train_logits = as_trained(images).float()
     return {"loss": float(classification_loss(logits, labels)), "logit_std": float(logits.std()),
-            "images": int(images.shape[0])}
+            "train_logit_std": float(train_logits.std()), "images": int(images.shape[0])}
 
 
 def head_input_dim(encoder: nn.Module, stage: str, pool: str, crop: int) -> int:
@@ -408,12 +417,18 @@ class FineTuner(TaskTuner):
         model.to(self.env.device)
         if self.state is None:
             images, labels = self._init_batch()
+            # a random init's batch norms, which training runs on batch statistics: the start batch's statistics
+            # before the eval-mode calibration and start statistics
+            norms = (estimate_unseen_norms(model.encoder, lambda x: model.encoder(x, out=self.stage), images)
+                     if model.norms_on_batches(self.cfg.train.layers) else 0)
             rescaled = self.encoder_layers(model) if h.init == "data_dependent" and h.rescale_encoder else []
             if h.init == "data_dependent":
                 data_dependent_init(model, images, layers=rescaled + model.head_layers(),
                                     new_layers=model.head_layers(), iterations=h.init_iterations,
                                     seed=self.cfg.train.seed)
-            self.start = {**start_statistics(model, images, labels), "encoder_layers_rescaled": len(rescaled)}
+            model.freeze(self.cfg.train.layers)
+            self.start = {**start_statistics(model, images, labels), "encoder_layers_rescaled": len(rescaled),
+                          "norms_estimated": norms}
         else:
             self.start = self.state.get("start", {})
         model.freeze(self.cfg.train.layers)

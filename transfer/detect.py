@@ -59,7 +59,7 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import data_dependent_init
+from pretext.init import data_dependent_init, estimate_unseen_norms, has_unseen_norms
 from pretext.models.alexnet import _STAGE_INDEX
 from pretext.models.kernels import to_channels_last
 
@@ -513,23 +513,31 @@ class Detector(TaskTuner):
             nn.init.normal_(layer.weight, 0.0, std)
             nn.init.zeros_(layer.bias)
         model.to(self.env.device)
-        if m.init == "data_dependent" and self.state is None:
-            self._data_dependent_init(model)
+        norms = model.norms_on_batches(self.cfg.train.layers) and has_unseen_norms(model.encoder)
+        if self.state is None and (m.init == "data_dependent" or norms):
+            images, rois = self._start_batch()
+            if norms:  # a random init's batch norms, trained on batch statistics: the start batch's first
+                estimate_unseen_norms(model.encoder, model.features, images)
+            if m.init == "data_dependent":
+                self._data_dependent_init(model, images, rois)
         model.freeze(self.cfg.train.layers)
         return to_channels_last(model, self.env.device) if self.cfg.train.channels_last else model
 
-    def _data_dependent_init(self, model: FastRCNN) -> None:
-        """Krahenbuhl et al.'s start of fc6, fc7 and the classifier (and the encoder's calibration) on the RoIs of a
-        few training images."""
+    def _start_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `model.init_images` training images (normalised) and their RoIs: what the start sees."""
         n = min(self.cfg.model.init_images, len(self.train_set))
         items = [self.train_set[(i, (self.cfg.train.seed, 0, i))] for i in range(n)]
         images, rois, _, _ = Collate(self.fill)(items)
-        rois = rois.to(self.env.device)
+        return self._normalise(images), rois.to(self.env.device)
+
+    def _data_dependent_init(self, model: FastRCNN, images: torch.Tensor, rois: torch.Tensor) -> None:
+        """Krahenbuhl et al.'s start of fc6, fc7 and the classifier (and the encoder's calibration) on the RoIs of
+        the start batch."""
         # New layers: fc6, fc7 and the classifier, whose logits the calibration brings to unit scale (the box
         # regressor keeps its N(0, bbox_std) start); pretrained conv layers are only scaled as a whole.
         new = [model.fc6.fc, model.fc7.fc, model.cls_score]
         layers = (self.encoder_layers(model) if self.cfg.model.rescale_encoder else []) + new
-        data_dependent_init(model, self._normalise(images), forward=lambda x: model(x, rois)[0], layers=layers,
+        data_dependent_init(model, images, forward=lambda x: model(x, rois)[0], layers=layers,
                             new_layers=new, iterations=self.cfg.model.init_iterations, seed=self.cfg.train.seed)
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:

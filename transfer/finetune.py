@@ -154,6 +154,12 @@ class FrozenBlocks(nn.Module):
             getattr(self, name).requires_grad_(name in self.trained)
         self.train(self.training)
 
+    def norms_on_batches(self, layers: str) -> bool:
+        """Whether the encoder's batch norms normalise with each batch's statistics in training (`layers` trains the
+        encoder and norm_eval is off): then an eval-mode start (calibration, start statistics) must see running
+        statistics like the batches', not a random init's reset ones."""
+        return "encoder" in self.TRAINED[layers] and not self.norm_eval
+
     def train(self, mode: bool = True) -> "FrozenBlocks":
         """Like nn.Module.train, but frozen blocks (and with norm_eval the encoder's batch norms) always evaluate."""
         super().train(mode)

@@ -62,7 +62,7 @@ from pretext.engine.checkpoint import CHECKPOINT, atomic_write_text
 from pretext.engine.distributed import barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import within_layer_init
+from pretext.init import estimate_unseen_norms, has_unseen_norms, within_layer_init
 from pretext.models.kernels import to_channels_last
 
 from .backbones import default_layer, encoder_record, encoder_stages
@@ -478,18 +478,26 @@ class Segmenter(TaskTuner):
         if m.fc_from and self.state is None:
             self._convert_fc(model, Path(m.fc_from))
         model.to(self.env.device)
+        if self.state is None and model.norms_on_batches(self.cfg.train.layers) and has_unseen_norms(model.encoder):
+            # a random init's batch norms, trained on batch statistics: the start batch's first
+            estimate_unseen_norms(model.encoder, lambda xs: [model.coarse(x) for x in xs], self._start_images())
         if m.init == "data_dependent" and self.state is None and not m.fc_from and head_convs(model):
             self._data_dependent_init(model)
         model.freeze(self.cfg.train.layers)
         return to_channels_last(model, self.env.device) if self.cfg.train.channels_last else model
 
-    def _data_dependent_init(self, model: FCN | StageFCN) -> None:
-        """fc6 and fc7 at unit pre-activations on `model.init_images` training images of a fixed shuffle."""
+    def _start_images(self) -> list[torch.Tensor]:
+        """`model.init_images` training images of a fixed shuffle (normalised, one tensor each): what the start
+        sees."""
         n = min(self.cfg.model.init_images, len(self.inputs.train.ids))
         order = np.random.default_rng(self.cfg.train.seed).permutation(len(self.inputs.train.ids))[:n]
         pairs = TrainPairs(self.inputs.train, dataclasses.replace(self.cfg, data=dataclasses.replace(
             self.cfg.data, flip=False)))
-        images = [self._normalise(pairs[(int(i), (0,))][0][None]) for i in order]
+        return [self._normalise(pairs[(int(i), (0,))][0][None]) for i in order]
+
+    def _data_dependent_init(self, model: FCN | StageFCN) -> None:
+        """fc6 and fc7 at unit pre-activations on the start images."""
+        images = self._start_images()
         was_training = model.training
         model.eval()
         try:
