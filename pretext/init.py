@@ -199,9 +199,11 @@ def has_unseen_norms(module: nn.Module) -> bool:
 @torch.no_grad()
 def estimate_unseen_norms(module: nn.Module, forward: Callable[[torch.Tensor], Any], images: torch.Tensor) -> int:
     """Running statistics, from `images`, for the batch norms of `module` that have never seen data (a random
-    init's); returns how many. Their statistics are then what a training-mode forward of such a batch uses, so an
-    eval-mode calibration (`data_dependent_init`), a start measurement or a frozen encoder sees the activations
-    training sees, not unnormalised ones. Norms with statistics of their own (a trained model's) are untouched."""
+    init's); returns how many the forward reached (the others keep their reset statistics). Their statistics are
+    then what a training-mode forward of the batch uses, so an eval-mode calibration (`data_dependent_init`) or
+    start measurement sees the activations training will, not unnormalised ones. A forward in several calls
+    (one image each) averages the calls' statistics. Norms with statistics of their own (a trained model's) are
+    untouched."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and _unseen(m)]
     if not norms:
         return 0
@@ -219,4 +221,4 @@ def estimate_unseen_norms(module: nn.Module, forward: Callable[[torch.Tensor], A
             m.training = training
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-    return len(norms)
+    return sum(int(m.num_batches_tracked) > 0 for m in norms)

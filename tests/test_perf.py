@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,10 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert {f"{n}_{v}" for n in ("ce227", "inpaint_gan", "demo") for v in ("plain_fp32", "fp32", "fp32_nchw", "bf16")} | {
         "autoencoder_fp32", "autoencoder_bf16", "context_prediction_fp32", "context_prediction_bf16"} == names
     for name, step in r["steps"].items():
-        assert step["images_per_s"] > 0 and step["gflops"] > 0 and 0 < step["fraction_of_peak"] < 5, name
+        # an emulated bf16 matmul is no ceiling for the step (its convolutions take other kernels): measured on an
+        # AVX2-only EPYC, the 227 px bf16 step at 5.1x the bf16 matmul rate
+        ceiling = math.inf if step.get("emulated_bf16") else 5
+        assert step["images_per_s"] > 0 and step["gflops"] > 0 and 0 < step["fraction_of_peak"] < ceiling, name
         assert step["flops_per_image"] > 1e6 and step["peak_rss_mb"] > 50, name
     # the AlexNet step's FLOPs are the model's, whatever the precision or layout
     flops = {r["steps"][f"{n}_{v}"]["flops_per_image"] for n in ("ce227", "inpaint_gan")

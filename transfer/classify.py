@@ -314,22 +314,27 @@ class FineTuneClassifier(FrozenBlocks):
 
 @torch.no_grad()
 def start_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """The fine-tuning start on a batch of training images: the loss and the std of the logits in eval mode, and
-    the std of the logits as the first update sees them (training mode without dropout, on a copy, so the model's
-    running statistics stay: the batch norms that learn normalise with the batch's statistics). A start far from
-    unit logits begins with a large loss, or with gradients too small to move the encoder; the two stds part when
-    learning batch norms' running statistics are not the data's."""
+    """The fine-tuning start on a batch of training images: the loss and the std of the logits in eval mode (the
+    mode the data-dependent calibration runs in), and the std of the logits of the same images in training mode
+    without dropout (the batch norms that learn on the batch's statistics; on a copy, so the model's running
+    statistics stay). A start far from unit logits begins with a large loss, or with gradients too small to move
+    the encoder; the two stds part when learning batch norms' running statistics are not the data's (a random
+    init's reset ones: the calibration then holds for eval mode only)."""
     was_training = model.training
     model.eval()
     try:
         logits = model(images).float()
+        model.train()  # frozen blocks (and norm_eval norms) evaluate, as in training
+        learning = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
     finally:
         model.train(was_training)
-    as_trained = copy.deepcopy(model).train()  # frozen blocks (and norm_eval norms) evaluate, as in training
-    for m in as_trained.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.eval()
-    train_logits = as_trained(images).float()
+    train_logits = logits
+    if learning:
+        as_trained = copy.deepcopy(model).train()
+        for m in as_trained.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd) or "DropPath" in type(m).__name__:
+                m.eval()
+        train_logits = as_trained(images).float()
     return {"loss": float(classification_loss(logits, labels)), "logit_std": float(logits.std()),
             "train_logit_std": float(train_logits.std()), "images": int(images.shape[0])}
 

@@ -479,8 +479,10 @@ class Segmenter(TaskTuner):
             self._convert_fc(model, Path(m.fc_from))
         model.to(self.env.device)
         if self.state is None and model.norms_on_batches(self.cfg.train.layers) and has_unseen_norms(model.encoder):
-            # a random init's batch norms, trained on batch statistics: the start batch's first
-            estimate_unseen_norms(model.encoder, lambda xs: [model.coarse(x) for x in xs], self._start_images())
+            # a random init's batch norms, trained on batch statistics: first the start images' (averaged)
+            stage = getattr(model, "stage", "pool5")
+            estimate_unseen_norms(model.encoder, lambda xs: [model.encoder(x, out=stage) for x in xs],
+                                  self._start_images())
         if m.init == "data_dependent" and self.state is None and not m.fc_from and head_convs(model):
             self._data_dependent_init(model)
         model.freeze(self.cfg.train.layers)
