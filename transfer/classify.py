@@ -47,7 +47,7 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import data_dependent_init, estimate_unseen_norms
+from pretext.init import data_dependent_init
 from pretext.losses import classification_loss
 from pretext.models.kernels import to_channels_last
 
@@ -422,10 +422,7 @@ class FineTuner(TaskTuner):
         model.to(self.env.device)
         if self.state is None:
             images, labels = self._init_batch()
-            # a random init's batch norms, which training runs on batch statistics: the start batch's statistics
-            # before the eval-mode calibration and start statistics
-            norms = (estimate_unseen_norms(model.encoder, lambda x: model.encoder(x, out=self.stage), images)
-                     if model.norms_on_batches(self.cfg.train.layers) else 0)
+            norms = self.start_norms(model, lambda x: model.encoder(x, out=self.stage), lambda: images)
             rescaled = self.encoder_layers(model) if h.init == "data_dependent" and h.rescale_encoder else []
             if h.init == "data_dependent":
                 data_dependent_init(model, images, layers=rescaled + model.head_layers(),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -59,7 +60,7 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import data_dependent_init, estimate_unseen_norms, has_unseen_norms
+from pretext.init import data_dependent_init
 from pretext.models.alexnet import _STAGE_INDEX
 from pretext.models.kernels import to_channels_last
 
@@ -513,13 +514,10 @@ class Detector(TaskTuner):
             nn.init.normal_(layer.weight, 0.0, std)
             nn.init.zeros_(layer.bias)
         model.to(self.env.device)
-        norms = model.norms_on_batches(self.cfg.train.layers) and has_unseen_norms(model.encoder)
-        if self.state is None and (m.init == "data_dependent" or norms):
-            images, rois = self._start_batch()
-            if norms:  # a random init's batch norms, trained on batch statistics: the start batch's first
-                estimate_unseen_norms(model.encoder, model.features, images)
-            if m.init == "data_dependent":
-                self._data_dependent_init(model, images, rois)
+        start = functools.cache(self._start_batch)  # read once, for the norms and the calibration alike
+        self.start_norms(model, model.features, lambda: start()[0])
+        if m.init == "data_dependent" and self.state is None:
+            self._data_dependent_init(model, *start())
         model.freeze(self.cfg.train.layers)
         return to_channels_last(model, self.env.device) if self.cfg.train.channels_last else model
 

@@ -33,7 +33,7 @@ from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, save_checkpoi
 from pretext.engine.distributed import DistEnv, wrap_ddp
 from pretext.engine.logger import RunLogger
 from pretext.engine.trainer import Engine, step_seed
-from pretext.init import affine_layers
+from pretext.init import affine_layers, estimate_unseen_norms, has_unseen_norms
 from pretext.models.backbones import freeze_parameters, unreached_parameters
 
 from .arguments import fine_tune_main, max_images
@@ -231,6 +231,15 @@ class TaskTuner(Engine):
         return {}
 
     # --- shared ----------------------------------------------------------------------------------
+    def start_norms(self, model: FrozenBlocks, forward: Callable[[Any], Any], images: Callable[[], Any]) -> int:
+        """On a fresh start, where the encoder's batch norms will train on batch statistics, those of a random init
+        get the statistics of the start images (`images()`, loaded only then) through `forward`, before any
+        eval-mode calibration; how many (`pretext.init.estimate_unseen_norms`)."""
+        if (self.state is not None or not model.norms_on_batches(self.cfg.train.layers)
+                or not has_unseen_norms(model.encoder)):
+            return 0
+        return estimate_unseen_norms(model.encoder, forward, images())
+
     def encoder_layers(self, model: FrozenBlocks) -> list[nn.Module]:
         """The encoder's conv / linear layers that the data-dependent calibration rescales (model.rescale_encoder):
         those the task's stage depends on; none in an encoder with normalisation layers, which set their own scale

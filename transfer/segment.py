@@ -62,7 +62,7 @@ from pretext.engine.checkpoint import CHECKPOINT, atomic_write_text
 from pretext.engine.distributed import barrier, init_distributed, shutdown
 from pretext.engine.provenance import device_description
 from pretext.engine.trainer import convergence
-from pretext.init import estimate_unseen_norms, has_unseen_norms, within_layer_init
+from pretext.init import within_layer_init
 from pretext.models.kernels import to_channels_last
 
 from .backbones import default_layer, encoder_record, encoder_stages
@@ -478,11 +478,8 @@ class Segmenter(TaskTuner):
         if m.fc_from and self.state is None:
             self._convert_fc(model, Path(m.fc_from))
         model.to(self.env.device)
-        if self.state is None and model.norms_on_batches(self.cfg.train.layers) and has_unseen_norms(model.encoder):
-            # a random init's batch norms, trained on batch statistics: first the start images' (averaged)
-            stage = getattr(model, "stage", "pool5")
-            estimate_unseen_norms(model.encoder, lambda xs: [model.encoder(x, out=stage) for x in xs],
-                                  self._start_images())
+        stage = getattr(model, "stage", "pool5")  # one image at a time: their statistics averaged
+        self.start_norms(model, lambda xs: [model.encoder(x, out=stage) for x in xs], self._start_images)
         if m.init == "data_dependent" and self.state is None and not m.fc_from and head_convs(model):
             self._data_dependent_init(model)
         model.freeze(self.cfg.train.layers)
