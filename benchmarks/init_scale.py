@@ -29,11 +29,12 @@ VARIANTS = {"N(0, 0.01) head": ["model.init=gaussian", "model.rescale_encoder=fa
 def logit_scales(encoder: Path, data: Path, test: Path, preset: str, images: int) -> dict[str, tuple[float, float]]:
     """variant -> (std, max |logit|) at initialisation."""
     from pretext.engine.distributed import init_distributed, shutdown
-    from transfer.classify import FineTuner, load_config, open_inputs
+    from transfer.classify import ClassifyConfig, FineTuner, open_inputs
 
     out = {}
     for name, extra in VARIANTS.items():
-        cfg = load_config(preset, ["train.max_steps=0", "train.progress=false", f"model.init_images={images}", *extra])
+        cfg = ClassifyConfig.load(preset, ["train.max_steps=0", "train.progress=false", f"model.init_images={images}",
+                                           *extra])
         run = Path(tempfile.mkdtemp(prefix="init_scale_"))
         try:
             args = argparse.Namespace(encoder=encoder, data=data, test_data=test, train_split="trainval",

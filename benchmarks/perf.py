@@ -347,7 +347,7 @@ def finetune_rates(steps: int, warmup: int, batch: int | None, work: Path) -> di
     random images, per fine-tune of FINETUNES, as the plain path (fp32 NCHW), fp32 channels_last and bf16
     channels_last. Data loading is excluded (the decoded-image cache keeps it off the step's cores)."""
     from pretext.engine.distributed import DistEnv
-    from transfer.classify import FineTuner, RunInputs, load_config as classify_config
+    from transfer.classify import ClassifyConfig, FineTuner, RunInputs
     from transfer.features import open_labelled
 
     folder = work / "finetune_images"  # 2 classes x 4 images: the fine-tuner's init batch and class list
@@ -364,7 +364,7 @@ def finetune_rates(steps: int, warmup: int, batch: int | None, work: Path) -> di
         for variant, overrides in (("plain_fp32", ["train.precision=fp32", "train.channels_last=false"]),
                                    ("fp32", ["train.precision=fp32", "train.channels_last=true"]),
                                    ("bf16", ["train.precision=bf16", "train.channels_last=true"])):
-            cfg = classify_config(preset, [*overrides, f"train.batch_size={n}", "model.init=kaiming",
+            cfg = ClassifyConfig.load(preset, [*overrides, f"train.batch_size={n}", "model.init=kaiming",
                                            "train.progress=false", f"train.max_steps={steps + warmup}"])
             tuner = FineTuner(cfg, RunInputs(encoder, data, data, work / f"run_{name}_{variant}"), env)
             size = tuner.crop

@@ -178,15 +178,18 @@ def _pretraining(name: str, spec: Any, seeds_where: str, precision: str | None =
                        tuple(overrides), tasks=tasks, data=data)
 
 
-# Tasks that train, with the module whose `load_config` resolves their preset and overrides.
-TRAINING_TASKS = {"classify": "transfer.classify", "detection": "transfer.detect", "segmentation": "transfer.segment"}
+# Tasks that train, with the module and config class (a transfer.finetune.TaskConfig) that resolve their preset
+# and overrides.
+TRAINING_TASKS = {"classify": ("transfer.classify", "ClassifyConfig"), "detection": ("transfer.detect", "DetectConfig"),
+                  "segmentation": ("transfer.segment", "SegmentConfig")}
 
 
 def _task_config(kind: str, opts: dict) -> Any:
     """The resolved config of a task that trains (TRAINING_TASKS) from its preset and overrides."""
     import importlib
 
-    return importlib.import_module(TRAINING_TASKS[kind]).load_config(opts["preset"], opts["overrides"])
+    module, root = TRAINING_TASKS[kind]
+    return getattr(importlib.import_module(module), root).load(opts["preset"], opts["overrides"])
 
 
 def _task(name: str, spec: Any, start: str = "preset", precision: str | None = None) -> tuple[Task, dict]:

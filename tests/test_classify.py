@@ -19,7 +19,7 @@ from pretext.engine.trainer import train
 from transfer import evaluate
 from pretext.export import load_encoder
 from pretext.losses import masked_sigmoid_cross_entropy
-from transfer.classify import DecodedImages, FineTuner, EvalViews, ViewSpec, load_config, main, preset_names, random_view
+from transfer.classify import ClassifyConfig, DecodedImages, FineTuner, EvalViews, ViewSpec, main, random_view
 from transfer.finetune import SGDConfig, lr_at, resume_changes
 
 from .conftest import tiny_config
@@ -176,13 +176,13 @@ def test_difficult_labels_are_left_out_of_the_loss() -> None:
 def test_config_errors_name_the_key(encoder_dir: Path, stripe_data, tmp_path: Path,
                                     caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ConfigError, match="unknown key 'nonsense'"):
-        load_config("classify_demo", ["train.nonsense=1"])
+        ClassifyConfig.load("classify_demo", ["train.nonsense=1"])
     with pytest.raises(ConfigError, match="did you mean train.max_steps"):
-        load_config("classify_demo", ["max_step=3"])
+        ClassifyConfig.load("classify_demo", ["max_step=3"])
     with pytest.raises(ConfigError, match="ambiguous; write one of train.batch_size, test.batch_size"):
-        load_config("classify_demo", ["batch_size=3"])
+        ClassifyConfig.load("classify_demo", ["batch_size=3"])
     with pytest.raises(ConfigError, match="train.layers: 'fc7' is not one of"):
-        load_config("classify_demo", ["layers=fc7"])
+        ClassifyConfig.load("classify_demo", ["layers=fc7"])
     assert classify(encoder_dir, stripe_data[0], tmp_path / "x", "optim.nonsense=1", test_data=stripe_data[1]) == 2
     assert "unknown key 'nonsense'" in caplog.text
 
@@ -238,14 +238,15 @@ def test_kept_decoded_images_give_the_views_a_fresh_decode_gives(tmp_path: Path,
 
 
 def test_presets_and_the_paper_schedule() -> None:
-    assert {"classify_paper", "classify_demo", "classify_cifar"} <= set(preset_names())
-    paper = load_config("classify_paper")
+    assert {"classify_paper", "classify_demo", "classify_cifar"} <= set(ClassifyConfig.presets())
+    paper = ClassifyConfig.load("classify_paper")
     o, t = paper.optim, paper.train
     assert (o.lr, o.momentum, o.weight_decay, o.grad_clip, o.lr_step, o.lr_gamma) == (1e-3, 0.9, 1e-6, 10.0, 10000, 0.5)
     assert (t.batch_size, t.max_steps, paper.test.crops, paper.model.fc_widths) == (16, 80000, 10, [4096, 4096])
     assert paper.data.crop is None and (paper.data.scale_min, paper.data.scale_max) == (0.5, 2.0)
     assert [lr_at(SGDConfig(lr=1.0, lr_step=10, lr_gamma=0.5), s, 80000) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
-    assert load_config("classify_cifar").data.crop is None and load_config("classify_demo").data.scale_of == "crop"
+    assert ClassifyConfig.load("classify_cifar").data.crop is None
+    assert ClassifyConfig.load("classify_demo").data.scale_of == "crop"
 
 
 @pytest.mark.slow
@@ -305,7 +306,7 @@ def test_data_dependent_init_normalises_the_new_layers(encoder_dir: Path, stripe
     train_set, test_set = open_labelled(stripe_data[0], None), open_labelled(stripe_data[1], None)
 
     def tuner(*extra: str) -> FineTuner:
-        cfg = load_config("classify_demo", [*TINY, "model.init_images=16", *extra])
+        cfg = ClassifyConfig.load("classify_demo", [*TINY, "model.init_images=16", *extra])
         env = init_distributed("cpu", 60)
         try:
             return FineTuner(cfg, RunInputs(encoder_dir, train_set, test_set, tmp_path / extra[-1]), env)
@@ -341,7 +342,7 @@ def test_rescale_encoder_calibrates_the_pretrained_convolutions(encoder_dir: Pat
     train_set, test_set = open_labelled(stripe_data[0], None), open_labelled(stripe_data[1], None)
 
     def tuner(*extra: str) -> FineTuner:
-        cfg = load_config("classify_demo", [*TINY, "model.init_images=16", "model.init=data_dependent", *extra])
+        cfg = ClassifyConfig.load("classify_demo", [*TINY, "model.init_images=16", "model.init=data_dependent", *extra])
         env = init_distributed("cpu", 60)
         try:
             return FineTuner(cfg, RunInputs(encoder_dir, train_set, test_set, tmp_path / "_".join(extra)), env)
@@ -365,7 +366,7 @@ def test_rescale_encoder_calibrates_the_pretrained_convolutions(encoder_dir: Pat
         assert 0.5 < t.start["logit_std"] < 2.0 and t.start["images"] == 16, t.start
     assert (plain.start["encoder_layers_rescaled"], rescaled.start["encoder_layers_rescaled"]) == (0, len(loaded))
     with pytest.raises(ConfigError, match="rescale_encoder=true needs model.init=data_dependent"):
-        load_config("classify_demo", ["model.rescale_encoder=true"])
+        ClassifyConfig.load("classify_demo", ["model.rescale_encoder=true"])
 
 
 def test_gaussian_head_starts_far_from_unit_logits(encoder_dir: Path, stripe_data, tmp_path: Path) -> None:
@@ -414,13 +415,12 @@ def test_cosine_schedule_with_warm_up_and_its_resume_rule() -> None:
 def test_a_checkpoint_from_before_a_setting_existed_is_compared_at_its_defaults() -> None:
     """Settings added since a checkpoint was written (model.pool, model.stage) count at their defaults, which
     compute what the older code did; a resume that sets one to another value is still refused."""
-    from transfer.classify import ClassifyConfig
     from pretext.config import with_defaults
 
-    cfg = load_config("classify_demo").to_dict()
+    cfg = ClassifyConfig.load("classify_demo").to_dict()
     old = {s: dict(sec) for s, sec in cfg.items()}
     del old["model"]["pool"], old["model"]["stage"]
     state = {"config": with_defaults(old, ClassifyConfig().to_dict()), "record": {"world_size": 1}}
     assert resume_changes(state, cfg, {"world_size": 1}) == []
-    assert resume_changes(state, load_config("classify_demo", ["model.pool=avg"]).to_dict(),
+    assert resume_changes(state, ClassifyConfig.load("classify_demo", ["model.pool=avg"]).to_dict(),
                           {"world_size": 1}) == ["model.pool ('auto' -> 'avg')"]

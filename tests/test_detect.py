@@ -14,8 +14,8 @@ from pretext.config import ConfigError
 from pretext.engine.checkpoint import load_checkpoint
 from pretext.engine.trainer import train
 from pretext.models.alexnet import AlexNetEncoder
-from transfer.detect import (DetTestConfig, Detector, SampleConfig, conv5_stride, decode_boxes, encode_boxes,
-                             flip_boxes, image_scale, load_config, main, postprocess, sample_rois)
+from transfer.detect import (DetectConfig, DetTestConfig, Detector, SampleConfig, conv5_stride, decode_boxes,
+                             encode_boxes, flip_boxes, image_scale, main, postprocess, sample_rois)
 
 from .conftest import tiny_config
 from .test_probes import stripes
@@ -98,10 +98,10 @@ def test_scales_flips_and_strides() -> None:
 
 def test_config_rules() -> None:
     with pytest.raises(ConfigError, match="bg_iou_high"):
-        load_config("detect_demo", ["sample.bg_iou_high=0.6"])
+        DetectConfig.load("detect_demo", ["sample.bg_iou_high=0.6"])
     with pytest.raises(ConfigError, match="unknown key 'nonsense'"):
-        load_config("detect_demo", ["model.nonsense=1"])
-    paper = load_config("detect_paper")
+        DetectConfig.load("detect_demo", ["model.nonsense=1"])
+    paper = DetectConfig.load("detect_paper")
     assert (paper.data.scales, paper.data.max_size, paper.sample.rois_per_image, paper.train.batch_size) == \
         ([600], 1000, 64, 2)
     assert (paper.test.nms, paper.test.max_per_image, paper.optim.weight_decay, paper.proposals.min_size) == \

@@ -15,7 +15,7 @@ from pretext.config import ConfigError
 from pretext.engine.checkpoint import load_checkpoint
 from pretext.engine.trainer import train
 from pretext.models.alexnet import AlexNetEncoder
-from transfer.segment import (FCN, Segmenter, bilinear_kernel, coord_map, fc_as_conv, load_config, main,
+from transfer.segment import (FCN, Segmenter, SegmentConfig, bilinear_kernel, coord_map, fc_as_conv, main,
                               read_fc_weights, segmentation_loss)
 
 from .conftest import tiny_config
@@ -149,10 +149,10 @@ def test_loss_ignores_255_and_reduces_as_configured() -> None:
 
 def test_config_rules() -> None:
     with pytest.raises(ConfigError, match="fc_widths"):
-        load_config("segment_demo", ["model.fc_widths=[8]"])
+        SegmentConfig.load("segment_demo", ["model.fc_widths=[8]"])
     with pytest.raises(ConfigError, match="reduction"):
-        load_config("segment_demo", ["loss.reduction=max"])
-    paper = load_config("segment_paper")
+        SegmentConfig.load("segment_demo", ["loss.reduction=max"])
+    paper = SegmentConfig.load("segment_paper")
     assert (paper.data.scale, paper.loss.reduction, paper.train.batch_size, paper.optim.lr, paper.optim.momentum,
             paper.optim.weight_decay, paper.optim.lr_step, paper.train.max_steps) == \
         (None, "mean", 20, 1e-4, 0.9, 5e-4, 0, 100000)
@@ -255,7 +255,7 @@ def test_an_update_averages_the_gradients_of_its_images(encoder_dir: Path, scene
     from transfer.segment import SegmentInputs
     from transfer.segmentation_data import open_segmentation_set
 
-    cfg = load_config("segment_demo", [*TINY, "optim.momentum=0", "optim.weight_decay=0", "optim.bias_lr_mult=1",
+    cfg = SegmentConfig.load("segment_demo", [*TINY, "optim.momentum=0", "optim.weight_decay=0", "optim.bias_lr_mult=1",
                                        "optim.grad_clip=0", "data.flip=false"])
     data = open_segmentation_set(scenes, "trainval", max_images=4)
     env = init_distributed("cpu", 60)

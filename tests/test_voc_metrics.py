@@ -15,7 +15,7 @@ from transfer.metrics import (classification_metrics, non_interpolated_ap, top1_
                               voc_area_ap)
 from transfer.voc import (VOC_CLASSES, read_class_list, read_classification_labels, read_cls_results,
                           read_split_ids, write_cls_results)
-from transfer.voc import _labels_from_annotations
+from pretext.data.voc import _labels_from_annotations
 
 from .conftest import SHARED_DATA
 

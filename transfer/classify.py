@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import logging
 import math
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,22 +38,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pretext.config import ConfigError, ConfigRoot, _opt, check_device, check_fields
+from pretext.config import ConfigError, _opt
 from pretext.data.dataset import SampleKey, build_loader, crop_flip, resize_shorter, to_uint8_tensor
 from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
-from pretext.engine.checkpoint import atomic_write_text
-from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown
-from pretext.engine.provenance import device_description
-from pretext.engine.trainer import convergence
+from pretext.engine.distributed import DistEnv
 from pretext.init import data_dependent_init
 from pretext.losses import classification_loss
 from pretext.models.kernels import to_channels_last
 
-from .backbones import default_layer, encoder_record, encoder_stages
-from .evaluate import json_safe, provenance
+from .backbones import default_layer, encoder_stages
 from .features import LabelledImages, check_train_test, open_labelled, subset
-from .finetune import (FineTuneConfig, FrozenBlocks, SGDConfig, TaskCommand, TaskData, TaskTuner, fc_block,
-                       load_task_config, task_presets)
+from .finetune import (FrozenBlocks, ImageLoading, TaskCommand, TaskConfig, TaskData, TaskInputs, TaskTuner, fc_block,
+                       run_task)
 from .metrics import classification_metrics, top1_accuracy
 from .voc import read_split_ids, write_cls_results
 
@@ -64,7 +58,7 @@ log = logging.getLogger("cebench")
 # --- configuration ------------------------------------------------------------------------------
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(ImageLoading):
     """Training views: random rescale, square crop, mirror."""
 
     crop: int | None = _opt(None, min=8, doc="crop side; null = the encoder's input size")
@@ -72,11 +66,8 @@ class AugmentConfig:
                          doc="the rescale factor multiplies the crop side (shorter side = s * crop) or the image size")
     scale_min: float = _opt(0.5, min=0.01, doc="random rescale factor s ~ uniform [scale_min, scale_max]")
     scale_max: float = _opt(2.0, min=0.01)
-    flip: bool = _opt(True)
-    workers: int = _opt(2, min=0, doc="data loader processes")
     decoded_cache_mb: int = _opt(256, min=0, doc="decoded images kept in memory per process (each loader worker "
                                                  "keeps its own), so later views of an image skip the file; 0 = off")
-    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
 
 
 @dataclass
@@ -115,13 +106,13 @@ class TestConfig:
 
 
 @dataclass
-class ClassifyConfig(ConfigRoot):
+class ClassifyConfig(TaskConfig):
     """Everything `cebench transfer classify` needs besides its inputs."""
+
+    PRESETS, VALIDATION_SPLIT = "classify", True
 
     data: AugmentConfig = field(default_factory=AugmentConfig)
     model: HeadConfig = field(default_factory=HeadConfig)
-    optim: SGDConfig = field(default_factory=SGDConfig)
-    train: FineTuneConfig = field(default_factory=FineTuneConfig)
     test: TestConfig = field(default_factory=TestConfig)
 
     def test_scales(self) -> tuple[float, float]:
@@ -129,33 +120,15 @@ class ClassifyConfig(ConfigRoot):
         t, d = self.test, self.data
         return (d.scale_min if t.scale_min is None else t.scale_min, d.scale_max if t.scale_max is None else t.scale_max)
 
-    def check(self) -> None:
-        """Per-field ranges and choices, then the rules that tie fields together."""
-        validate(self)
-
-
-def validate(cfg: ClassifyConfig) -> None:
-    """Per-field ranges and choices, then the rules that tie fields together."""
-    check_fields(cfg)
-    for where, (low, high) in (("data", (cfg.data.scale_min, cfg.data.scale_max)), ("test", cfg.test_scales())):
-        if low > high:
-            raise ConfigError(f"{where}.scale_min ({low}) must be <= {where}.scale_max ({high})")
-    if len(cfg.model.fc_widths) not in (0, 2):
-        raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7) or none (a linear head), got "
-                          f"{cfg.model.fc_widths}")
-    if cfg.model.rescale_encoder and cfg.model.init != "data_dependent":
-        raise ConfigError(f"model.rescale_encoder=true needs model.init=data_dependent, got {cfg.model.init!r}")
-    check_device(cfg.train.device)
-
-
-def preset_names() -> list[str]:
-    """Names of the classification presets shipped in transfer/presets."""
-    return task_presets("classify_")
-
-
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> ClassifyConfig:
-    """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
-    return load_task_config(ClassifyConfig, name_or_path, overrides)
+    def check_task(self) -> None:
+        """Scale ranges, and a head of two hidden widths or none."""
+        ranges = (("data", (self.data.scale_min, self.data.scale_max)), ("test", self.test_scales()))
+        for where, (low, high) in ranges:
+            if low > high:
+                raise ConfigError(f"{where}.scale_min ({low}) must be <= {where}.scale_max ({high})")
+        if len(self.model.fc_widths) not in (0, 2):
+            raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7) or none (a linear head), got "
+                              f"{self.model.fc_widths}")
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -365,17 +338,11 @@ def head_stage(encoder: nn.Module, meta: dict, cfg: HeadConfig, where: str) -> t
 
 # --- the fine-tuning run -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RunInputs:
+@dataclass(frozen=True, kw_only=True)
+class RunInputs(TaskInputs[LabelledImages]):
     """What the command line names: the encoder, the labelled sets and the run directory."""
 
-    encoder: str | Path  # a run directory / encoder.json, or timm:NAME / torchvision:NAME
-    train: LabelledImages
-    test: LabelledImages
-    out: Path
-    max_images: tuple[int | None, int | None] = (None, None)
     val: LabelledImages | None = None  # train.val_images held out of `train`
-    weights: Path | None = None  # a backbone's state dict (--weights)
 
 
 class FineTuner(TaskTuner):
@@ -394,6 +361,19 @@ class FineTuner(TaskTuner):
         fill = tuple(int(round(255 * m)) for m in self.meta["normalization"]["mean"])
         train = ViewSpec(self.crop, (d.scale_min, d.scale_max), d.scale_of, d.flip, fill, d.max_image_pixels)
         return train, dataclasses.replace(train, scales=self.cfg.test_scales())
+
+    def predict_test(self) -> tuple[np.ndarray, dict[str, float]]:
+        return self.predict(self.inputs.test), {}
+
+    def score_test(self, predictions: np.ndarray) -> dict:
+        i = self.inputs
+        result = {**score(predictions, i.test), "results_files": write_results_files(i.out, i.test, predictions)}
+        if i.val is not None:
+            result["val"] = {**score(self.predict(i.val), i.val), "n_images": len(i.val.paths)}
+        return result
+
+    def metrics_extra(self, seconds: dict[str, float]) -> dict:
+        return {"pool": self.pool, "crop": self.crop, "start": self.start}
 
     def record_extra(self) -> dict:
         # the data order and the effective batch depend on world_size; what train.precision=auto resolved to must
@@ -508,42 +488,9 @@ def write_results_files(out: Path, data: LabelledImages, scores: np.ndarray) -> 
     return str(out)
 
 
-def build_record(cfg: ClassifyConfig, tuner: FineTuner, result: dict, seconds: dict[str, float]) -> dict:
-    """metrics.json: the test results with everything needed to reproduce and compare them."""
-    i, meta = tuner.inputs, tuner.meta
-    return {"task": "classification", "layers": cfg.train.layers, "encoder": str(i.encoder),
-            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
-            "encoder_arch": meta.get("arch"), "stage": tuner.stage, "pool": tuner.pool, "crop": tuner.crop,
-            "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
-            "classes": list(i.train.classes), "steps": tuner.step, "seed": cfg.train.seed,
-            "config_hash": cfg.hash(), "config": cfg.to_dict(), **result, "start": tuner.start,
-            "training": convergence(tuner.losses), **{k: round(v, 3) for k, v in seconds.items()},
-            "precision": tuner.precision, "device": device_description(tuner.env.device),
-            "world_size": tuner.env.world_size, **provenance()}
-
-
 def run_classify(cfg: ClassifyConfig, inputs: RunInputs) -> dict | None:
     """Fine-tune, test on rank 0, write metrics.json (+ VOC results files); returns the record (None off rank 0)."""
-    t0 = time.perf_counter()
-    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
-    try:
-        tuner = FineTuner(cfg, inputs, env)
-        train_seconds = tuner.fit()
-        record = None
-        if env.is_main:
-            t1 = time.perf_counter()
-            scores = tuner.predict(inputs.test)
-            seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1,
-                       "wall_seconds": time.perf_counter() - t0}
-            result = {**score(scores, inputs.test), "results_files": write_results_files(inputs.out, inputs.test, scores)}
-            if inputs.val is not None:
-                result["val"] = {**score(tuner.predict(inputs.val), inputs.val), "n_images": len(inputs.val.paths)}
-            record = build_record(cfg, tuner, result, seconds)
-            atomic_write_text(inputs.out / "metrics.json", json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
-        barrier(env)
-        return record
-    finally:
-        shutdown(env)
+    return run_task(FineTuner, cfg, inputs)
 
 
 def hold_out(data: LabelledImages, n: int, seed: int) -> tuple[LabelledImages, LabelledImages | None]:
@@ -572,7 +519,7 @@ def open_inputs(args: argparse.Namespace, seed: int, val_images: int = 0) -> Run
     if train.multilabel and np.any((train.labels == 1).sum(0) == 0):
         missing = [c for c, n in zip(train.classes, (train.labels == 1).sum(0)) if n == 0]
         log.warning("classes without positive training images: %s", ", ".join(missing))
-    return RunInputs(args.encoder, train, test, args.out, args.max_images, val, args.weights)
+    return RunInputs(args.encoder, train, test, args.out, args.max_images, args.weights, val=val)
 
 
 def summary(record: dict) -> str:
@@ -588,7 +535,7 @@ def summary(record: dict) -> str:
 COMMAND = TaskCommand(
     "image classification", "classify_demo",
     TaskData("VOC-format root (has ImageSets/Main) or training ImageFolder DIR/<class>/<image>", "trainval", "test"),
-    preset_names, load_config,
+    ClassifyConfig,
     lambda cfg, args: run_classify(cfg, open_inputs(args, cfg.train.seed, cfg.train.val_images)), summary)
 build_parser, main = COMMAND.build_parser, COMMAND.main
 

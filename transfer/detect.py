@@ -53,25 +53,20 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_pool
 from tqdm import tqdm
 
-from pretext.config import ConfigError, ConfigRoot, _opt, check_device, check_fields
+from pretext.config import ConfigError, _opt
 from pretext.data.dataset import SampleKey, build_loader
-from pretext.data.images import DEFAULT_MAX_PIXELS, load_rgb
+from pretext.data.images import load_rgb
 from pretext.engine.checkpoint import atomic_write_text
-from pretext.engine.distributed import barrier, init_distributed, shutdown
-from pretext.engine.provenance import device_description
-from pretext.engine.trainer import convergence
 from pretext.init import data_dependent_init
-from pretext.models.alexnet import _STAGE_INDEX
 from pretext.models.kernels import to_channels_last
 
-from .backbones import encoder_record, encoder_stages
+from .backbones import encoder_stages
 from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_coco_results
 from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
-from .evaluate import json_safe, provenance
 from .features import is_voc_root
+from .finetune import (NORM_EVAL_DOC, FrozenBlocks, ImageLoading, TaskCommand, TaskConfig, TaskData, TaskInputs,
+                       TaskTuner, fc_block, run_task, root_to_test)
 from .finetune import RESUME_FREE as FINE_TUNE_RESUME_FREE
-from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskCommand, TaskData, TaskTuner,
-                       fc_block, load_task_config, task_presets)
 from .proposals import ProposalSettings, compute_proposals, load_precomputed
 from .voc import read_class_list, read_split_ids
 
@@ -83,14 +78,11 @@ BACKBONE_ROI_SIZE = 7  # RoI grid on another backbone's stage (torchvision's Fas
 # --- configuration ------------------------------------------------------------------------------
 
 @dataclass
-class DetDataConfig:
+class DetDataConfig(ImageLoading):
     """Image scales, mirrors and loading."""
 
     scales: list[int] = _opt([600], min=8, doc="training shorter sides, one drawn per image")
     max_size: int = _opt(1000, min=8, doc="cap on the longer side")
-    flip: bool = _opt(True)
-    workers: int = _opt(2, min=0, doc="data loader processes")
-    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
 
 
 @dataclass
@@ -151,27 +143,23 @@ class DetTestConfig:
 
 
 @dataclass
-class DetectConfig(ConfigRoot):
+class DetectConfig(TaskConfig):
     """Everything `cebench transfer detect` needs besides its inputs."""
+
+    PRESETS = "detect"
 
     data: DetDataConfig = field(default_factory=DetDataConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     model: DetModelConfig = field(default_factory=DetModelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    optim: SGDConfig = field(default_factory=SGDConfig)
-    train: FineTuneConfig = field(default_factory=FineTuneConfig)
     test: DetTestConfig = field(default_factory=DetTestConfig)
 
     def test_scale(self) -> int:
         """The test shorter side."""
         return self.test.scale or max(self.data.scales)
 
-    def check(self) -> None:
-        """Per-field ranges and choices, then the rules that tie fields together."""
-        check_fields(self)
-        if self.train.val_images:
-            raise ConfigError(f"train.val_images={self.train.val_images}: a validation split is implemented for "
-                              f"classification only; hold images out of the split lists instead")
+    def check_task(self) -> None:
+        """Training scales, the RoI sampler's IoU bands in order, two hidden widths and four box-delta scales."""
         if not self.data.scales:
             raise ConfigError("data.scales must list at least one shorter side")
         s = self.sample
@@ -180,19 +168,6 @@ class DetectConfig(ConfigRoot):
                               f"({s.fg_iou})")
         if len(self.model.fc_widths) != 2 or len(self.model.bbox_stds) != 4:
             raise ConfigError("model.fc_widths must list 2 widths and model.bbox_stds 4 numbers")
-        if self.model.rescale_encoder and self.model.init != "data_dependent":
-            raise ConfigError(f"model.rescale_encoder=true needs model.init=data_dependent, got {self.model.init!r}")
-        check_device(self.train.device)
-
-
-def preset_names() -> list[str]:
-    """Names of the detection presets shipped in transfer/presets."""
-    return task_presets("detect_")
-
-
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> DetectConfig:
-    """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
-    return load_task_config(DetectConfig, name_or_path, overrides)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -382,7 +357,7 @@ class Collate:
 def conv5_stride(encoder: nn.Module) -> int:
     """Product of the strides up to conv5 (16 for the 227 px AlexNet)."""
     stride = 1
-    for layer in encoder.features[: _STAGE_INDEX["conv5"] + 1]:
+    for layer in encoder.stage_layers("conv5"):
         s = getattr(layer, "stride", 1)
         stride *= s[0] if isinstance(s, tuple) else s
     return stride
@@ -440,19 +415,13 @@ def detection_loss(logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Ten
 
 # --- the fine-tuning run -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DetectInputs:
+@dataclass(frozen=True, kw_only=True)
+class DetectInputs(TaskInputs[DetectionSet]):
     """The encoder, the training and test sets with their proposals, the run directory."""
 
-    encoder: str | Path  # a run directory / encoder.json, or timm:NAME / torchvision:NAME
-    train: DetectionSet
-    test: DetectionSet
     train_proposals: dict[str, np.ndarray]
     test_proposals: dict[str, np.ndarray]
     proposal_source: dict
-    out: Path
-    max_images: tuple[int | None, int | None] = (None, None)
-    weights: Path | None = None  # a backbone's state dict (--weights)
 
 
 def detection_stage(encoder: nn.Module, meta: dict, stage: str | None, where: str) -> tuple[str, int | None, int | None]:
@@ -497,6 +466,19 @@ class Detector(TaskTuner):
         skipped = len(inputs.train.ids) - len(self.train_set)
         if skipped:
             log.warning("%d training image(s) without a non-difficult box skipped", skipped)
+
+    def predict_test(self) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
+        i = self.inputs
+        detections, per_image = self.detect(i.test, i.test_proposals)
+        return detections, {"inference_seconds_per_image": per_image, **i.proposal_source.get("seconds", {})}
+
+    def score_test(self, predictions: dict[str, list[np.ndarray]]) -> dict:
+        i = self.inputs
+        return {**score_detections(i.test, predictions, self.cfg.test.iou),
+                "results_files": write_results(i.out, i.test, predictions)}
+
+    def metrics_extra(self, seconds: dict[str, float]) -> dict:
+        return {"stride": self.model.stride, "roi_size": self.model.roi_size, "proposals": self.inputs.proposal_source}
 
     def record_extra(self) -> dict:
         return {"proposals": self.inputs.proposal_source.get("train")}
@@ -663,47 +645,10 @@ def write_results(out: Path, data: DetectionSet, detections: dict[str, list[np.n
     return str(out / "results")
 
 
-def build_record(cfg: DetectConfig, det: Detector, result: dict, seconds: dict[str, float]) -> dict:
-    """metrics.json: the test results with everything needed to reproduce and compare them."""
-    i, meta = det.inputs, det.meta
-    return {"task": "detection", "layers": cfg.train.layers, "encoder": str(i.encoder),
-            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
-            "encoder_arch": meta.get("arch"), "stage": det.stage, "stride": det.model.stride,
-            "roi_size": det.model.roi_size,
-            "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
-            "classes": list(i.train.classes), "proposals": i.proposal_source, "steps": det.step,
-            "seed": cfg.train.seed, "config_hash": cfg.hash(), "config": cfg.to_dict(), "training": convergence(det.losses),
-            "precision": det.precision, **result,
-            **{k: round(v, 4) for k, v in seconds.items()}, "device": device_description(det.env.device),
-            "world_size": det.env.world_size, **provenance()}
-
-
 def run_detect(cfg: DetectConfig, inputs: DetectInputs) -> dict | None:
     """Fine-tune, detect and score on rank 0, write metrics.json (+ devkit files or coco_results.json); the record
     (None off rank 0)."""
-    if inputs.test.classes != inputs.train.classes:  # a COCO root brings its own categories
-        raise ValueError(f"{inputs.test.root} (split {inputs.test.split}) has classes {list(inputs.test.classes)} "
-                         f"but {inputs.train.root} (split {inputs.train.split}) {list(inputs.train.classes)}")
-    t0 = time.perf_counter()
-    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
-    try:
-        det = Detector(cfg, inputs, env)
-        train_seconds = det.fit()
-        record = None
-        if env.is_main:
-            t1 = time.perf_counter()
-            detections, per_image = det.detect(inputs.test, inputs.test_proposals)
-            seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1,
-                       "inference_seconds_per_image": per_image, "wall_seconds": time.perf_counter() - t0,
-                       **inputs.proposal_source.get("seconds", {})}
-            result = {**score_detections(inputs.test, detections, cfg.test.iou),
-                      "results_files": write_results(inputs.out, inputs.test, detections)}
-            record = build_record(cfg, det, result, seconds)
-            atomic_write_text(inputs.out / "metrics.json", json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")
-        barrier(env)
-        return record
-    finally:
-        shutdown(env)
+    return run_task(Detector, cfg, inputs)
 
 
 # --- inputs and the command line ----------------------------------------------------------------------
@@ -731,10 +676,7 @@ def proposals_for(data: DetectionSet, given: Path | None, cfg: ProposalConfig, p
 
 def open_inputs(args: argparse.Namespace, cfg: DetectConfig) -> DetectInputs:
     """Training and test splits with their proposals; testing on the training split is refused."""
-    test_root = args.test_data or args.data
-    if Path(test_root).resolve() == Path(args.data).resolve() and args.test_split == args.train_split:
-        raise ValueError(f"{args.data}: the test set is the training set (split {args.train_split}); "
-                         f"give another --test-split or --test-data")
+    test_root = root_to_test(args)
     from .coco import is_coco_root
 
     if args.classes is not None and is_coco_root(Path(args.data)):
@@ -749,9 +691,9 @@ def open_inputs(args: argparse.Namespace, cfg: DetectConfig) -> DetectInputs:
     test_props, test_src = proposals_for(test, args.test_proposals, cfg.proposals, p)
     seconds = {f"proposal_seconds_{k}": v.pop("wall_seconds") for k, v in (("train", train_src), ("test", test_src))
                if "wall_seconds" in v}
-    return DetectInputs(args.encoder, train, test, train_props, test_props,
-                        {"train": train_src, "test": test_src, "seconds": seconds}, args.out, args.max_images,
-                        args.weights)
+    return DetectInputs(args.encoder, train, test, args.out, args.max_images, args.weights, train_proposals=train_props,
+                        test_proposals=test_props,
+                        proposal_source={"train": train_src, "test": test_src, "seconds": seconds})
 
 
 def summary(record: dict) -> str:
@@ -775,7 +717,7 @@ COMMAND = TaskCommand(
              "instances_<split>.json, <split>/ images)", "trainval", "test",
              classes="class list for roots without classes.txt (default: the 20 VOC classes)",
              extra=_proposal_arguments),
-    preset_names, load_config, lambda cfg, args: run_detect(cfg, open_inputs(args, cfg)), summary)
+    DetectConfig, lambda cfg, args: run_detect(cfg, open_inputs(args, cfg)), summary)
 build_parser, main = COMMAND.build_parser, COMMAND.main
 
 

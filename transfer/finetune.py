@@ -1,54 +1,74 @@
-"""What the fine-tuning tasks (`cebench transfer classify|detect|segment`) share: the loop and SGD settings, the lr
-schedule and the optimiser, the resume checks, heads whose frozen blocks stay in eval mode, the command line, and
-`TaskTuner`, the engine each task subclasses with its own data, head, loss and prediction.
+"""What the fine-tuning tasks (`cebench transfer classify|detect|segment`) share: the config base (`TaskConfig`: SGD
+and loop settings, the common rules, the task's presets) and the image-loading settings, the inputs
+(`TaskInputs`), the lr schedule and the optimiser, the resume checks, heads whose frozen blocks stay in eval mode,
+the command line, `TaskTuner`, the engine each task subclasses with its own data, head, loss and prediction, and
+`run_task`, which fine-tunes, tests and writes metrics.json.
 
 A tuner opens the encoder (`transfer.backbones.open_encoder`: the suite's encoders or any timm / torchvision
 backbone), lets the task `prepare` (stage checks, views, datasets), opens the checkpoint in the run directory (one
 tagged with the same task; refused when a setting that changes the result differs), builds the model
 (`_build_model`) and the SGD optimiser, loads the checkpoint's state and wraps the model for DDP. `fit` runs the
 shared loop (`pretext.engine.trainer.Engine.fine_tune_loop`) over the task's `train_loader()` with its
-`step_values(batch)`, logging the loss, the lr, images/s and what the task adds.
+`step_values(batch)`, logging the loss, the lr, images/s and what the task adds. `run_task` then has rank 0 time
+the task's `predict_test`, score it (`score_test`, which writes the task's result files) and write metrics.json:
+the entries every task records (`TaskTuner.metrics`) with the task's own (`metrics_extra`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretext.config import _opt, apply_overrides, load_raw, with_defaults
+from pretext.config import (ConfigError, ConfigRoot, _opt, apply_overrides, check_device, check_fields, load_raw,
+                            with_defaults)
 from pretext.config import preset_names as config_preset_names
-from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, save_checkpoint
-from pretext.engine.distributed import DistEnv, wrap_ddp
+from pretext.data.images import DEFAULT_MAX_PIXELS
+from pretext.engine.checkpoint import CHECKPOINT, CheckpointError, atomic_write_text, save_checkpoint
+from pretext.engine.distributed import DistEnv, barrier, init_distributed, shutdown, wrap_ddp
 from pretext.engine.logger import RunLogger
-from pretext.engine.trainer import Engine, step_seed
+from pretext.engine.provenance import device_description
+from pretext.engine.trainer import Engine, convergence, step_seed
 from pretext.init import affine_layers, estimate_unseen_norms, has_unseen_norms
 from pretext.models.backbones import freeze_parameters, unreached_parameters
 
 from .arguments import fine_tune_main, max_images
-from .backbones import eval_norms, open_encoder
+from .backbones import encoder_record, eval_norms, open_encoder
+from .evaluate import json_safe, provenance
 from .features import normalise_input
 
 log = logging.getLogger("cebench")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)  # layers that set their outputs' scale
 LAYERS = ("fc8", "fc6-8", "all")  # train.layers: the output layers, the new head, or everything
+SetT = TypeVar("SetT")  # a task's image set: labelled images, a detection or a segmentation set
 NORM_EVAL_DOC = ("keep the encoder's batch-norm layers on their running statistics (eval mode) while fine-tuning: "
                  "batches of a few images make poor batch statistics (detectron2 and mmdetection do the same); "
                  "AlexNets have none")
 
 
 # --- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class ImageLoading:
+    """What every task's data section shares: mirroring, loader processes and the decoder's pixel cap; a task's
+    data section adds its scales."""
+
+    flip: bool = _opt(True, doc="mirror training images at random")
+    workers: int = _opt(2, min=0, doc="data loader processes")
+    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
+
 
 @dataclass
 class SGDConfig:
@@ -90,6 +110,60 @@ class FineTuneConfig:
     resume: bool = _opt(False, doc="continue the checkpoint in --out")
     progress: bool = _opt(True)
     ddp_timeout_s: int = _opt(1800, min=1, doc="also bounds how long other ranks wait for rank 0's test pass")
+
+
+@dataclass
+class TaskConfig(ConfigRoot):
+    """A fine-tuning task's config: the SGD settings and the training run every task shares, then the task's own
+    sections (data, model, test, ...), declared by the subclass. The rules every task checks are here
+    (`check_task` adds the task's own); `presets` and `load` read the task's shipped presets
+    (transfer/presets/<PRESETS>_*.yaml) or a YAML file."""
+
+    optim: SGDConfig = field(default_factory=SGDConfig)
+    train: FineTuneConfig = field(default_factory=FineTuneConfig)
+
+    PRESETS: ClassVar[str] = ""  # the shipped presets' prefix: classify, detect, segment
+    VALIDATION_SPLIT: ClassVar[bool] = False  # whether the task holds out and scores train.val_images
+
+    def check(self) -> None:
+        """Per-field ranges and choices, the rules every task shares, then the task's own (`check_task`)."""
+        check_fields(self)
+        if self.train.val_images and not self.VALIDATION_SPLIT:
+            raise ConfigError(f"train.val_images={self.train.val_images}: a validation split is implemented for "
+                              f"classification only; hold images out of the split lists instead")
+        model = getattr(self, "model", None)
+        if getattr(model, "rescale_encoder", False) and model.init != "data_dependent":
+            raise ConfigError(f"model.rescale_encoder=true needs model.init=data_dependent, got {model.init!r}")
+        self.check_task()
+        check_device(self.train.device)
+
+    def check_task(self) -> None:
+        """The task's rules that tie its fields together; none by default."""
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        """Names of the task's shipped presets (transfer/presets/<PRESETS>_*.yaml)."""
+        return [n for n in config_preset_names("transfer") if n.startswith(f"{cls.PRESETS}_")]
+
+    @classmethod
+    def load(cls, name_or_path: str, overrides: list[str] | None = None) -> Self:
+        """A preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> the validated
+        config."""
+        return cls.from_dict(apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), cls))
+
+
+@dataclass(frozen=True)
+class TaskInputs(Generic[SetT]):
+    """What a fine-tuning command names: the encoder (a run directory / encoder.json, or timm:NAME /
+    torchvision:NAME with a backbone's state dict in `weights`), the training and test sets (with `describe`), the
+    run directory and the --max-images subsets. A task adds its own fields (keyword-only)."""
+
+    encoder: str | Path
+    train: SetT
+    test: SetT
+    out: Path
+    max_images: tuple[int | None, int | None] = (None, None)
+    weights: Path | None = None  # --weights
 
 
 # --- schedule, optimiser, resume checks ----------------------------------------------------------
@@ -179,17 +253,17 @@ def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
 # --- the engine ---------------------------------------------------------------------------------
 
 class TaskTuner(Engine):
-    """Fine-tunes one encoder for one task into `inputs.out`, resumably. `inputs` has `encoder`, `weights`, `train`
-    (with `describe`), `max_images` and `out`; a task sets TASK and PROGRESS and defines `_build_model`,
-    `train_loader` and `step_values`, and may add to the checkpoint's record (`record_extra`), its state
-    (`state_extra`) and the log (`log_extra`)."""
+    """Fine-tunes one encoder for one task into `inputs.out` (`TaskInputs`), resumably. A task sets TASK and
+    PROGRESS and defines `_build_model`, `train_loader`, `step_values`, and for `run_task` its test (`predict_test`,
+    `score_test`); it may add to the checkpoint's record (`record_extra`), its state (`state_extra`), the log
+    (`log_extra`) and metrics.json (`metrics_extra`)."""
 
     TASK = ""  # the checkpoint's tag
     PROGRESS = ""  # the progress bar's name
     RESUME_FREE = RESUME_FREE
     UNTAGGED: str | None = None  # the task of the checkpoints written before they were tagged
 
-    def __init__(self, cfg: Any, inputs: Any, env: DistEnv) -> None:
+    def __init__(self, cfg: Any, inputs: TaskInputs, env: DistEnv) -> None:
         super().__init__(cfg.train, inputs.out, env)
         self.cfg, self.inputs = cfg, inputs
         encoder, self.meta = open_encoder(inputs.encoder, inputs.weights)
@@ -224,6 +298,19 @@ class TaskTuner(Engine):
     def record_extra(self) -> dict:
         return {}
 
+    def predict_test(self) -> tuple[Any, dict[str, float]]:
+        """Rank 0, after `fit`: the test set's predictions (timed: test_seconds) and the task's other timings."""
+        raise NotImplementedError
+
+    def score_test(self, predictions: Any) -> dict:
+        """The test metrics of `predictions` (`predict_test`), writing the task's result files beside metrics.json."""
+        raise NotImplementedError
+
+    def metrics_extra(self, seconds: dict[str, float]) -> dict:
+        """The task's own metrics.json entries (its head's geometry, its inputs' extras); they may replace shared
+        ones (segmentation's `test`)."""
+        return {}
+
     def state_extra(self) -> dict:
         return {}
 
@@ -251,6 +338,19 @@ class TaskTuner(Engine):
         names = set(self.unreached)
         unreached = {id(p) for n, p in model.encoder.named_parameters() if n in names}
         return [m for m in affine_layers(model.encoder) if id(m.weight) not in unreached]
+
+    def metrics(self, result: dict, seconds: dict[str, float]) -> dict:
+        """metrics.json: the test results with everything needed to reproduce and compare them."""
+        i, meta, cfg = self.inputs, self.meta, self.cfg
+        return {"task": self.TASK, "layers": cfg.train.layers, "encoder": str(i.encoder),
+                "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
+                "encoder_arch": meta.get("arch"), "stage": self.stage,
+                "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
+                "classes": list(i.train.classes), "steps": self.step, "seed": cfg.train.seed,
+                "config_hash": cfg.hash(), "config": cfg.to_dict(), "training": convergence(self.losses),
+                "precision": self.precision, **self.metrics_extra(seconds), **result,
+                **{k: round(v, 4) for k, v in seconds.items()}, "device": device_description(self.env.device),
+                "world_size": self.env.world_size, **provenance()}
 
     def _record(self) -> dict:
         """What a checkpoint must share with the run that continues it."""
@@ -304,17 +404,41 @@ class TaskTuner(Engine):
         self.report({"loss": loss}, extra, logger, bar)
 
 
+def run_task(tuner: type[TaskTuner], cfg: TaskConfig, inputs: TaskInputs) -> dict | None:
+    """Fine-tune on every process, then on rank 0 predict and score the test set and write the task's files and
+    metrics.json; the record (None off rank 0). The test set must have the training set's classes."""
+    if inputs.test.classes != inputs.train.classes:  # a COCO root brings its own categories
+        raise ValueError(f"{inputs.test.root} (split {inputs.test.split}) has classes {list(inputs.test.classes)} "
+                         f"but {inputs.train.root} (split {inputs.train.split}) {list(inputs.train.classes)}")
+    t0 = time.perf_counter()
+    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
+    try:
+        run = tuner(cfg, inputs, env)
+        train_seconds = run.fit()
+        record = None
+        if env.is_main:
+            t1 = time.perf_counter()
+            predictions, timings = run.predict_test()
+            seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1, **timings,
+                       "wall_seconds": time.perf_counter() - t0}
+            record = run.metrics(run.score_test(predictions), seconds)
+            text = json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n"
+            atomic_write_text(inputs.out / "metrics.json", text)
+        barrier(env)
+        return record
+    finally:
+        shutdown(env)
+
+
 # --- the command line ----------------------------------------------------------------------------
 
-def task_presets(prefix: str) -> list[str]:
-    """Names of the shipped presets (transfer/presets) of one task: those starting with `prefix`."""
-    return [n for n in config_preset_names("transfer") if n.startswith(prefix)]
-
-
-def load_task_config(root: type, name_or_path: str, overrides: list[str] | None = None) -> Any:
-    """A preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> the validated
-    config of class `root`."""
-    return root.from_dict(apply_overrides(load_raw(name_or_path, package="transfer"), list(overrides or []), root))
+def root_to_test(args: argparse.Namespace) -> Path:
+    """The test data's root (--test-data, else --data); testing on the training split of the same root is refused."""
+    root = args.test_data or args.data
+    if Path(root).resolve() == Path(args.data).resolve() and args.test_split == args.train_split:
+        raise ValueError(f"{args.data}: the test set is the training set (split {args.train_split}); "
+                         f"give another --test-split or --test-data")
+    return root
 
 
 @dataclass(frozen=True)
@@ -350,8 +474,7 @@ class TaskCommand:
     what: str  # "image classification": the parser's description ends with it
     preset: str  # the default preset
     data: TaskData
-    preset_names: Callable[[], list[str]]
-    load_config: Callable[[str, list[str]], Any]
+    config: type[TaskConfig]  # the task's config: its presets and how they load
     run: Callable[[Any, argparse.Namespace], dict | None]
     summary: Callable[[dict], str]
 
@@ -362,7 +485,7 @@ class TaskCommand:
 
     def main(self, argv: list[str] | None = None, prog: str | None = None) -> int:
         """Parse, resolve the config, fine-tune and test, print a summary; the exit code."""
-        return fine_tune_main(self.build_parser(prog), argv, self.preset_names, self.load_config, self.run,
+        return fine_tune_main(self.build_parser(prog), argv, self.config.presets, self.config.load, self.run,
                               self.summary)
 
 

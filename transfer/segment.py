@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -55,20 +54,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pretext.config import ConfigError, ConfigRoot, _opt, check_device, check_fields
+from pretext.config import ConfigError, _opt
 from pretext.data.dataset import SampleKey, build_loader
-from pretext.data.images import DEFAULT_MAX_PIXELS
 from pretext.engine.checkpoint import CHECKPOINT, atomic_write_text
-from pretext.engine.distributed import barrier, init_distributed, shutdown
-from pretext.engine.provenance import device_description
-from pretext.engine.trainer import convergence
 from pretext.init import within_layer_init
 from pretext.models.kernels import to_channels_last
 
-from .backbones import default_layer, encoder_record, encoder_stages
-from .evaluate import json_safe, provenance
-from .finetune import (NORM_EVAL_DOC, FineTuneConfig, FrozenBlocks, SGDConfig, TaskCommand, TaskData, TaskTuner,
-                       load_task_config, task_presets)
+from .backbones import default_layer, encoder_stages
+from .finetune import (NORM_EVAL_DOC, FrozenBlocks, ImageLoading, TaskCommand, TaskConfig, TaskData, TaskInputs,
+                       TaskTuner, run_task, root_to_test)
 from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
 from .segmentation_eval import confusion, segmentation_scores
 
@@ -80,14 +74,11 @@ PAPER_CONV1_PAD = 100  # FCN's padding of conv1 for the 227 px AlexNet
 # --- configuration ------------------------------------------------------------------------------
 
 @dataclass
-class SegDataConfig:
+class SegDataConfig(ImageLoading):
     """Image scale, mirrors and loading."""
 
     scale: int | None = _opt(None, min=8, doc="shorter side of training images; null = their own size (FCN)")
     max_size: int = _opt(1000, min=8, doc="with data.scale: cap on the longer side")
-    flip: bool = _opt(True)
-    workers: int = _opt(2, min=0, doc="data loader processes")
-    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, min=1, doc="refuse larger images (decompression bombs)")
 
 
 @dataclass
@@ -129,43 +120,28 @@ class SegTestConfig:
 
 
 @dataclass
-class SegmentConfig(ConfigRoot):
+class SegmentConfig(TaskConfig):
     """Everything `cebench transfer segment` needs besides its inputs."""
+
+    PRESETS = "segment"
 
     data: SegDataConfig = field(default_factory=SegDataConfig)
     model: SegModelConfig = field(default_factory=SegModelConfig)
     loss: SegLossConfig = field(default_factory=SegLossConfig)
-    optim: SGDConfig = field(default_factory=SGDConfig)
-    train: FineTuneConfig = field(default_factory=FineTuneConfig)
     test: SegTestConfig = field(default_factory=SegTestConfig)
 
     def test_scale(self) -> int | None:
         """The test shorter side (None = original size)."""
         return self.test.scale if self.test.scale is not None else self.data.scale
 
-    def check(self) -> None:
-        """Per-field ranges and choices, then the rules that tie fields together."""
-        check_fields(self)
+    def check_task(self) -> None:
+        """Two hidden widths or none, and new fc6/fc7 either calibrated or converted from a classifier."""
         if len(self.model.fc_widths) not in (0, 2):
             raise ConfigError(f"model.fc_widths must list 2 widths (fc6, fc7) or none (the score layer alone), got "
                               f"{self.model.fc_widths}")
         if self.model.init == "data_dependent" and self.model.fc_from:
             raise ConfigError("model.init=data_dependent starts new fc6/fc7; with model.fc_from they are converted "
                               "from a classifier instead: choose one")
-        if self.train.val_images:
-            raise ConfigError(f"train.val_images={self.train.val_images}: a validation split is implemented for "
-                              f"classification only; hold images out of the split lists instead")
-        check_device(self.train.device)
-
-
-def preset_names() -> list[str]:
-    """Names of the segmentation presets shipped in transfer/presets."""
-    return task_presets("segment_")
-
-
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> SegmentConfig:
-    """Preset (transfer/presets) or YAML file, following `base:`, + `key=value` overrides -> validated config."""
-    return load_task_config(SegmentConfig, name_or_path, overrides)
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -419,17 +395,11 @@ class TestImages(Dataset):
 
 # --- the fine-tuning run -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SegmentInputs:
+@dataclass(frozen=True, kw_only=True)
+class SegmentInputs(TaskInputs[SegmentationSet]):
     """The encoder, the training and test sets, the run directory."""
 
-    encoder: str | Path  # a run directory / encoder.json, or timm:NAME / torchvision:NAME
-    train: SegmentationSet
-    test: SegmentationSet
-    out: Path
-    max_images: tuple[int | None, int | None] = (None, None)
     test_dropped: int = 0  # test images left out because they are training images
-    weights: Path | None = None  # a backbone's state dict (--weights)
 
 
 class Segmenter(TaskTuner):
@@ -441,6 +411,23 @@ class Segmenter(TaskTuner):
         self.stage = self.cfg.model.stage or default_layer(encoder)
         self._check_head(encoder)
         self.train_set = TrainPairs(self.inputs.train, self.cfg)
+
+    def predict_test(self) -> tuple[tuple[np.ndarray, Path | None], dict[str, float]]:
+        pred_dir = self.inputs.out / "predictions" if self.cfg.test.save_predictions else None
+        conf, per_image = self.evaluate(self.inputs.test, pred_dir)
+        return (conf, pred_dir), {"inference_seconds_per_image": per_image}
+
+    def score_test(self, predictions: tuple[np.ndarray, Path | None]) -> dict:
+        conf, pred_dir = predictions
+        return {**segmentation_scores(conf, self.inputs.test.classes), "confusion": conf.tolist(),
+                "predictions": str(pred_dir) if pred_dir else None}
+
+    def metrics_extra(self, seconds: dict[str, float]) -> dict:
+        i, images = self.inputs, max(self.step, 1) * self.cfg.train.batch_size * self.env.world_size
+        return {"head": "fcn32s" if isinstance(self.model, FCN) else "stage",
+                "test": {**i.test.describe(i.max_images[1]), "dropped_training_images": i.test_dropped},
+                "conv1_pad": self.model.conv1_pad, "crop_offset": self.model.offset, "stride": self.model.stride,
+                "train_seconds_per_image": round(seconds["train_seconds"] / images, 5) if self.step else None}
 
     def record_extra(self) -> dict:
         return {"classes": list(self.inputs.train.classes)}
@@ -580,66 +567,21 @@ class Segmenter(TaskTuner):
         return conf, (time.perf_counter() - t0) / max(len(data.ids), 1)
 
 
-def build_record(cfg: SegmentConfig, seg: Segmenter, result: dict, seconds: dict[str, float]) -> dict:
-    """metrics.json: the test results with everything needed to reproduce and compare them."""
-    i, meta = seg.inputs, seg.meta
-    images = max(seg.step, 1) * cfg.train.batch_size * seg.env.world_size
-    return {"task": "segmentation", "layers": cfg.train.layers, "encoder": str(i.encoder),
-            "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
-            "encoder_arch": meta.get("arch"), "stage": seg.stage,
-            "head": "fcn32s" if isinstance(seg.model, FCN) else "stage",
-            "train": i.train.describe(i.max_images[0]),
-            "test": {**i.test.describe(i.max_images[1]), "dropped_training_images": i.test_dropped},
-            "classes": list(i.train.classes), "steps": seg.step, "seed": cfg.train.seed,
-            "config_hash": cfg.hash(), "config": cfg.to_dict(), "training": convergence(seg.losses),
-            "precision": seg.precision, "conv1_pad": seg.model.conv1_pad,
-            "crop_offset": seg.model.offset, "stride": seg.model.stride, **result,
-            **{k: round(v, 4) for k, v in seconds.items()},
-            "train_seconds_per_image": round(seconds["train_seconds"] / images, 5) if seg.step else None,
-            "device": device_description(seg.env.device), "world_size": seg.env.world_size, **provenance()}
-
-
 def run_segment(cfg: SegmentConfig, inputs: SegmentInputs) -> dict | None:
     """Fine-tune, predict and score on rank 0, write metrics.json (+ predictions/); the record (None off rank 0)."""
-    if inputs.test.classes != inputs.train.classes:
-        raise ValueError(f"{inputs.test.root} (split {inputs.test.split}) has classes {list(inputs.test.classes)} "
-                         f"but {inputs.train.root} (split {inputs.train.split}) {list(inputs.train.classes)}")
-    t0 = time.perf_counter()
-    env = init_distributed(cfg.train.device, cfg.train.ddp_timeout_s)
-    try:
-        seg = Segmenter(cfg, inputs, env)
-        train_seconds = seg.fit()
-        record = None
-        if env.is_main:
-            t1 = time.perf_counter()
-            pred_dir = inputs.out / "predictions" if cfg.test.save_predictions else None
-            conf, per_image = seg.evaluate(inputs.test, pred_dir)
-            seconds = {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t1,
-                       "inference_seconds_per_image": per_image, "wall_seconds": time.perf_counter() - t0}
-            result = {**segmentation_scores(conf, inputs.test.classes), "confusion": conf.tolist(),
-                      "predictions": str(pred_dir) if pred_dir else None}
-            record = build_record(cfg, seg, result, seconds)
-            text = json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n"
-            atomic_write_text(inputs.out / "metrics.json", text)
-        barrier(env)
-        return record
-    finally:
-        shutdown(env)
+    return run_task(Segmenter, cfg, inputs)
 
 
 # --- the command line -----------------------------------------------------------------------------
 
 def open_inputs(args: argparse.Namespace, cfg: SegmentConfig) -> SegmentInputs:
     """Training and test splits; testing on the training split is refused."""
-    test_root = args.test_data or args.data
-    if Path(test_root).resolve() == Path(args.data).resolve() and args.test_split == args.train_split:
-        raise ValueError(f"{args.data}: the test set is the training set (split {args.train_split}); "
-                         f"give another --test-split or --test-data")
+    test_root = root_to_test(args)
     seed = cfg.train.seed
     train = open_segmentation_set(args.data, args.train_split, args.classes, args.max_images[0], seed)
     test = open_segmentation_set(test_root, args.test_split, args.classes, args.max_images[1], seed)
     test, dropped = drop_training_images(train, test)
-    return SegmentInputs(args.encoder, train, test, args.out, args.max_images, dropped, args.weights)
+    return SegmentInputs(args.encoder, train, test, args.out, args.max_images, args.weights, test_dropped=dropped)
 
 
 def drop_training_images(train: SegmentationSet, test: SegmentationSet) -> tuple[SegmentationSet, int]:
@@ -674,7 +616,7 @@ COMMAND = TaskCommand(
              "COCO (annotations/instances_<split>.json) or images/ + masks/", "train", "val",
              classes="class list for roots without classes.txt, in label-value order (background first or added; "
                      "default for VOC and SBD roots: the 20 VOC classes)"),
-    preset_names, load_config, lambda cfg, args: run_segment(cfg, open_inputs(args, cfg)), summary)
+    SegmentConfig, lambda cfg, args: run_segment(cfg, open_inputs(args, cfg)), summary)
 build_parser, main = COMMAND.build_parser, COMMAND.main
 
 

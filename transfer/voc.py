@@ -17,7 +17,6 @@ import numpy as np
 from pretext.data.voc import (  # re-exported: the transfer tasks and their tests read VOC roots through this module
     BACKGROUND_NAMES,
     VOC_CLASSES,
-    _labels_from_annotations,
     check_class_names,
     check_split,
     read_class_list,
@@ -30,6 +29,10 @@ from pretext.data.voc import (  # re-exported: the transfer tasks and their test
     safe_class_name,
 )
 from pretext.engine.checkpoint import atomic_write_text
+
+__all__ = ["BACKGROUND_NAMES", "RESULTS_PREFIX", "VOC_CLASSES", "check_class_names", "check_split", "read_class_list",
+           "read_classification_labels", "read_cls_results", "read_lines", "read_objects", "read_split_ids",
+           "read_table", "results_path", "row_index", "safe_class_name", "write_cls_results"]
 
 RESULTS_PREFIX = "comp1_cls_"  # comp1: the devkit's "trained on the VOC data only" competition
 

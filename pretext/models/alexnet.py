@@ -112,6 +112,12 @@ class AlexNetEncoder(nn.Module):
         """Channels of pool5."""
         return int(self.spec.widths[-1])
 
+    def stage_layers(self, stage: str) -> list[nn.Module]:
+        """The layers from the input up to and including `stage` (one of STAGES)."""
+        if stage not in _STAGE_INDEX:
+            raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
+        return list(self.features[: _STAGE_INDEX[stage] + 1])
+
     def feature_shapes(self) -> dict[str, tuple[int, int, int]]:
         """(C, H, W) of every stage for the configured input size."""
         x = torch.zeros(1, 3, self.spec.input_size, self.spec.input_size)
