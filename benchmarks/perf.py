@@ -365,7 +365,7 @@ def finetune_rates(steps: int, warmup: int, batch: int | None, work: Path) -> di
                                    ("fp32", ["train.precision=fp32", "train.channels_last=true"]),
                                    ("bf16", ["train.precision=bf16", "train.channels_last=true"])):
             cfg = ClassifyConfig.load(preset, [*overrides, f"train.batch_size={n}", "model.init=kaiming",
-                                           "train.progress=false", f"train.max_steps={steps + warmup}"])
+                                               "train.progress=false", f"train.max_steps={steps + warmup}"])
             tuner = FineTuner(cfg, RunInputs(encoder, data, data, work / f"run_{name}_{variant}"), env)
             size = tuner.crop
             images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)

@@ -49,7 +49,7 @@ from pretext.models.kernels import to_channels_last
 from .backbones import default_layer, encoder_stages
 from .features import LabelledImages, check_train_test, open_labelled, subset
 from .finetune import (FrozenBlocks, ImageLoading, TaskCommand, TaskConfig, TaskData, TaskInputs, TaskTuner, fc_block,
-                       run_task)
+                       run_fine_tune)
 from .metrics import classification_metrics, top1_accuracy
 from .voc import read_split_ids, write_cls_results
 
@@ -490,7 +490,7 @@ def write_results_files(out: Path, data: LabelledImages, scores: np.ndarray) -> 
 
 def run_classify(cfg: ClassifyConfig, inputs: RunInputs) -> dict | None:
     """Fine-tune, test on rank 0, write metrics.json (+ VOC results files); returns the record (None off rank 0)."""
-    return run_task(FineTuner, cfg, inputs)
+    return run_fine_tune(FineTuner, cfg, inputs)
 
 
 def hold_out(data: LabelledImages, n: int, seed: int) -> tuple[LabelledImages, LabelledImages | None]:

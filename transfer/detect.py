@@ -65,7 +65,7 @@ from .coco import coco_detection_metrics, is_coco_root, read_coco_detection, to_
 from .detection_eval import ImageObjects, read_detection_annotations, voc_detection_ap, write_det_results
 from .features import is_voc_root
 from .finetune import (NORM_EVAL_DOC, FrozenBlocks, ImageLoading, TaskCommand, TaskConfig, TaskData, TaskInputs,
-                       TaskTuner, fc_block, run_task, root_to_test)
+                       TaskTuner, fc_block, run_fine_tune, root_to_test)
 from .finetune import RESUME_FREE as FINE_TUNE_RESUME_FREE
 from .proposals import ProposalSettings, compute_proposals, load_precomputed
 from .voc import read_class_list, read_split_ids
@@ -648,7 +648,7 @@ def write_results(out: Path, data: DetectionSet, detections: dict[str, list[np.n
 def run_detect(cfg: DetectConfig, inputs: DetectInputs) -> dict | None:
     """Fine-tune, detect and score on rank 0, write metrics.json (+ devkit files or coco_results.json); the record
     (None off rank 0)."""
-    return run_task(Detector, cfg, inputs)
+    return run_fine_tune(Detector, cfg, inputs)
 
 
 # --- inputs and the command line ----------------------------------------------------------------------

@@ -2,16 +2,16 @@
 and loop settings, the common rules, the task's presets) and the image-loading settings, the inputs
 (`TaskInputs`), the lr schedule and the optimiser, the resume checks, heads whose frozen blocks stay in eval mode,
 the command line, `TaskTuner`, the engine each task subclasses with its own data, head, loss and prediction, and
-`run_task`, which fine-tunes, tests and writes metrics.json.
+`run_fine_tune`, which fine-tunes, tests and writes metrics.json.
 
 A tuner opens the encoder (`transfer.backbones.open_encoder`: the suite's encoders or any timm / torchvision
 backbone), lets the task `prepare` (stage checks, views, datasets), opens the checkpoint in the run directory (one
 tagged with the same task; refused when a setting that changes the result differs), builds the model
 (`_build_model`) and the SGD optimiser, loads the checkpoint's state and wraps the model for DDP. `fit` runs the
 shared loop (`pretext.engine.trainer.Engine.fine_tune_loop`) over the task's `train_loader()` with its
-`step_values(batch)`, logging the loss, the lr, images/s and what the task adds. `run_task` then has rank 0 time
-the task's `predict_test`, score it (`score_test`, which writes the task's result files) and write metrics.json:
-the entries every task records (`TaskTuner.metrics`) with the task's own (`metrics_extra`).
+`step_values(batch)`, logging the loss, the lr, images/s and what the task adds. `run_fine_tune` then has rank 0
+time the task's `predict_test`, score it (`score_test`) with the task's result files, and write metrics.json: the
+entries every task records (`TaskTuner.metrics`) with the task's own (`metrics_extra`).
 """
 
 from __future__ import annotations
@@ -126,15 +126,16 @@ class TaskConfig(ConfigRoot):
     VALIDATION_SPLIT: ClassVar[bool] = False  # whether the task holds out and scores train.val_images
 
     def check(self) -> None:
-        """Per-field ranges and choices, the rules every task shares, then the task's own (`check_task`)."""
+        """Per-field ranges and choices, a validation split only where the task scores one, the task's own rules
+        (`check_task`), the encoder's rescaling only with the data-dependent start, a valid device name."""
         check_fields(self)
         if self.train.val_images and not self.VALIDATION_SPLIT:
             raise ConfigError(f"train.val_images={self.train.val_images}: a validation split is implemented for "
                               f"classification only; hold images out of the split lists instead")
+        self.check_task()
         model = getattr(self, "model", None)
         if getattr(model, "rescale_encoder", False) and model.init != "data_dependent":
             raise ConfigError(f"model.rescale_encoder=true needs model.init=data_dependent, got {model.init!r}")
-        self.check_task()
         check_device(self.train.device)
 
     def check_task(self) -> None:
@@ -143,6 +144,8 @@ class TaskConfig(ConfigRoot):
     @classmethod
     def presets(cls) -> list[str]:
         """Names of the task's shipped presets (transfer/presets/<PRESETS>_*.yaml)."""
+        if not cls.PRESETS:
+            raise TypeError(f"{cls.__name__} names no presets (PRESETS): a task's config class does")
         return [n for n in config_preset_names("transfer") if n.startswith(f"{cls.PRESETS}_")]
 
     @classmethod
@@ -254,8 +257,8 @@ def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
 
 class TaskTuner(Engine):
     """Fine-tunes one encoder for one task into `inputs.out` (`TaskInputs`), resumably. A task sets TASK and
-    PROGRESS and defines `_build_model`, `train_loader`, `step_values`, and for `run_task` its test (`predict_test`,
-    `score_test`); it may add to the checkpoint's record (`record_extra`), its state (`state_extra`), the log
+    PROGRESS and defines `_build_model`, `train_loader`, `step_values`, and for `run_fine_tune` its test
+    (`predict_test`, `score_test`); it may add to the checkpoint's record (`record_extra`), its state (`state_extra`), the log
     (`log_extra`) and metrics.json (`metrics_extra`)."""
 
     TASK = ""  # the checkpoint's tag
@@ -303,7 +306,8 @@ class TaskTuner(Engine):
         raise NotImplementedError
 
     def score_test(self, predictions: Any) -> dict:
-        """The test metrics of `predictions` (`predict_test`), writing the task's result files beside metrics.json."""
+        """The test metrics of `predictions` (`predict_test`), with the task's result files (written here, or by
+        `predict_test` where writing them is part of predicting: segmentation's label maps)."""
         raise NotImplementedError
 
     def metrics_extra(self, seconds: dict[str, float]) -> dict:
@@ -404,7 +408,7 @@ class TaskTuner(Engine):
         self.report({"loss": loss}, extra, logger, bar)
 
 
-def run_task(tuner: type[TaskTuner], cfg: TaskConfig, inputs: TaskInputs) -> dict | None:
+def run_fine_tune(tuner: type[TaskTuner], cfg: TaskConfig, inputs: TaskInputs) -> dict | None:
     """Fine-tune on every process, then on rank 0 predict and score the test set and write the task's files and
     metrics.json; the record (None off rank 0). The test set must have the training set's classes."""
     if inputs.test.classes != inputs.train.classes:  # a COCO root brings its own categories

@@ -62,7 +62,7 @@ from pretext.models.kernels import to_channels_last
 
 from .backbones import default_layer, encoder_stages
 from .finetune import (NORM_EVAL_DOC, FrozenBlocks, ImageLoading, TaskCommand, TaskConfig, TaskData, TaskInputs,
-                       TaskTuner, run_task, root_to_test)
+                       TaskTuner, run_fine_tune, root_to_test)
 from .segmentation_data import IGNORE, SegmentationSet, open_segmentation_set, write_label_png
 from .segmentation_eval import confusion, segmentation_scores
 
@@ -569,7 +569,7 @@ class Segmenter(TaskTuner):
 
 def run_segment(cfg: SegmentConfig, inputs: SegmentInputs) -> dict | None:
     """Fine-tune, predict and score on rank 0, write metrics.json (+ predictions/); the record (None off rank 0)."""
-    return run_task(Segmenter, cfg, inputs)
+    return run_fine_tune(Segmenter, cfg, inputs)
 
 
 # --- the command line -----------------------------------------------------------------------------
