@@ -168,6 +168,10 @@ class TaskInputs(Generic[SetT]):
     max_images: tuple[int | None, int | None] = (None, None)
     weights: Path | None = None  # --weights
 
+    def test_record(self) -> dict:
+        """The test set as metrics.json records it; a task adds what it did to the set."""
+        return self.test.describe(self.max_images[1])
+
 
 # --- schedule, optimiser, resume checks ----------------------------------------------------------
 
@@ -258,8 +262,8 @@ def fc_block(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
 class TaskTuner(Engine):
     """Fine-tunes one encoder for one task into `inputs.out` (`TaskInputs`), resumably. A task sets TASK and
     PROGRESS and defines `_build_model`, `train_loader`, `step_values`, and for `run_fine_tune` its test
-    (`predict_test`, `score_test`); it may add to the checkpoint's record (`record_extra`), its state (`state_extra`), the log
-    (`log_extra`) and metrics.json (`metrics_extra`)."""
+    (`predict_test`, `score_test`); it may add to the checkpoint's record (`record_extra`), its state
+    (`state_extra`), the log (`log_extra`) and metrics.json (`metrics_extra`)."""
 
     TASK = ""  # the checkpoint's tag
     PROGRESS = ""  # the progress bar's name
@@ -311,8 +315,7 @@ class TaskTuner(Engine):
         raise NotImplementedError
 
     def metrics_extra(self, seconds: dict[str, float]) -> dict:
-        """The task's own metrics.json entries (its head's geometry, its inputs' extras); they may replace shared
-        ones (segmentation's `test`)."""
+        """The task's own metrics.json entries (its head's geometry, its inputs' extras)."""
         return {}
 
     def state_extra(self) -> dict:
@@ -349,7 +352,7 @@ class TaskTuner(Engine):
         return {"task": self.TASK, "layers": cfg.train.layers, "encoder": str(i.encoder),
                 "encoder_sha256": meta["sha256"], "encoder_method": meta.get("method"), **encoder_record(meta),
                 "encoder_arch": meta.get("arch"), "stage": self.stage,
-                "train": i.train.describe(i.max_images[0]), "test": i.test.describe(i.max_images[1]),
+                "train": i.train.describe(i.max_images[0]), "test": i.test_record(),
                 "classes": list(i.train.classes), "steps": self.step, "seed": cfg.train.seed,
                 "config_hash": cfg.hash(), "config": cfg.to_dict(), "training": convergence(self.losses),
                 "precision": self.precision, **self.metrics_extra(seconds), **result,

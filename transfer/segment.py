@@ -401,6 +401,9 @@ class SegmentInputs(TaskInputs[SegmentationSet]):
 
     test_dropped: int = 0  # test images left out because they are training images
 
+    def test_record(self) -> dict:
+        return {**super().test_record(), "dropped_training_images": self.test_dropped}
+
 
 class Segmenter(TaskTuner):
     """Fine-tunes one encoder for segmentation into `inputs.out`, resumably, on the shared engine."""
@@ -423,9 +426,8 @@ class Segmenter(TaskTuner):
                 "predictions": str(pred_dir) if pred_dir else None}
 
     def metrics_extra(self, seconds: dict[str, float]) -> dict:
-        i, images = self.inputs, max(self.step, 1) * self.cfg.train.batch_size * self.env.world_size
+        images = max(self.step, 1) * self.cfg.train.batch_size * self.env.world_size
         return {"head": "fcn32s" if isinstance(self.model, FCN) else "stage",
-                "test": {**i.test.describe(i.max_images[1]), "dropped_training_images": i.test_dropped},
                 "conv1_pad": self.model.conv1_pad, "crop_offset": self.model.offset, "stride": self.model.stride,
                 "train_seconds_per_image": round(seconds["train_seconds"] / images, 5) if self.step else None}
 
