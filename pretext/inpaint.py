@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .arguments import non_negative_int, positive_int
 from .config import MaskConfig, PretrainConfig
 from .data.dataset import UnlabelledImages, image_batches
 from .data.images import BadImageError
@@ -107,28 +108,14 @@ def _to01(t: torch.Tensor) -> torch.Tensor:
     return t.add(1).div(2).clamp(0, 1)
 
 
-def _at_least_zero(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by `inpaint` and `eval-inpainting`."""
     p.add_argument("--checkpoint", required=True, type=Path, help="run directory or checkpoint.pt")
     p.add_argument("--split", default="test", help="VOC split list when --images is a VOC root")
     p.add_argument("--mask", default="central", choices=MASK_KINDS)
-    p.add_argument("--max-images", type=_at_least_one, default=None, metavar="N",
+    p.add_argument("--max-images", type=positive_int, default=None, metavar="N",
                    help="a fixed random subset of N images, drawn by --seed (default: all)")
-    p.add_argument("--batch-size", type=_at_least_one, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks and of the --max-images subset")
     p.add_argument("--overlap", type=int, default=None, metavar="PX",
                    help="px the hole is shrunk by on each side (default: the run's mask.overlap); give the same "
@@ -140,7 +127,7 @@ def add_model_and_image_arguments(p: argparse.ArgumentParser) -> None:
                    help="hole settings besides the kind: the run's own mask section, or the defaults (coverage "
                         "0.05-0.25, strokes, blob seed 0) so that models trained with other settings get the same "
                         "holes (the suites use standard)")
-    p.add_argument("--workers", type=_at_least_zero, default=None, metavar="N",
+    p.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                    help="image decoding processes (default: one per core but one, at most 4; 0 = in this process)")
     p.add_argument("--device", default="auto")
 

@@ -176,11 +176,13 @@ def test_feature_cache_hit_skips_the_encoder_and_key_follows_the_layer(encoder_d
 
 
 def test_a_replaced_image_is_extracted_again_and_the_log_says_why(encoder_dir: Path, tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+                                                                  caplog: pytest.LogCaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The same file name with other pixels: its features (and the probe's) change; the others come from the
     cache; the features of a fresh extraction and of the patched cache agree."""
     import shutil
 
+    monkeypatch.delenv("CEBENCH_FINGERPRINT", raising=False)  # stat mode, whatever the environment says
     root = tmp_path / "data"
     shutil.copytree(stripes(tmp_path / "src", 8, seed=0), root)
     encoder, meta = load_encoder(encoder_dir)
@@ -197,6 +199,7 @@ def test_a_replaced_image_is_extracted_again_and_the_log_says_why(encoder_dir: P
         again = cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
     assert batches == [1]  # only the replaced image went through the encoder
     assert "1 of 16 images of" in caplog.text and str(target) in caplog.text
+    assert "(size or modification time; first:" in caplog.text
     changed = np.flatnonzero(~np.isclose(first.x, again.x).all(axis=1))
     assert changed.tolist() == [3]
     fresh = cached_features(encoder, meta, data, "pool5", tmp_path / "fresh", batch_size=64)
@@ -204,6 +207,40 @@ def test_a_replaced_image_is_extracted_again_and_the_log_says_why(encoder_dir: P
     batches.clear()
     cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
     assert batches == []  # the patched cache is complete
+
+
+def test_in_content_mode_the_cache_sees_new_bytes_behind_an_old_time(encoder_dir: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CEBENCH_FINGERPRINT=content: features cached in stat mode are a clean miss (all extracted, no "changed"
+    warning); an image rewritten with other bytes of the same size, its modification time put back, is extracted
+    again, and the warning names what was compared."""
+    import shutil
+
+    monkeypatch.delenv("CEBENCH_FINGERPRINT", raising=False)
+    root = tmp_path / "data"
+    shutil.copytree(stripes(tmp_path / "src", 8, seed=0), root)
+    encoder, meta = load_encoder(encoder_dir)
+    batches = []
+    encoder.register_forward_hook(lambda _m, inputs, _o: batches.append(inputs[0].shape[0]))
+    data = open_labelled(root, "unused")
+    target = data.paths[5]
+    image = Image.open(target).convert("RGB")
+    image.save(target, format="PNG", compress_level=0)  # uncompressed: other pixels, as many bytes
+    cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)  # stat mode
+    monkeypatch.setenv("CEBENCH_FINGERPRINT", "content")
+    batches.clear()
+    with caplog.at_level(logging.WARNING):
+        cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
+    assert batches == [16] and "changed since" not in caplog.text  # another mode's stamps: extracted afresh
+    times, before = target.stat(), target.read_bytes()
+    Image.open(data.paths[-1]).convert("RGB").resize(image.size).save(target, format="PNG", compress_level=0)
+    assert target.stat().st_size == times.st_size and target.read_bytes() != before
+    os.utime(target, ns=(times.st_atime_ns, times.st_mtime_ns))
+    batches.clear()
+    with caplog.at_level(logging.WARNING):
+        cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
+    assert batches == [1] and "(size or content; first:" in caplog.text and str(target) in caplog.text
 
 
 def test_features_in_bf16_are_cached_apart_and_channels_last_computes_the_plain_layout(

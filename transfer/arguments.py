@@ -1,49 +1,32 @@
-"""argparse types shared by the transfer commands (positive integers, number lists, `--max-images N[,M]`) and their
-shared fine-tuning command line."""
+"""argparse types of the transfer commands (`--max-images N[,M]`, the extraction options; the number types come
+from `pretext.arguments`) and their shared command lines: `command_main` (probes, retrieval, nearest-neighbour
+inpainting, evaluation, VOC layout) and `fine_tune_main` (classification, detection, segmentation)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from pretext.arguments import non_negative_int, number_list, parse_number, positive_int
 
-def number_list(text: str, kind: type = int) -> tuple:
-    """Comma-separated positive numbers of `kind`, e.g. '20,200' or '0.1,1'."""
-    try:
-        values = tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
-    return values
+__all__ = ["PRECISIONS", "add_extraction_arguments", "command_main", "fine_tune_main", "max_images",
+           "non_negative_int", "number_list", "parse_number", "positive_int"]
 
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    values = number_list(text, int)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one integer, got {text!r}")
-    return values[0]
-
+log = logging.getLogger("cebench")
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def add_extraction_arguments(p: argparse.ArgumentParser) -> None:
-    """--precision and --workers of the feature extraction (probes, retrieval); metrics.json records what `auto`
-    resolved to."""
+    """--cache, --batch-size, --device, --precision and --workers of the feature extraction (probes, retrieval);
+    metrics.json records what `--precision auto` resolved to (`feature_precision`)."""
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="feature extraction precision: auto = bf16 where the hardware has it natively (AVX512-BF16 / "
                         "AMX CPUs, bf16 GPUs), fp32 elsewhere (default: fp32)")
@@ -60,14 +43,35 @@ def max_images(text: str) -> tuple[int, int]:
     return values[0], values[-1]
 
 
+def command_main(parser: argparse.ArgumentParser, argv: list[str] | None,
+                 run: Callable[[argparse.Namespace], Any], report: Callable[[Any, argparse.Namespace], str],
+                 errors: tuple[type[Exception], ...] = (ValueError, OSError, RuntimeError),
+                 check: Callable[[argparse.Namespace], str | None] | None = None) -> int:
+    """The command line of a one-shot command: parse `argv`, `check(args)` (a message is a usage error), then
+    `run(args)`; one of `errors` (bad directories, images, encoders, devices) is one logged line and exit code 2;
+    else prints `report(record, args)` and returns 0."""
+    from pretext.cli import setup_logging
+
+    setup_logging()
+    args = parser.parse_args(argv)
+    problem = check(args) if check is not None else None
+    if problem:
+        parser.error(problem)
+    try:
+        record = run(args)
+    except errors as exc:
+        log.error("%s", exc)
+        return 2
+    print(report(record, args))
+    return 0
+
+
 def fine_tune_main(parser: argparse.ArgumentParser, argv: list[str] | None, preset_names: Callable[[], list[str]],
                    load_config: Callable[[str, list[str]], Any], run: Callable[[Any, argparse.Namespace], dict | None],
                    summary: Callable[[dict], str]) -> int:
     """The command line shared by `cebench transfer classify|detect|segment`: --list-presets, --print-config, then
     `run(cfg, args)` with known failures as one line and an exit code (2 bad input, 3 non-finite loss, 4 another
     DDP process failed); prints `summary(record)` on rank 0."""
-    import logging
-
     import yaml
 
     from pretext.cli import setup_logging
@@ -75,7 +79,6 @@ def fine_tune_main(parser: argparse.ArgumentParser, argv: list[str] | None, pres
     from pretext.engine.trainer import NonFiniteLossError
     from pretext.pretrain import _last_line
 
-    log = logging.getLogger("cebench")
     setup_logging()
     args = parser.parse_intermixed_args(argv)
     if args.list_presets:

@@ -31,6 +31,7 @@ import sklearn
 from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.provenance import git_commit, versions
 
+from .arguments import command_main, parse_number
 from .metrics import classification_metrics
 from .voc import read_class_list, read_classification_labels, read_cls_results
 
@@ -118,10 +119,7 @@ def class_list(text: str) -> list[str]:
 
 def iou_threshold(text: str) -> float:
     """--iou: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = parse_number(text, float)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
     return value
@@ -201,18 +199,10 @@ def summary(record: dict, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Score, print a table and write metrics.json."""
-    from pretext.cli import setup_logging
-
-    setup_logging()
-    args = build_parser(prog).parse_args(argv)
-    try:
-        record = run_task(args)
-    except (ValueError, OSError) as exc:  # missing or malformed label, list, XML or results files
-        log.error("%s", exc)
-        return 2
-    print(summary(record, args.out))
-    return 0
+    """Score, print a table and write metrics.json; missing or malformed label, list, XML or results files: exit
+    code 2."""
+    return command_main(build_parser(prog), argv, run_task, lambda record, args: summary(record, args.out),
+                        errors=(ValueError, OSError))
 
 
 if __name__ == "__main__":

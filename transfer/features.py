@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretext.data.dataset import crop_flip, image_batches, resize_shorter, to_uint8_tensor
+from pretext.data.fingerprint import file_stamp, fingerprint_mode, stamp_words
 from pretext.data.images import BadImageError, load_rgb
 from pretext.data.labels import LabelledDataError, LabelledImages, open_image_folder, open_voc
 from pretext.data.sources import fixed_subset
@@ -203,10 +204,9 @@ def cache_key(meta: dict, data: LabelledImages, layer: str, max_images: int | No
 
 
 def file_stamps(paths: Sequence[Path]) -> np.ndarray:
-    """(N, 2) int64: each file's size and modification time in ns. A file replaced or re-exported under the same
-    name changes its stamp, so its cached features are extracted again."""
-    from pretext.data.fingerprint import file_stamp
-
+    """(N, 2) int64: each file's size and modification time in ns, or with $CEBENCH_FINGERPRINT=content its size
+    and a hash of its bytes. A file whose stamp changes (a replaced image; in stat mode also one rewritten with the
+    same bytes) has its cached features extracted again."""
     return np.array([file_stamp(p) or (-1, -1) for p in paths], dtype=np.int64).reshape(len(paths), 2)
 
 
@@ -257,6 +257,8 @@ def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer:
         key["hole"] = {"sha256": hashlib.sha256(hole.cpu().numpy().tobytes()).hexdigest(), "fill": fill_value(meta)}
     if precision != "fp32":  # likewise
         key["precision"] = precision
+    if fingerprint_mode() != "stat":  # the stamps of another mode are other stamps: a clean miss, not "changed"
+        key["fingerprint"] = fingerprint_mode()
     path, stamps = cache_path(cache_dir, key), file_stamps(data.paths)
     cached = _read_cache(path, key, len(data.paths))
     if cached is None:
@@ -267,9 +269,9 @@ def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer:
     x, stored = cached
     changed = np.flatnonzero((stored != stamps).any(axis=1))
     if len(changed):
-        log.warning("feature cache %s: %d of %d images of %s changed since their features were cached (size or "
-                    "modification time; first: %s): extracting those again", path, len(changed), len(data.paths),
-                    data.name, data.paths[changed[0]])
+        log.warning("feature cache %s: %d of %d images of %s changed since their features were cached (%s; first: "
+                    "%s): extracting those again", path, len(changed), len(data.paths), data.name, stamp_words(),
+                    data.paths[changed[0]])
         x = x.copy()
         x[changed] = extract_features(encoder, meta, [data.paths[i] for i in changed], layer, batch_size, device,
                                       hole, precision, workers, progress)

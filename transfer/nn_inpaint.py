@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,11 @@ from pretext.engine.checkpoint import atomic_write_text
 from pretext.engine.distributed import select_device
 from pretext.eval_inpainting import hole_errors, inpainting_table, summarise
 
+from .arguments import command_main, max_images, positive_int
+from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import LabelledImages, encode_batch, fill_value, subset
-from .arguments import max_images, positive_int
-from .backbones import default_layer, encoder_record, open_encoder
 from .retrieve import central_hole, check_layer, neighbours, open_images, self_indices
-
-log = logging.getLogger("cebench")
 
 FEATURES = ("hog", "encoder")
 HOG_ORIENTATIONS = 9
@@ -240,22 +237,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, inpaint, print a table."""
-    from pretext.cli import setup_logging
+def report(record: dict, args: argparse.Namespace) -> str:
+    """The printed result: the table, then the gain over mean fill and where metrics.json went."""
+    return (f"{format_table(record)}\n{record['n_images']} images, {record['database']['n_images']} database "
+            f"images, central holes (overlap {record['overlap']}): PSNR "
+            f"{record['psnr'] - record['baseline_mean_fill']['psnr']:+.2f} dB over mean fill -> "
+            f"{args.out / 'metrics.json'}")
 
-    setup_logging()
-    args = build_parser(prog).parse_args(argv)
-    try:
-        record = run_nn_inpaint(args)
-    except (ValueError, OSError, RuntimeError) as exc:  # bad directories, images, encoders, sizes, devices
-        log.error("%s", exc)
-        return 2
-    print(format_table(record))
-    print(f"{record['n_images']} images, {record['database']['n_images']} database images, central holes "
-          f"(overlap {record['overlap']}): PSNR {record['psnr'] - record['baseline_mean_fill']['psnr']:+.2f} dB "
-          f"over mean fill -> {args.out / 'metrics.json'}")
-    return 0
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse, inpaint, print a table; bad directories, images, encoders, sizes or devices: exit code 2."""
+    return command_main(build_parser(prog), argv, run_nn_inpaint, report)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pretext.engine.trainer import resolve_precision
 from pretext.models.alexnet import STAGES
 from pretext.models.gated import GATED_STAGES
 
-from .arguments import add_extraction_arguments, max_images, number_list
+from .arguments import add_extraction_arguments, command_main, max_images, number_list
 from .backbones import default_layer, encoder_record, encoder_stages, open_encoder
 from .evaluate import json_safe, provenance
 from .features import Features, cached_features, check_train_test, open_labelled
@@ -245,32 +245,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--low-shot-samples", type=int, default=5, help="independent draws per K (default: 5)")
     p.add_argument("--difficult", choices=("exclude", "negative"), default="exclude",
                    help="VOC difficult-only training images: left out or negatives (default: exclude)")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_extraction_arguments(p)
     p.add_argument("--n-jobs", type=int, default=1, help="parallel classes / costs (joblib; -1 = all cores)")
     p.add_argument("--seed", type=int, default=0, help="subset and cross-validation seed")
     return p
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, run the probe, print a summary."""
-    from pretext.cli import setup_logging
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    return "--low-shot applies to the svm probe only" if args.low_shot and args.probe != "svm" else None
 
-    setup_logging()
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    if args.low_shot and args.probe != "svm":
-        parser.error("--low-shot applies to the svm probe only")
-    try:
-        record = run_probe(args)
-    except (ValueError, OSError, RuntimeError) as exc:  # bad data roots, images, encoders, devices
-        log.error("%s", exc)
-        return 2
-    print(f"{summary(record)}\n-> {args.out / 'metrics.json'}")
-    return 0
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse, run the probe, print a summary; bad data roots, images, encoders or devices: exit code 2."""
+    return command_main(build_parser(prog), argv, run_probe,
+                        lambda record, args: f"{summary(record)}\n-> {args.out / 'metrics.json'}",
+                        check=_usage_problem)
 
 
 if __name__ == "__main__":

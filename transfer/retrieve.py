@@ -39,7 +39,7 @@ from pretext.engine.distributed import select_device
 from pretext.engine.trainer import resolve_precision
 from pretext.masks import CentralMask
 
-from .arguments import add_extraction_arguments, max_images, positive_int
+from .arguments import add_extraction_arguments, command_main, max_images, positive_int
 from .backbones import default_layer, encoder_record, open_encoder
 from .evaluate import json_safe, provenance
 from .features import (Features, LabelledImages, cached_features, fill_value, is_voc_root, load_batch,
@@ -356,28 +356,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--ef-search", type=positive_int, default=64, help="HNSW search breadth (default: 64)")
     p.add_argument("--max-images", type=max_images, default=(None, None), metavar="N[,M]",
                    help="fixed random subset of N database (M query) images (default: all)")
-    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="feature cache (default $CEBENCH_CACHE/features or ~/.cache/cebench/features)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_extraction_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="subset seed")
     return p
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, retrieve, print a summary."""
-    from pretext.cli import setup_logging
-
-    setup_logging()
-    args = build_parser(prog).parse_args(argv)
-    try:
-        record = run_retrieval(args)
-    except (ValueError, OSError, RuntimeError) as exc:  # bad directories, images, encoders, layers, devices
-        log.error("%s", exc)
-        return 2
-    print(f"{summary(record)}\n-> {args.out / 'metrics.json'}")
-    return 0
+    """Parse, retrieve, print a summary; bad directories, images, encoders, layers or devices: exit code 2."""
+    return command_main(build_parser(prog), argv, run_retrieval,
+                        lambda record, args: f"{summary(record)}\n-> {args.out / 'metrics.json'}")
 
 
 if __name__ == "__main__":

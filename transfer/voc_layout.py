@@ -37,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from pretext.data.sources import IMAGE_EXTS, check_id
 from pretext.engine.checkpoint import atomic_write_text
 
+from .arguments import command_main
 from .detection_eval import read_boxes
 from .voc import BACKGROUND_NAMES, check_split, check_class_names, read_objects
 
@@ -420,21 +421,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, build the tree, print the summary."""
-    from pretext.cli import setup_logging
-
-    setup_logging()
-    args = build_parser(prog).parse_args(argv)
+def _build(args: argparse.Namespace) -> dict:
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
-    try:
-        splits = parse_splits(args.split)
-        summary = build_voc_tree(args.images, args.annotations, args.out, splits, classes, args.copy)
-    except (ValueError, OSError) as exc:
-        log.error("%s", exc)
-        return 2
-    print(format_summary(summary))
-    return 0
+    return build_voc_tree(args.images, args.annotations, args.out, parse_splits(args.split), classes, args.copy)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse, build the tree, print the summary; bad images, annotations or split lists: exit code 2."""
+    return command_main(build_parser(prog), argv, _build, lambda summary, _args: format_summary(summary),
+                        errors=(ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,12 @@ def _content(path: Path) -> int:
     return int.from_bytes(digest.digest(), "big") >> 1  # fits a signed 64-bit integer (JSON, numpy)
 
 
+def stamp_words() -> str:
+    """What a file's stamp compares in the current mode, for messages: 'size or modification time' (stat) or
+    'size or content' (content)."""
+    return "size or content" if fingerprint_mode() == "content" else "size or modification time"
+
+
 def file_stamp(path: Path) -> tuple[int, int] | None:
     """(size, modification time in ns) of a file, or with $CEBENCH_FINGERPRINT=content (size, a hash of its bytes);
     None when it is missing: what fingerprints and the feature cache compare."""
