@@ -175,20 +175,26 @@ def test_feature_cache_hit_skips_the_encoder_and_key_follows_the_layer(encoder_d
     assert sub.x.shape[0] == 10 and len(list(tmp_path.glob("*.npz"))) == 3
 
 
+def _counted_encoder_and_stripes(encoder_dir: Path, tmp_path: Path) -> tuple:
+    """The encoder (each forward pass's batch size appended to `batches`), its meta, and 16 stripe images in a
+    folder of their own: (encoder, meta, data, batches)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(stripes(tmp_path / "src", 8, seed=0), root)
+    encoder, meta = load_encoder(encoder_dir)
+    batches: list[int] = []
+    encoder.register_forward_hook(lambda _m, inputs, _o: batches.append(inputs[0].shape[0]))
+    return encoder, meta, open_labelled(root, "unused"), batches
+
+
 def test_a_replaced_image_is_extracted_again_and_the_log_says_why(encoder_dir: Path, tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The same file name with other pixels: its features (and the probe's) change; the others come from the
     cache; the features of a fresh extraction and of the patched cache agree."""
-    import shutil
-
     monkeypatch.delenv("CEBENCH_FINGERPRINT", raising=False)  # stat mode, whatever the environment says
-    root = tmp_path / "data"
-    shutil.copytree(stripes(tmp_path / "src", 8, seed=0), root)
-    encoder, meta = load_encoder(encoder_dir)
-    batches = []
-    encoder.register_forward_hook(lambda _m, inputs, _o: batches.append(inputs[0].shape[0]))
-    data = open_labelled(root, "unused")
+    encoder, meta, data, batches = _counted_encoder_and_stripes(encoder_dir, tmp_path)
     first = cached_features(encoder, meta, data, "pool5", tmp_path / "cache", batch_size=64)
     target = data.paths[3]
     other = np.asarray(Image.open(data.paths[-1]))  # an image of the other class, under this one's name
@@ -215,15 +221,8 @@ def test_in_content_mode_the_cache_sees_new_bytes_behind_an_old_time(encoder_dir
     """$CEBENCH_FINGERPRINT=content: features cached in stat mode are a clean miss (all extracted, no "changed"
     warning); an image rewritten with other bytes of the same size, its modification time put back, is extracted
     again, and the warning names what was compared."""
-    import shutil
-
     monkeypatch.delenv("CEBENCH_FINGERPRINT", raising=False)
-    root = tmp_path / "data"
-    shutil.copytree(stripes(tmp_path / "src", 8, seed=0), root)
-    encoder, meta = load_encoder(encoder_dir)
-    batches = []
-    encoder.register_forward_hook(lambda _m, inputs, _o: batches.append(inputs[0].shape[0]))
-    data = open_labelled(root, "unused")
+    encoder, meta, data, batches = _counted_encoder_and_stripes(encoder_dir, tmp_path)
     target = data.paths[5]
     image = Image.open(target).convert("RGB")
     image.save(target, format="PNG", compress_level=0)  # uncompressed: other pixels, as many bytes
