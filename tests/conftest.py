@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,24 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(root: Path, *overrides: str, preset: str = "demo") -> PretrainConfig:
     """The TINY config on `root` with extra overrides."""
     return load_config(preset, [f"data.root={root}", *TINY, *overrides])
+
+
+class Crash(Exception):
+    """What `crash_at`'s training step raises: a process killed between two checkpoints."""
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, trainer: type, step: int, run: Callable[[], object],
+             method: str = "train_step") -> None:
+    """Call `run()` with the trainer's step (`method`) raising Crash when the trainer reaches `step`, then put the
+    real step back: what a resumed run must recover from."""
+    original = getattr(trainer, method)
+
+    def crashing(self, *args, **kwargs):
+        if self.step == step:
+            raise Crash()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, method, crashing)
+    with pytest.raises(Crash):
+        run()
+    monkeypatch.setattr(trainer, method, original)

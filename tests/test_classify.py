@@ -22,7 +22,7 @@ from pretext.losses import masked_sigmoid_cross_entropy
 from transfer.classify import ClassifyConfig, DecodedImages, FineTuner, EvalViews, ViewSpec, main, random_view
 from transfer.finetune import SGDConfig, lr_at, resume_changes
 
-from .conftest import tiny_config
+from .conftest import crash_at, tiny_config
 from .test_probes import stripes
 
 # A small head, few steps and no loader processes: each run takes a second or two on 2 cores.
@@ -81,24 +81,12 @@ def voc_run(encoder_dir: Path, demo_root: Path, tmp_path_factory: pytest.TempPat
     return run
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_after_a_crash_repeats_the_uninterrupted_run(encoder_dir: Path, demo_root: Path, voc_run: Path,
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run, original = tmp_path / "resumed", FineTuner.train_step
-
-    def crashing(self, *args):
-        if self.step == 4:  # after the step-3 checkpoint, mid-way to the next one
-            raise Crash()
-        return original(self, *args)
-
-    monkeypatch.setattr(FineTuner, "train_step", crashing)
-    with pytest.raises(Crash):
-        classify(encoder_dir, demo_root, run, "train.max_steps=6", "train.ckpt_every=3")
+    run = tmp_path / "resumed"
+    crash_at(monkeypatch, FineTuner, 4,  # after the step-3 checkpoint, mid-way to the next one
+             lambda: classify(encoder_dir, demo_root, run, "train.max_steps=6", "train.ckpt_every=3"))
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
-    monkeypatch.setattr(FineTuner, "train_step", original)
     assert classify(encoder_dir, demo_root, run, "train.max_steps=6", "train.ckpt_every=3") == 2  # no resume=true
     assert classify(encoder_dir, demo_root, run, "train.max_steps=6", "train.ckpt_every=3", "resume=true",
                     "optim.lr=0.02") == 2  # another lr

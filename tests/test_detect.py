@@ -17,7 +17,7 @@ from pretext.models.alexnet import AlexNetEncoder
 from transfer.detect import (DetectConfig, DetTestConfig, Detector, SampleConfig, conv5_stride, decode_boxes,
                              encode_boxes, flip_boxes, image_scale, main, postprocess, sample_rois)
 
-from .conftest import tiny_config
+from .conftest import crash_at, tiny_config
 from .test_probes import stripes
 
 TINY = ["model.fc_widths=[32,32]", "train.batch_size=2", "train.progress=false", "train.log_every=1",
@@ -108,10 +108,6 @@ def test_config_rules() -> None:
         (0.3, 100, 0.0005, 20)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_resume_after_a_crash_repeats_the_uninterrupted_run(encoder_dir: Path, demo_root: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
@@ -119,18 +115,9 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run(encoder_dir: Path, d
     steps = ["train.max_steps=6", "train.ckpt_every=3"]
     straight = tmp_path / "straight"
     assert detect(encoder_dir, demo_root, straight, *steps) == 0
-    run, original = tmp_path / "resumed", Detector.train_step
-
-    def crashing(self, *args):
-        if self.step == 4:
-            raise Crash()
-        return original(self, *args)
-
-    monkeypatch.setattr(Detector, "train_step", crashing)
-    with pytest.raises(Crash):
-        detect(encoder_dir, demo_root, run, *steps)
+    run = tmp_path / "resumed"
+    crash_at(monkeypatch, Detector, 4, lambda: detect(encoder_dir, demo_root, run, *steps))
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
-    monkeypatch.setattr(Detector, "train_step", original)
     assert detect(encoder_dir, demo_root, run, *steps, "resume=true", "optim.lr=0.02") == 2
     assert "optim.lr (0.01 -> 0.02)" in caplog.text
     assert detect(encoder_dir, demo_root, run, *steps, "resume=true") == 0

@@ -18,7 +18,7 @@ from pretext.models.alexnet import AlexNetEncoder
 from transfer.segment import (FCN, Segmenter, SegmentConfig, bilinear_kernel, coord_map, fc_as_conv, main,
                               read_fc_weights, segmentation_loss)
 
-from .conftest import tiny_config
+from .conftest import crash_at, tiny_config
 from .test_detect import shapes_voc
 from .test_probes import stripes
 
@@ -181,10 +181,6 @@ def test_short_training_beats_an_untrained_head_and_rescores_identically(encoder
     assert rescored["confusion"] == after["confusion"] and rescored["miou"] == pytest.approx(after["miou"])
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_resume_after_a_crash_repeats_the_uninterrupted_run(encoder_dir: Path, scenes: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
@@ -192,18 +188,9 @@ def test_resume_after_a_crash_repeats_the_uninterrupted_run(encoder_dir: Path, s
     steps = ["train.max_steps=6", "train.ckpt_every=3", "model.dropout=0.5", "data.scale=48", "--max-images", "12,6"]
     straight = tmp_path / "straight"
     assert segment(encoder_dir, scenes, straight, *steps) == 0
-    run, original = tmp_path / "resumed", Segmenter.train_step
-
-    def crashing(self, *args):
-        if self.step == 4:
-            raise Crash()
-        return original(self, *args)
-
-    monkeypatch.setattr(Segmenter, "train_step", crashing)
-    with pytest.raises(Crash):
-        segment(encoder_dir, scenes, run, *steps)
+    run = tmp_path / "resumed"
+    crash_at(monkeypatch, Segmenter, 4, lambda: segment(encoder_dir, scenes, run, *steps))
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
-    monkeypatch.setattr(Segmenter, "train_step", original)
     assert segment(encoder_dir, scenes, run, *steps, "resume=true", "loss.reduction=sum") == 2
     assert "loss.reduction ('mean' -> 'sum')" in caplog.text
     assert segment(encoder_dir, scenes, run, *steps, "resume=true") == 0

@@ -15,7 +15,7 @@ from pretext.engine.distributed import DistEnv
 from pretext.engine.trainer import NonFiniteLossError, Trainer, train
 from pretext.export import load_encoder
 
-from .conftest import tiny_config
+from .conftest import crash_at, tiny_config
 
 CPU = DistEnv(0, 1, 0, torch.device("cpu"))
 
@@ -45,10 +45,6 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": v for n, sd in state["networks"].items() for k, v in sd.items()}
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("extra", [
     ("mask.kind=region",),
     ("mask.kind=block", "data.workers=2"),
@@ -58,18 +54,9 @@ def test_resume_after_crash_is_exact(demo_root: Path, tmp_path: Path, monkeypatc
     common = ("max_steps=8", "ckpt_every=3", *extra)
     train(tiny_config(demo_root, *common), tmp_path / "straight")
 
-    original = Trainer._train_step
-
-    def crashing(self, *args, **kwargs):
-        if self.step == 4:  # after the step-3 checkpoint, mid-way to the next one
-            raise Crash()
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "_train_step", crashing)
-    with pytest.raises(Crash):
-        train(tiny_config(demo_root, *common), tmp_path / "resumed")
+    crash_at(monkeypatch, Trainer, 4,  # after the step-3 checkpoint, mid-way to the next one
+             lambda: train(tiny_config(demo_root, *common), tmp_path / "resumed"), method="_train_step")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 3
-    monkeypatch.setattr(Trainer, "_train_step", original)
     train(tiny_config(demo_root, *common, "resume=true"), tmp_path / "resumed")
 
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
