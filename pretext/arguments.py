@@ -1,10 +1,16 @@
-"""argparse types of the command lines of both packages: numbers, positive integers, comma-separated number lists.
-Each turns bad text into an argparse error that names it."""
+"""The command lines of both packages: argparse types (numbers, positive integers, comma-separated number lists;
+each turns bad text into an argparse error that names it) and `command_main`, the parse / run / report of a
+one-shot command."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("cebench")
 
 
 def parse_number(text: str, kind: type = int) -> int | float:
@@ -41,3 +47,26 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def command_main(parser: argparse.ArgumentParser, argv: list[str] | None,
+                 run: Callable[[argparse.Namespace], Any], report: Callable[[Any, argparse.Namespace], str],
+                 errors: tuple[type[Exception], ...] = (ValueError, OSError, RuntimeError),
+                 check: Callable[[argparse.Namespace], str | None] | None = None) -> int:
+    """The command line of a one-shot command: parse `argv`, `check(args)` (a message is a usage error), then
+    `run(args)`; one of `errors` (bad directories, images, encoders, devices) is one logged line and exit code 2;
+    else prints `report(record, args)` and returns 0."""
+    from .cli import setup_logging
+
+    setup_logging()
+    args = parser.parse_args(argv)
+    problem = check(args) if check is not None else None
+    if problem:
+        parser.error(problem)
+    try:
+        record = run(args)
+    except errors as exc:
+        log.error("%s", exc)
+        return 2
+    print(report(record, args))
+    return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from .arguments import command_main
 from .export import export_encoder, sha256_file
 from .models.alexnet import AlexNetEncoder, AlexNetSpec
 
@@ -105,18 +106,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse, import, print where the encoder went."""
-    from .cli import setup_logging
-
-    setup_logging()
-    args = build_parser(prog).parse_args(argv)
-    try:
-        out = import_alexnet(args.weights, args.out, args.input_size, args.normalization)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    print(f"encoder -> {out}")
-    return 0
+    """Parse, import, print where the encoder went; bad weights or options: exit code 2."""
+    return command_main(build_parser(prog), argv,
+                        lambda args: import_alexnet(args.weights, args.out, args.input_size, args.normalization),
+                        lambda out, _args: f"encoder -> {out}", errors=(ValueError,))
 
 
 if __name__ == "__main__":

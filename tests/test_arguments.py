@@ -1,5 +1,5 @@
 """The command-line number types (pretext.arguments) and the shared one-shot command line
-(transfer.arguments.command_main), through the commands that use them."""
+(pretext.arguments.command_main), through the commands that use them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pretext.arguments import non_negative_int, number_list, parse_number, positive_int
-from transfer.arguments import command_main
+from pretext.arguments import command_main, non_negative_int, number_list, parse_number, positive_int
 
 
 @pytest.mark.parametrize("parse, text, message", [

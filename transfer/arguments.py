@@ -1,6 +1,7 @@
-"""argparse types of the transfer commands (`--max-images N[,M]`, the extraction options; the number types come
-from `pretext.arguments`) and their shared command lines: `command_main` (probes, retrieval, nearest-neighbour
-inpainting, evaluation, VOC layout) and `fine_tune_main` (classification, detection, segmentation)."""
+"""argparse types of the transfer commands (`--max-images N[,M]`, the extraction options) and the command line of
+`cebench transfer classify|detect|segment` (`fine_tune_main`). The number types and `command_main`, the command
+line of the one-shot commands (probes, retrieval, nearest-neighbour inpainting, evaluation, VOC layout), come from
+`pretext.arguments`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pretext.arguments import non_negative_int, number_list, parse_number, positive_int
+from pretext.arguments import command_main, non_negative_int, number_list, parse_number, positive_int
 
 __all__ = ["PRECISIONS", "add_extraction_arguments", "command_main", "fine_tune_main", "max_images",
            "non_negative_int", "number_list", "parse_number", "positive_int"]
@@ -41,29 +42,6 @@ def max_images(text: str) -> tuple[int, int]:
     if len(values) > 2:
         raise argparse.ArgumentTypeError(f"expected N or N,M, got {text!r}")
     return values[0], values[-1]
-
-
-def command_main(parser: argparse.ArgumentParser, argv: list[str] | None,
-                 run: Callable[[argparse.Namespace], Any], report: Callable[[Any, argparse.Namespace], str],
-                 errors: tuple[type[Exception], ...] = (ValueError, OSError, RuntimeError),
-                 check: Callable[[argparse.Namespace], str | None] | None = None) -> int:
-    """The command line of a one-shot command: parse `argv`, `check(args)` (a message is a usage error), then
-    `run(args)`; one of `errors` (bad directories, images, encoders, devices) is one logged line and exit code 2;
-    else prints `report(record, args)` and returns 0."""
-    from pretext.cli import setup_logging
-
-    setup_logging()
-    args = parser.parse_args(argv)
-    problem = check(args) if check is not None else None
-    if problem:
-        parser.error(problem)
-    try:
-        record = run(args)
-    except errors as exc:
-        log.error("%s", exc)
-        return 2
-    print(report(record, args))
-    return 0
 
 
 def fine_tune_main(parser: argparse.ArgumentParser, argv: list[str] | None, preset_names: Callable[[], list[str]],

@@ -257,8 +257,8 @@ def cached_features(encoder: nn.Module, meta: dict, data: LabelledImages, layer:
         key["hole"] = {"sha256": hashlib.sha256(hole.cpu().numpy().tobytes()).hexdigest(), "fill": fill_value(meta)}
     if precision != "fp32":  # likewise
         key["precision"] = precision
-    if fingerprint_mode() != "stat":  # the stamps of another mode are other stamps: a clean miss, not "changed"
-        key["fingerprint"] = fingerprint_mode()
+    if (mode := fingerprint_mode()) != "stat":  # another mode's stamps are other stamps: a clean miss, not "changed"
+        key["fingerprint"] = mode
     path, stamps = cache_path(cache_dir, key), file_stamps(data.paths)
     cached = _read_cache(path, key, len(data.paths))
     if cached is None:
